@@ -1,0 +1,352 @@
+//! Command-line argument structs (clap derive). Defaults are documented in each option's help text.
+//! `run` is the default subcommand: `ntk-pipeline --model M --data D` means `ntk-pipeline run --model M --data D`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exact, memory-bounded log-determinants of empirical Neural Tangent Kernels, and FLODANCE extrapolation.
+#[derive(Debug, Parser)]
+#[command(name = "ntk-pipeline", version, about, long_about = None)]
+pub struct Cli {
+    /// Number of worker threads (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// No progress bars.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Estimate log det of the full dataset's NTK with FLODANCE (the default subcommand).
+    Run(RunArgs),
+    /// Write the dense NTK of the first N examples to a .npy file.
+    Ntk(NtkArgs),
+    /// Exact log|det| of a matrix (.npy) or of an NTK, under a memory limit.
+    Logdet(LogdetArgs),
+    /// Fit the FLODANCE scaling law to nested log-dets from a file and extrapolate.
+    Fit(FitArgs),
+    /// Compare FLODANCE and the classical estimators with the exact log-det.
+    Compare(CompareArgs),
+    /// Train a built-in architecture on a dataset and save it as safetensors.
+    Train(TrainArgs),
+    /// Evaluate a model's accuracy on a dataset split.
+    Eval(EvalArgs),
+}
+
+/// Which network and which data.
+#[derive(Debug, Args, Clone)]
+pub struct ModelDataArgs {
+    /// Model weights: a .safetensors or .pth file, or ORG/NAME[/FILE] in the Hugging Face cache.
+    #[arg(long)]
+    pub model: String,
+    /// Architecture: a built-in name (resnet9, resnet18, resnet34, resnet50, mobilenet, lenet, mlp) or a
+    /// JSON sequential spec file. Default: from the weights' metadata or recognised from tensor names.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Base width of built-in architectures (only with --arch; default 64 for ResNets).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Dataset: mnist, fashion-mnist, cifar10, cifar100, or a directory holding IDX or CIFAR binary files.
+    #[arg(long)]
+    pub data: String,
+    /// Dataset split.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Directory to look for datasets in first (also env NTK_PIPELINE_DATA).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Download the dataset into the cache if it is not found.
+    #[arg(long)]
+    pub download: bool,
+    /// Sample order: dataset order, or a seeded random permutation.
+    #[arg(long, default_value = "dataset")]
+    pub order: String,
+    /// Seed for --order random and all stochastic parts.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// How the kernel is defined.
+#[derive(Debug, Args, Clone)]
+pub struct KernelArgs {
+    /// Network outputs: full (all d logits), sum, trace, or logit:K.
+    #[arg(long, default_value = "full")]
+    pub outputs: String,
+    /// Kernel scale s in J Jᵀ / s: sqrt-p, none, or p.
+    #[arg(long, default_value = "sqrt-p")]
+    pub scale: String,
+    /// Precision of kernel formation: f64 (reference) or f32.
+    #[arg(long, default_value = "f64")]
+    pub precision: String,
+}
+
+/// Memory limit and scratch location for MEMDET.
+#[derive(Debug, Args, Clone)]
+pub struct MemArgs {
+    /// Resident memory limit, e.g. 4GiB, 500MB, 1e9.
+    #[arg(long, default_value = "4GiB")]
+    pub max_mem: String,
+    /// Number of blocks per side (overrides --max-mem's plan).
+    #[arg(long)]
+    pub num_blocks: Option<usize>,
+    /// Directory for the on-disk scratch store (default: the OS temp dir).
+    #[arg(long)]
+    pub scratch_dir: Option<PathBuf>,
+}
+
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub md: ModelDataArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+    #[command(flatten)]
+    pub mem: MemArgs,
+    /// Sample size n_s whose kernel is factored.
+    #[arg(long, default_value_t = 500)]
+    pub n_sample: usize,
+    /// Burn-in n_0: the fit uses k in [n_0, n_s].
+    #[arg(long, default_value_t = 100)]
+    pub burn_in: usize,
+    /// Laurent order q of the scaling-law fit.
+    #[arg(long, default_value_t = 2)]
+    pub q: usize,
+    /// Fit weight exponent alpha (0 fits ℓ_k, 1 fits ℓ_k / k).
+    #[arg(long, default_value_t = 0.0)]
+    pub alpha: f64,
+    /// Extrapolate to this n (default: the dataset's size).
+    #[arg(long)]
+    pub target_n: Option<usize>,
+    /// Also compute ℓ_N exactly for this N > n_s and report the extrapolation's error.
+    #[arg(long)]
+    pub exact_n: Option<usize>,
+    /// Number of refits on random subsamples of the window for the interval.
+    #[arg(long, default_value_t = 50)]
+    pub ensemble: usize,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG plot of the fit here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// Arguments of `ntk`.
+#[derive(Debug, Args)]
+pub struct NtkArgs {
+    #[command(flatten)]
+    pub md: ModelDataArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+    /// Number of examples n (the kernel is m x m with m = n·d for --outputs full).
+    #[arg(long)]
+    pub n: usize,
+    /// Output .npy file (f64, C order, example-major).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Write JSON metadata here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Arguments of `logdet`.
+#[derive(Debug, Args)]
+pub struct LogdetArgs {
+    /// A square .npy matrix (f32 or f64, C or Fortran order).
+    #[arg(long, conflicts_with = "model")]
+    pub matrix: Option<PathBuf>,
+    /// Only this triangle of --matrix is valid: upper or lower (default: the full matrix is symmetric).
+    #[arg(long)]
+    pub triangle: Option<String>,
+    /// Model weights, to factor the NTK of the first --n examples (see `run --help` for the model options).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Architecture (with --model).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Width of built-in architectures (with --model).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Dataset (with --model).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Dataset split (with --model).
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Dataset directory (with --model).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Sample order (with --model): dataset or random.
+    #[arg(long, default_value = "dataset")]
+    pub order: String,
+    /// Seed for --order random.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Number of examples (with --model).
+    #[arg(long)]
+    pub n: Option<usize>,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+    /// Factorisation: spd (Cholesky) or sym (LDLᵀ).
+    #[arg(long, default_value = "spd")]
+    pub assume: String,
+    #[command(flatten)]
+    pub mem: MemArgs,
+    /// Multiply the matrix by this factor t (M = t·A + shift·I).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale_by: f64,
+    /// Add this diagonal shift.
+    #[arg(long, default_value_t = 0.0)]
+    pub shift: f64,
+    /// Report nested log-dets ℓ_k of the leading k·D rows (D = the granule, e.g. d for an NTK).
+    #[arg(long, num_args = 0..=1, default_missing_value = "0")]
+    pub nested: Option<usize>,
+    /// Write the JSON result here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Arguments of `fit`.
+#[derive(Debug, Args)]
+pub struct FitArgs {
+    /// Nested log-dets: JSON ([[k, l_k], ...] or {"nested": [...]}) or CSV (k,l_k per line).
+    #[arg(long)]
+    pub logdets: PathBuf,
+    /// Extrapolate to this n.
+    #[arg(long)]
+    pub target_n: usize,
+    /// Burn-in n_0.
+    #[arg(long, default_value_t = 100)]
+    pub burn_in: usize,
+    /// Laurent order q.
+    #[arg(long, default_value_t = 2)]
+    pub q: usize,
+    /// Fit weight exponent alpha.
+    #[arg(long, default_value_t = 0.0)]
+    pub alpha: f64,
+    /// Ensemble size for the interval.
+    #[arg(long, default_value_t = 50)]
+    pub ensemble: usize,
+    /// Seed for the ensemble.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the JSON result here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG plot here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// Arguments of `compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub md: ModelDataArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+    #[command(flatten)]
+    pub mem: MemArgs,
+    /// Number of examples n.
+    #[arg(long)]
+    pub n: usize,
+    /// Methods, comma separated: exact,flodance,slq,slq-large,pslq,block-diag,pseudo-ntk,f32,linear,stopped-cholesky.
+    #[arg(long, default_value = "exact,flodance,slq,pslq,block-diag,pseudo-ntk,f32,linear,stopped-cholesky")]
+    pub methods: String,
+    /// Repeat the stochastic methods R times with different seeds (mean and std).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// FLODANCE sample size n_s (default n/10).
+    #[arg(long)]
+    pub n_sample: Option<usize>,
+    /// FLODANCE burn-in.
+    #[arg(long)]
+    pub burn_in: Option<usize>,
+    /// FLODANCE Laurent order.
+    #[arg(long, default_value_t = 2)]
+    pub q: usize,
+    /// Preconditioner rank for pslq.
+    #[arg(long, default_value_t = 100)]
+    pub precond_rank: usize,
+    /// Write the JSON result here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Arguments of `train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Built-in architecture name.
+    #[arg(long)]
+    pub arch: String,
+    /// Base width (default: the architecture's own).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Dataset name or directory.
+    #[arg(long)]
+    pub data: String,
+    /// Dataset directory to look in first.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Maximum number of epochs.
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    /// Stop once training accuracy reaches this.
+    #[arg(long, default_value_t = 0.995)]
+    pub target_acc: f64,
+    /// Learning rate (SGD, momentum 0.9, weight decay 5e-4, cosine schedule).
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Train on the first N training examples only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Input shape C,H,W the network expects (default: 3,32,32 for ResNets/MobileNet, the data's own otherwise).
+    #[arg(long)]
+    pub input_shape: Option<String>,
+    /// Output weights (.safetensors); a training log is written next to it as .log.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Arguments of `eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub md: ModelDataArgs,
+    /// Evaluate on the first N examples only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write the JSON result here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The subcommand names, used to make `run` the default.
+pub const SUBCOMMANDS: &[&str] = &["run", "ntk", "logdet", "fit", "compare", "train", "eval", "help"];
+
+/// Parse `args`, inserting `run` when no subcommand is named (so `ntk-pipeline --model M --data D` works).
+pub fn parse_with_default_run<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Result<Cli, clap::Error> {
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let names_subcommand = args
+        .iter()
+        .skip(1)
+        .any(|a| SUBCOMMANDS.contains(&a.to_string_lossy().as_ref()));
+    let top_level_flag = args.len() == 2
+        && matches!(args[1].to_string_lossy().as_ref(), "--help" | "-h" | "--version" | "-V");
+    if !names_subcommand && !top_level_flag && args.len() > 1 {
+        args.insert(1, "run".into());
+    }
+    Cli::try_parse_from(args)
+}

@@ -1,0 +1,1 @@
+//! Classical log-det estimators for comparison: SLQ, preconditioned SLQ, block diagonal, pseudo-NTK.

@@ -1,0 +1,62 @@
+//! [`TileSource`]: an m×m symmetric matrix read block by block, the LDL engine's only view of its input.
+
+use crate::Result;
+use faer::{Mat, MatMut};
+use std::ops::Range;
+
+/// An m×m symmetric matrix that can be read block by block. The LDL engine's only view of its input.
+pub trait TileSource: Sync {
+    /// The matrix order m.
+    fn dim(&self) -> usize;
+    /// Natural block granularity (d for an NTK: blocks never split an example's logits).
+    fn granule(&self) -> usize {
+        1
+    }
+    /// Write A[rows, cols] into `out` (rows.len() × cols.len()).
+    fn fill(&self, rows: Range<usize>, cols: Range<usize>, out: MatMut<'_, f64>) -> Result<()>;
+}
+
+/// An in-memory dense matrix as a tile source.
+#[derive(Debug, Clone)]
+pub struct DenseSource {
+    matrix: Mat<f64>,
+    granule: usize,
+}
+
+impl DenseSource {
+    /// Wrap a square matrix (granule 1).
+    pub fn new(matrix: Mat<f64>) -> Self {
+        assert_eq!(matrix.nrows(), matrix.ncols(), "DenseSource needs a square matrix");
+        Self { matrix, granule: 1 }
+    }
+
+    /// Set the block granularity (e.g. d for an NTK held in memory).
+    pub fn with_granule(mut self, granule: usize) -> Self {
+        self.granule = granule.max(1);
+        self
+    }
+
+    /// The wrapped matrix.
+    pub fn matrix(&self) -> &Mat<f64> {
+        &self.matrix
+    }
+}
+
+impl TileSource for DenseSource {
+    fn dim(&self) -> usize {
+        self.matrix.nrows()
+    }
+
+    fn granule(&self) -> usize {
+        self.granule
+    }
+
+    fn fill(&self, rows: Range<usize>, cols: Range<usize>, mut out: MatMut<'_, f64>) -> Result<()> {
+        let block = self
+            .matrix
+            .as_ref()
+            .submatrix(rows.start, cols.start, rows.len(), cols.len());
+        out.copy_from(block);
+        Ok(())
+    }
+}

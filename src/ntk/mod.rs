@@ -1,0 +1,1 @@
+//! The exact empirical NTK, computed tile by tile with structured derivatives.

@@ -1,0 +1,35 @@
+//! The only place that wires data, model, NTK tiles, MEMDET, FLODANCE, estimators and reports together.
+//! One file per subcommand.
+
+pub mod compare;
+pub mod eval;
+pub mod fit;
+pub mod logdet;
+pub mod ntk;
+pub mod run;
+pub mod train;
+
+use crate::cli::{Cli, Command};
+use crate::progress::{Bars, Progress, Silent};
+use crate::{Error, Result};
+
+/// Run the subcommand that `cli` names, with progress bars unless `--quiet`.
+pub fn execute(cli: &Cli) -> Result<()> {
+    if let Some(threads) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .map_err(|e| Error::Usage(format!("--threads {threads}: {e}")))?;
+    }
+    let bars = Bars::new();
+    let progress: &dyn Progress = if cli.quiet { &Silent } else { &bars };
+    match &cli.command {
+        Command::Run(args) => run::run(args, progress),
+        Command::Ntk(args) => ntk::run(args, progress),
+        Command::Logdet(args) => logdet::run(args, progress),
+        Command::Fit(args) => fit::run(args, progress),
+        Command::Compare(args) => compare::run(args, progress),
+        Command::Train(args) => train::run(args, progress),
+        Command::Eval(args) => eval::run(args, progress),
+    }
+}

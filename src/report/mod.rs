@@ -1,0 +1,1 @@
+//! Reports: JSON output schema, SVG plots, terminal tables.

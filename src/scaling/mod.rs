@@ -1,0 +1,1 @@
+//! Nested log-dets and the FLODANCE scaling-law fit.
