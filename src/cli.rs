@@ -210,6 +210,9 @@ pub struct LogdetArgs {
     /// Write the JSON result here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Testing aid: fail as if the scratch disk were full after this many bytes.
+    #[arg(long, hide = true)]
+    pub scratch_cap: Option<String>,
 }
 
 /// Arguments of `fit`.

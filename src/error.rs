@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 /// Result alias used across the crate.
-pub type Result<T, E = Error> = std::result::Result<T, Error>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in ntk-pipeline.
 #[derive(Debug, thiserror::Error)]

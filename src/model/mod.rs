@@ -4,9 +4,16 @@
 //! A [`Network`] is a list of [`Node`]s in topological order. Node 0 is the input; each later node applies
 //! one [`Op`] to the outputs of earlier nodes; the last node's output is the logits, shape (batch, d).
 
+pub mod arch;
 pub mod layers;
+pub mod load;
+pub mod params;
+pub mod recognise;
+pub mod weights;
+pub mod train;
 
 pub use layers::{BatchNorm2d, Conv2d, Linear, Op};
+pub use params::{Init, ParamSource};
 
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};

@@ -1,1 +1,134 @@
-//! The exact empirical NTK, computed tile by tile with structured derivatives.
+//! The exact empirical NTK `K[(i,c),(j,c')] = J_c(x_i) · J_c'(x_j) / s`, computed tile by tile with
+//! structured derivatives (SPEC §1) and handed to the linear algebra through [`tiles::NtkTiles`].
+//!
+//! - [`backward`]: a hand-written batched reverse pass (one backward over `n·d` rows gives every layer's
+//!   output gradient for every example and logit at once; conv data gradients are `conv2d`s with the flipped
+//!   kernel);
+//! - [`features`]: per-block features: explicit per-example weight gradients (route A), spatial factors
+//!   (route B), dense-layer factors (Hadamard-of-Grams rule);
+//! - [`contract`]: the per-layer tile rules, accumulated in f64;
+//! - [`tiles`]: `NtkTiles: TileSource` with a byte-budgeted feature cache;
+//! - [`brute`]: the reference oracle (one autograd backward per example and logit), for tests and benchmarks.
+
+pub mod backward;
+pub mod brute;
+pub mod contract;
+pub mod features;
+pub mod im2col;
+pub mod tiles;
+
+pub use tiles::NtkTiles;
+
+use crate::{Error, Result};
+use serde::Serialize;
+
+/// Which network outputs the kernel is taken of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outputs {
+    /// All d logits: m = n·d, row = example·d + class (the paper's kernel).
+    Full,
+    /// The kernel of Σ_c f_c (n×n).
+    Sum,
+    /// Σ_c J_c J_cᵀ (n×n).
+    Trace,
+    /// One logit K (n×n).
+    Logit(usize),
+}
+
+/// The scale s in `J Jᵀ / s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scale {
+    /// s = sqrt(p) (the paper's choice, default).
+    SqrtP,
+    /// s = 1.
+    None,
+    /// s = p.
+    P,
+}
+
+/// Floating-point precision of kernel formation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Forward, backward and contractions in f64 (the reference).
+    F64,
+    /// Forward and backward passes in f32; the f32 features are contracted with f64 accumulation.
+    F32,
+}
+
+/// What kernel to form.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct KernelSpec {
+    /// Which outputs.
+    pub outputs: Outputs,
+    /// Which scale.
+    pub scale: Scale,
+    /// Which precision.
+    pub precision: Precision,
+}
+
+impl Default for KernelSpec {
+    fn default() -> Self {
+        Self { outputs: Outputs::Full, scale: Scale::SqrtP, precision: Precision::F64 }
+    }
+}
+
+impl KernelSpec {
+    /// Parse the CLI's `--outputs`, `--scale`, `--precision` strings.
+    pub fn parse(outputs: &str, scale: &str, precision: &str) -> Result<Self> {
+        let outputs = match outputs {
+            "full" => Outputs::Full,
+            "sum" => Outputs::Sum,
+            "trace" => Outputs::Trace,
+            s => match s.strip_prefix("logit:").map(str::parse::<usize>) {
+                Some(Ok(k)) => Outputs::Logit(k),
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "--outputs {s}: expected full, sum, trace or logit:K (K a class index)"
+                    )))
+                }
+            },
+        };
+        let scale = match scale {
+            "sqrt-p" => Scale::SqrtP,
+            "none" => Scale::None,
+            "p" => Scale::P,
+            s => return Err(Error::Usage(format!("--scale {s}: expected sqrt-p, none or p"))),
+        };
+        let precision = match precision {
+            "f64" => Precision::F64,
+            "f32" => Precision::F32,
+            s => return Err(Error::Usage(format!("--precision {s}: expected f64 or f32"))),
+        };
+        Ok(Self { outputs, scale, precision })
+    }
+
+    /// Kernel rows per example: d for `full`, 1 otherwise.
+    pub fn rows_per_example(&self, num_logits: usize) -> usize {
+        match self.outputs {
+            Outputs::Full => num_logits,
+            _ => 1,
+        }
+    }
+
+    /// The divisor s for a network with p parameters.
+    pub fn divisor(&self, num_params: usize) -> f64 {
+        match self.scale {
+            Scale::SqrtP => (num_params as f64).sqrt(),
+            Scale::None => 1.0,
+            Scale::P => num_params as f64,
+        }
+    }
+
+    /// Human-readable `--outputs` value.
+    pub fn outputs_name(&self) -> String {
+        match self.outputs {
+            Outputs::Full => "full".into(),
+            Outputs::Sum => "sum".into(),
+            Outputs::Trace => "trace".into(),
+            Outputs::Logit(k) => format!("logit:{k}"),
+        }
+    }
+}

@@ -4,6 +4,7 @@
 pub mod compare;
 pub mod eval;
 pub mod fit;
+pub mod inputs;
 pub mod logdet;
 pub mod ntk;
 pub mod run;

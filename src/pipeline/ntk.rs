@@ -1,10 +1,72 @@
-//! The `ntk` subcommand. (In progress: being implemented.)
+//! The `ntk` subcommand: the dense NTK of the first n examples written to `.npy` (f64, C order,
+//! example-major rows `example·d + class`, the scale applied), plus optional JSON metadata.
 
 use crate::cli::NtkArgs;
+use crate::linalg::npy_write::write_npy_f64;
+use crate::linalg::TileSource;
+use crate::pipeline::inputs::{kernel_meta, prepare};
 use crate::progress::Progress;
+use crate::report::logdet::write_json_atomic;
 use crate::{Error, Result};
+use faer::Mat;
+use std::time::Instant;
+
+/// Largest kernel order `ntk` will hold in memory (8·m² bytes; 16384 → 2 GiB).
+pub const MAX_DENSE_ORDER: usize = 16384;
 
 /// Execute `ntk`.
-pub fn run(_args: &NtkArgs, _progress: &dyn Progress) -> Result<()> {
-    Err(Error::Internal("the `ntk` subcommand is not implemented yet".into()))
+pub fn run(args: &NtkArgs, progress: &dyn Progress) -> Result<()> {
+    let t0 = Instant::now();
+    let prepared = prepare(&args.md)?;
+    let tiles = prepared.tiles(args.n, &args.kernel, 4 << 30)?;
+    let m = tiles.dim();
+    if m > MAX_DENSE_ORDER {
+        return Err(Error::Usage(format!(
+            "the kernel would be {m}x{m} ({:.1} GiB); `ntk --out` writes dense kernels up to order {MAX_DENSE_ORDER}. \
+             Use `logdet --model …` to factor larger kernels without storing them",
+            (m * m * 8) as f64 / (1u64 << 30) as f64
+        )));
+    }
+    let mut k = Mat::<f64>::zeros(m, m);
+    let g = tiles.granule();
+    // Row panels of whole examples, so progress can be shown; only the upper triangle is computed.
+    let panel = (256 / g).max(1) * g;
+    let panels = m.div_ceil(panel);
+    progress.start("NTK tiles", (panels * (panels + 1) / 2) as u64);
+    for a in 0..panels {
+        let rows = a * panel..((a + 1) * panel).min(m);
+        for b in a..panels {
+            let cols = b * panel..((b + 1) * panel).min(m);
+            tiles.fill(rows.clone(), cols.clone(), k.as_mut().submatrix_mut(rows.start, cols.start, rows.len(), cols.len()))?;
+            progress.advance(1);
+        }
+    }
+    progress.finish();
+    for c in 0..m {
+        for r in (c + 1)..m {
+            k[(r, c)] = k[(c, r)];
+        }
+    }
+    write_npy_f64(&args.out, k.as_ref())?;
+    let wall = t0.elapsed().as_secs_f64();
+    let mut meta = kernel_meta(&prepared, &tiles, args.n);
+    meta["wall_s"] = serde_json::json!(wall);
+    meta["out"] = serde_json::json!(args.out.display().to_string());
+    if let Some(path) = &args.json {
+        write_json_atomic(path, &meta)?;
+    }
+    let stats = tiles.stats();
+    println!(
+        "wrote {} ({m}x{m} f64, n = {}, d = {}, p = {}, outputs {}, scale {:?}); {:.2} s (features {:.2} s, contractions {:.2} s)",
+        args.out.display(),
+        args.n,
+        tiles.num_logits(),
+        tiles.num_params(),
+        tiles.spec().outputs_name(),
+        tiles.spec().scale,
+        wall,
+        stats.feature_seconds,
+        stats.contract_seconds
+    );
+    Ok(())
 }

@@ -1,0 +1,386 @@
+//! Per-block NTK features: one eval-mode forward pass over a block of examples, one batched reverse pass over
+//! its `n·r` (example, seed) rows, and for every parametrised layer the factors its tile rule needs.
+//!
+//! Layer rules (chosen once per network by [`LayerPlan::new`], see `contract.rs` for the contractions):
+//! - **explicit** columns of the Jacobian: conv weights by route A (`G_ic P_i`, one GEMM per row), conv biases
+//!   (`Σ_u G_ic`), BatchNorm γ (`Σ_u g·x̂`) and β (`Σ_u g`);
+//! - **dense** factors for linear layers: inputs `a_i` and output gradients `g_ic`
+//!   (`K_l = (g·g') (a·a' + 1[bias])`);
+//! - **spatial** factors for conv route B: patches `P_i` and output gradients `G_ic`
+//!   (`K_l = Σ_{u,v} (G_ic G_jc'ᵀ)_{uv} (P_i P_jᵀ)_{uv}`), used where it needs fewer FLOPs than route A.
+
+use crate::model::{Network, Op};
+use crate::ntk::backward::{backward, seed};
+use crate::ntk::im2col::{im2col, ConvGeometry};
+use crate::ntk::{KernelSpec, Precision};
+use crate::{Error, Result};
+use candle_core::{DType, Tensor};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+/// How one parametrised node contributes to the kernel.
+#[derive(Debug, Clone)]
+pub enum Rule {
+    /// Conv weights by route A: explicit columns `[offset, offset + c_out·patch_len)` per group layout.
+    ConvExplicit {
+        /// Geometry of the conv on one example.
+        geometry: ConvGeometry,
+        /// Output channels.
+        c_out: usize,
+        /// Groups.
+        groups: usize,
+        /// First explicit column.
+        offset: usize,
+    },
+    /// Conv weights by route B: stored as spatial factors number `slot`.
+    ConvSpatial {
+        /// Geometry of the conv on one example.
+        geometry: ConvGeometry,
+        /// Output channels.
+        c_out: usize,
+        /// Index into `Features::spatial`.
+        slot: usize,
+    },
+    /// Linear layer: dense factors number `slot`.
+    Linear {
+        /// Index into `Features::dense`.
+        slot: usize,
+        /// Whether a bias adds `g·g'`.
+        bias: bool,
+    },
+    /// BatchNorm γ and β: explicit columns `[offset, offset + 2C)`.
+    BatchNorm {
+        /// Channels.
+        channels: usize,
+        /// First explicit column.
+        offset: usize,
+    },
+}
+
+/// A layer's rule plus, for conv layers with a bias, the explicit columns of the bias.
+#[derive(Debug, Clone)]
+pub struct LayerRule {
+    /// Node index in the network.
+    pub node: usize,
+    /// The weight rule.
+    pub rule: Rule,
+    /// First explicit column of the conv bias (C_out columns), if any.
+    pub bias_offset: Option<usize>,
+}
+
+/// The per-network plan: which rule each parametrised node uses and how big the features are.
+#[derive(Debug, Clone)]
+pub struct LayerPlan {
+    /// One entry per parametrised node, in node order.
+    pub layers: Vec<LayerRule>,
+    /// Number of explicit Jacobian columns.
+    pub explicit_cols: usize,
+    /// Number of dense (linear) layers.
+    pub dense_slots: usize,
+    /// Number of route-B conv layers.
+    pub spatial_slots: usize,
+    /// Rows per example in the features (d for full/trace, 1 otherwise).
+    pub rows: usize,
+    /// Bytes of features per example (f64).
+    pub bytes_per_example: usize,
+}
+
+impl LayerPlan {
+    /// Decide the rule of every parametrised node from one forward pass on `probe` (one example), with `rows`
+    /// seed rows per example. Conv layers take route B when its FLOPs per example pair are lower.
+    pub fn new(network: &Network, probe: &Tensor, rows: usize) -> Result<Self> {
+        let cache = network.forward_cached(probe)?;
+        let mut layers = Vec::new();
+        let (mut explicit_cols, mut dense_slots, mut spatial_slots, mut per_example) = (0, 0, 0, 0usize);
+        for (k, node) in network.nodes.iter().enumerate() {
+            let input = node.inputs.first().map(|&i| &cache[i]);
+            match (&node.op, input) {
+                (Op::Conv2d(c), Some(x)) => {
+                    let (c_out, _, kh, _) = c.weight.dims4()?;
+                    let geometry = ConvGeometry {
+                        c_in: x.dim(1)?,
+                        h: x.dim(2)?,
+                        w: x.dim(3)?,
+                        k: kh,
+                        stride: c.stride,
+                        padding: c.padding,
+                    };
+                    let (u, kk) = (geometry.positions() as f64, geometry.patch_len() as f64);
+                    let r = rows as f64;
+                    let flops_a = r * r * c_out as f64 * kk / c.groups as f64;
+                    let flops_b = u * u * kk + r * c_out as f64 * u * u + r * r * c_out as f64 * u;
+                    let rule = if c.groups == 1 && flops_b < flops_a {
+                        per_example += geometry.positions() * (geometry.patch_len() + rows * c_out);
+                        spatial_slots += 1;
+                        Rule::ConvSpatial { geometry, c_out, slot: spatial_slots - 1 }
+                    } else {
+                        let len = c_out * geometry.patch_len() / c.groups;
+                        explicit_cols += len;
+                        per_example += rows * len;
+                        Rule::ConvExplicit { geometry, c_out, groups: c.groups, offset: explicit_cols - len }
+                    };
+                    let bias_offset = c.bias.as_ref().map(|_| {
+                        explicit_cols += c_out;
+                        per_example += rows * c_out;
+                        explicit_cols - c_out
+                    });
+                    layers.push(LayerRule { node: k, rule, bias_offset });
+                }
+                (Op::Linear(l), Some(_)) => {
+                    let (out_dim, in_dim) = l.weight.dims2()?;
+                    per_example += in_dim + rows * out_dim;
+                    dense_slots += 1;
+                    let rule = Rule::Linear { slot: dense_slots - 1, bias: l.bias.is_some() };
+                    layers.push(LayerRule { node: k, rule, bias_offset: None });
+                }
+                (Op::BatchNorm2d(bn), Some(_)) => {
+                    let channels = bn.weight.elem_count();
+                    explicit_cols += 2 * channels;
+                    per_example += rows * 2 * channels;
+                    let rule = Rule::BatchNorm { channels, offset: explicit_cols - 2 * channels };
+                    layers.push(LayerRule { node: k, rule, bias_offset: None });
+                }
+                _ => {}
+            }
+        }
+        Ok(Self {
+            layers,
+            explicit_cols,
+            dense_slots,
+            spatial_slots,
+            rows,
+            bytes_per_example: per_example * std::mem::size_of::<f64>(),
+        })
+    }
+}
+
+/// Dense-layer factors of a block: inputs (n × in) and output gradients (n·r × out), row-major.
+#[derive(Debug, Clone, Default)]
+pub struct DenseFactors {
+    /// Input dimension.
+    pub in_dim: usize,
+    /// Output dimension.
+    pub out_dim: usize,
+    /// Layer inputs a_i, row-major n × in.
+    pub inputs: Vec<f64>,
+    /// Output gradients g_ic, row-major (n·r) × out.
+    pub grads: Vec<f64>,
+}
+
+/// Route-B conv factors of a block: patches (n·U × patch) and output gradients (n·r·C_out × U), row-major.
+#[derive(Debug, Clone, Default)]
+pub struct SpatialFactors {
+    /// Output positions U.
+    pub positions: usize,
+    /// Patch length C_in·k·k.
+    pub patch_len: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Patches P_i stacked, row-major (n·U) × patch_len.
+    pub patches: Vec<f64>,
+    /// Output gradients G_ic stacked, row-major (n·r·C_out) × U.
+    pub grads: Vec<f64>,
+}
+
+/// All features of one block of examples.
+#[derive(Debug, Clone)]
+pub struct Features {
+    /// Number of examples.
+    pub n: usize,
+    /// Rows per example.
+    pub rows: usize,
+    /// Number of explicit Jacobian columns (the length of one row's explicit feature vector).
+    pub explicit_cols: usize,
+    /// Explicit Jacobian rows, one contiguous vector of `explicit_cols` values per row i·r + c.
+    pub explicit: Vec<f64>,
+    /// Dense factors per linear layer.
+    pub dense: Vec<DenseFactors>,
+    /// Spatial factors per route-B conv layer.
+    pub spatial: Vec<SpatialFactors>,
+}
+
+impl Features {
+    /// Bytes held by these features.
+    pub fn bytes(&self) -> usize {
+        let dense: usize = self.dense.iter().map(|d| d.inputs.len() + d.grads.len()).sum();
+        let spatial: usize = self.spatial.iter().map(|s| s.patches.len() + s.grads.len()).sum();
+        (self.explicit.len() + dense + spatial) * std::mem::size_of::<f64>()
+    }
+
+    /// The explicit features as an (explicit_cols × n·r) matrix: column i·r + c is row (i, c) of the Jacobian.
+    pub fn explicit_t(&self) -> MatRef<'_, f64> {
+        MatRef::from_column_major_slice(&self.explicit, self.explicit_cols, self.n * self.rows)
+    }
+}
+
+/// Compute the features of the examples `inputs` (n, C, H, W) for `spec`, processing `micro` examples per
+/// forward/backward pass. `network` must already be in the working precision.
+pub fn compute(network: &Network, plan: &LayerPlan, inputs: &Tensor, spec: &KernelSpec, micro: usize) -> Result<Features> {
+    let n = inputs.dim(0)?;
+    let r = plan.rows;
+    let mut feats = Features {
+        n,
+        rows: r,
+        explicit_cols: plan.explicit_cols,
+        explicit: vec![0.0; plan.explicit_cols * n * r],
+        dense: vec![DenseFactors::default(); plan.dense_slots],
+        spatial: vec![SpatialFactors::default(); plan.spatial_slots],
+    };
+    let dtype = match spec.precision {
+        Precision::F64 => DType::F64,
+        Precision::F32 => DType::F32,
+    };
+    let mut start = 0;
+    while start < n {
+        let len = micro.max(1).min(n - start);
+        let x = inputs.narrow(0, start, len)?.to_dtype(dtype)?;
+        let cache = network.forward_cached(&x)?;
+        let d = cache[network.output()].dim(1)?;
+        let seeds = seed(len, d, spec.outputs, dtype)?;
+        backward(network, &cache, seeds, r, |node, grad| {
+            let rule = plan
+                .layers
+                .iter()
+                .find(|l| l.node == node)
+                .ok_or_else(|| Error::Internal(format!("no NTK rule for node {node}")))?;
+            let input = &cache[network.nodes[node].inputs[0]];
+            extract(&mut feats, rule, &network.nodes[node].op, input, grad, start, len)
+        })?;
+        start += len;
+    }
+    Ok(feats)
+}
+
+/// Copy a tensor to a Vec<f64> (row-major, whatever its dtype).
+fn to_f64_vec(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+}
+
+/// Fill the features of one layer for examples `start..start + len` of the block from the layer input
+/// (len, …) and output gradient (len·r, …).
+fn extract(
+    feats: &mut Features,
+    rule: &LayerRule,
+    op: &Op,
+    input: &Tensor,
+    grad: &Tensor,
+    start: usize,
+    len: usize,
+) -> Result<()> {
+    let r = feats.rows;
+    let g = to_f64_vec(grad)?;
+    // Explicit columns for rows (start·r ..), one slice per row.
+    let row0 = start * r;
+    match (&rule.rule, op) {
+        (Rule::ConvExplicit { geometry, c_out, groups, offset }, Op::Conv2d(_)) => {
+            let x = to_f64_vec(input)?;
+            let (u, plen) = (geometry.positions(), geometry.patch_len());
+            let (c_out, groups, offset) = (*c_out, *groups, *offset);
+            let (cog, pg) = (c_out / groups, plen / groups);
+            let in_len = geometry.c_in * geometry.h * geometry.w;
+            let ecols = feats.explicit_cols;
+            let block = &mut feats.explicit[row0 * ecols..(row0 + len * r) * ecols];
+            // Each example owns r consecutive rows: work on examples in parallel.
+            block.par_chunks_mut(r * ecols).enumerate().for_each(|(e, rows_e)| {
+                let mut patches = vec![0.0; u * plen];
+                im2col(&x[e * in_len..(e + 1) * in_len], geometry, &mut patches);
+                let p = MatRef::from_row_major_slice(&patches, u, plen);
+                for (c, col) in rows_e.chunks_mut(ecols).enumerate() {
+                    let row = e * r + c;
+                    let gm = MatRef::from_row_major_slice(&g[row * c_out * u..(row + 1) * c_out * u], c_out, u);
+                    let seg = &mut col[offset..offset + c_out * pg];
+                    for grp in 0..groups {
+                        let dst = MatMut::from_row_major_slice_mut(&mut seg[grp * cog * pg..(grp + 1) * cog * pg], cog, pg);
+                        let lhs = gm.subrows(grp * cog, cog);
+                        let rhs = p.subcols(grp * pg, pg);
+                        matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::Seq);
+                    }
+                }
+            });
+            if let Some(bias) = rule.bias_offset {
+                write_channel_sums(feats, row0, len * r, bias, &g, c_out, u, None)?;
+            }
+        }
+        (Rule::ConvSpatial { geometry, c_out, slot }, Op::Conv2d(_)) => {
+            let x = to_f64_vec(input)?;
+            let (u, plen) = (geometry.positions(), geometry.patch_len());
+            let in_len = geometry.c_in * geometry.h * geometry.w;
+            let s = &mut feats.spatial[*slot];
+            if s.patches.is_empty() {
+                s.positions = u;
+                s.patch_len = plen;
+                s.c_out = *c_out;
+                s.patches = vec![0.0; feats.n * u * plen];
+                s.grads = vec![0.0; feats.n * r * c_out * u];
+            }
+            s.patches[start * u * plen..(start + len) * u * plen]
+                .par_chunks_mut(u * plen)
+                .enumerate()
+                .for_each(|(e, out)| im2col(&x[e * in_len..(e + 1) * in_len], geometry, out));
+            s.grads[row0 * c_out * u..(row0 + len * r) * c_out * u].copy_from_slice(&g);
+            if let Some(bias) = rule.bias_offset {
+                write_channel_sums(feats, row0, len * r, bias, &g, *c_out, u, None)?;
+            }
+        }
+        (Rule::Linear { slot, .. }, Op::Linear(l)) => {
+            let (out_dim, in_dim) = l.weight.dims2()?;
+            let a = to_f64_vec(input)?;
+            let dn = &mut feats.dense[*slot];
+            if dn.inputs.is_empty() {
+                dn.in_dim = in_dim;
+                dn.out_dim = out_dim;
+                dn.inputs = vec![0.0; feats.n * in_dim];
+                dn.grads = vec![0.0; feats.n * r * out_dim];
+            }
+            dn.inputs[start * in_dim..(start + len) * in_dim].copy_from_slice(&a);
+            dn.grads[row0 * out_dim..(row0 + len * r) * out_dim].copy_from_slice(&g);
+        }
+        (Rule::BatchNorm { channels, offset }, Op::BatchNorm2d(bn)) => {
+            let xhat = to_f64_vec(&bn.normalise(input)?)?;
+            let u = input.dim(2)? * input.dim(3)?;
+            // γ: Σ_u g·x̂ (x̂ of the row's example), β: Σ_u g.
+            write_channel_sums(feats, row0, len * r, *offset, &g, *channels, u, Some((&xhat, r)))?;
+            write_channel_sums(feats, row0, len * r, offset + channels, &g, *channels, u, None)?;
+        }
+        _ => return Err(Error::Internal("NTK rule does not match the layer type".into())),
+    }
+    Ok(())
+}
+
+/// For each of `rows` gradient rows (C × U each), write Σ_u g[c,u]·w[c,u] into explicit column
+/// `first_row + row` at rows `offset..offset + C`; `w` is 1, or the per-example weight (x̂) repeated r times.
+#[allow(clippy::too_many_arguments)]
+fn write_channel_sums(
+    feats: &mut Features,
+    first_row: usize,
+    rows: usize,
+    offset: usize,
+    g: &[f64],
+    channels: usize,
+    u: usize,
+    weight: Option<(&[f64], usize)>,
+) -> Result<()> {
+    if g.len() != rows * channels * u {
+        return Err(Error::Internal(format!(
+            "gradient has {} values, expected {rows}×{channels}×{u}",
+            g.len()
+        )));
+    }
+    for row in 0..rows {
+        let ecols = feats.explicit_cols;
+        let col = &mut feats.explicit[(first_row + row) * ecols..(first_row + row + 1) * ecols];
+        for c in 0..channels {
+            let gs = &g[(row * channels + c) * u..(row * channels + c + 1) * u];
+            col[offset + c] = match weight {
+                None => gs.iter().sum(),
+                Some((w, r)) => {
+                    let e = row / r;
+                    let ws = &w[(e * channels + c) * u..(e * channels + c + 1) * u];
+                    gs.iter().zip(ws).map(|(a, b)| a * b).sum()
+                }
+            };
+        }
+    }
+    Ok(())
+}

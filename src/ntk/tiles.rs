@@ -1,0 +1,240 @@
+//! [`NtkTiles`]: the empirical NTK of a network on n examples as a [`TileSource`], computed on demand.
+//!
+//! Examples are grouped into feature blocks ("chunks") sized so that two fit in the feature budget; a tile
+//! request is answered chunk pair by chunk pair from cached features (least recently used chunks are evicted
+//! when the budget is exceeded), so the kernel itself is never stored.
+
+use crate::linalg::TileSource;
+use crate::model::Network;
+use crate::ntk::contract::contract;
+use crate::ntk::features::{compute, Features, LayerPlan};
+use crate::ntk::{KernelSpec, Outputs, Precision};
+use crate::{Error, Result};
+use candle_core::{DType, Tensor};
+use faer::{Mat, MatMut};
+use serde::Serialize;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Time and work spent forming the kernel so far.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NtkStats {
+    /// Seconds in forward/backward passes and feature extraction.
+    pub feature_seconds: f64,
+    /// Seconds in tile contractions.
+    pub contract_seconds: f64,
+    /// Feature blocks computed (including recomputations after eviction).
+    pub feature_blocks_computed: usize,
+    /// Tiles requested.
+    pub tiles: usize,
+    /// Examples per feature block.
+    pub chunk_examples: usize,
+    /// Bytes of features per example.
+    pub feature_bytes_per_example: usize,
+}
+
+/// LRU cache of feature chunks under a byte budget.
+struct FeatureCache {
+    entries: Vec<(usize, Arc<Features>)>,
+    bytes: usize,
+    budget: usize,
+}
+
+/// The exact empirical NTK `J Jᵀ / s` of `network` on the rows of `inputs`, as a tile source.
+pub struct NtkTiles {
+    network: Network,
+    plan: LayerPlan,
+    inputs: Tensor,
+    spec: KernelSpec,
+    logits: usize,
+    params: usize,
+    divisor: f64,
+    chunk: usize,
+    micro: usize,
+    cache: Mutex<FeatureCache>,
+    stats: Mutex<NtkStats>,
+}
+
+impl NtkTiles {
+    /// The NTK of `network` on `inputs` (n, C, H, W) for `spec`, with at most `feature_budget` bytes of
+    /// cached features (at least one example's features are always held).
+    pub fn new(network: &Network, inputs: Tensor, spec: KernelSpec, feature_budget: usize) -> Result<Self> {
+        let dtype = match spec.precision {
+            Precision::F64 => DType::F64,
+            Precision::F32 => DType::F32,
+        };
+        let network = network.to_dtype(dtype)?;
+        let n = inputs.dim(0)?;
+        if n == 0 {
+            return Err(Error::Usage("the kernel needs at least one example".into()));
+        }
+        let probe = inputs.narrow(0, 0, 1)?.to_dtype(dtype)?;
+        let cache = network.forward_cached(&probe)?;
+        let logits = cache[network.output()].dim(1)?;
+        if let Outputs::Logit(k) = spec.outputs {
+            if k >= logits {
+                return Err(Error::Usage(format!("--outputs logit:{k}: the network has only {logits} logits")));
+            }
+        }
+        let rows = match spec.outputs {
+            Outputs::Full | Outputs::Trace => logits,
+            Outputs::Sum | Outputs::Logit(_) => 1,
+        };
+        let plan = LayerPlan::new(&network, &probe, rows)?;
+        let act_bytes: usize = cache.iter().map(|t| t.elem_count() * 8).sum();
+        let micro = ((256usize << 20) / (3 * act_bytes * rows).max(1)).clamp(1, 64);
+        let chunk = (feature_budget / (2 * plan.bytes_per_example).max(1)).clamp(1, n);
+        let params = network.num_params();
+        let stats = NtkStats { chunk_examples: chunk, feature_bytes_per_example: plan.bytes_per_example, ..Default::default() };
+        Ok(Self {
+            divisor: spec.divisor(params),
+            network,
+            plan,
+            inputs,
+            spec,
+            logits,
+            params,
+            chunk,
+            micro,
+            cache: Mutex::new(FeatureCache { entries: Vec::new(), bytes: 0, budget: feature_budget }),
+            stats: Mutex::new(stats),
+        })
+    }
+
+    /// Number of examples n.
+    pub fn num_examples(&self) -> usize {
+        self.inputs.dims()[0]
+    }
+
+    /// Number of logits d of the network.
+    pub fn num_logits(&self) -> usize {
+        self.logits
+    }
+
+    /// Number of trainable parameters p.
+    pub fn num_params(&self) -> usize {
+        self.params
+    }
+
+    /// The kernel's definition.
+    pub fn spec(&self) -> &KernelSpec {
+        &self.spec
+    }
+
+    /// Kernel rows per example (d for `full`, 1 otherwise).
+    pub fn rows_per_example(&self) -> usize {
+        self.spec.rows_per_example(self.logits)
+    }
+
+    /// Time and work spent so far.
+    pub fn stats(&self) -> NtkStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Features of chunk `c`, from the cache or computed now.
+    fn features(&self, c: usize) -> Result<Arc<Features>> {
+        if let Ok(mut cache) = self.cache.lock() {
+            if let Some(pos) = cache.entries.iter().position(|(k, _)| *k == c) {
+                let entry = cache.entries.remove(pos);
+                let found = entry.1.clone();
+                cache.entries.push(entry);
+                return Ok(found);
+            }
+        }
+        let start = c * self.chunk;
+        let len = self.chunk.min(self.num_examples() - start);
+        let t0 = Instant::now();
+        let feats = Arc::new(compute(&self.network, &self.plan, &self.inputs.narrow(0, start, len)?, &self.spec, self.micro)?);
+        if let Ok(mut s) = self.stats.lock() {
+            s.feature_seconds += t0.elapsed().as_secs_f64();
+            s.feature_blocks_computed += 1;
+        }
+        if let Ok(mut cache) = self.cache.lock() {
+            let bytes = feats.bytes();
+            while !cache.entries.is_empty() && cache.bytes + bytes > cache.budget {
+                let (_, old) = cache.entries.remove(0);
+                cache.bytes -= old.bytes();
+            }
+            cache.bytes += bytes;
+            cache.entries.push((c, feats.clone()));
+        }
+        Ok(feats)
+    }
+
+    /// The chunks overlapping examples `ex`, each with its local example range and its offset in `ex`.
+    fn chunk_parts(&self, ex: &Range<usize>) -> Vec<(usize, Range<usize>, usize)> {
+        let mut parts = Vec::new();
+        let mut e = ex.start;
+        while e < ex.end {
+            let c = e / self.chunk;
+            let end = ((c + 1) * self.chunk).min(ex.end);
+            parts.push((c, e - c * self.chunk..end - c * self.chunk, e - ex.start));
+            e = end;
+        }
+        parts
+    }
+}
+
+impl TileSource for NtkTiles {
+    fn dim(&self) -> usize {
+        self.num_examples() * self.rows_per_example()
+    }
+
+    fn granule(&self) -> usize {
+        self.rows_per_example()
+    }
+
+    fn fill(&self, rows: Range<usize>, cols: Range<usize>, mut out: MatMut<'_, f64>) -> Result<()> {
+        let g = self.rows_per_example();
+        let rf = self.plan.rows;
+        let ex_rows = rows.start / g..rows.end.div_ceil(g);
+        let ex_cols = cols.start / g..cols.end.div_ceil(g);
+        let (row_skip, col_skip) = (rows.start - ex_rows.start * g, cols.start - ex_cols.start * g);
+        for (ca, ia, oa) in self.chunk_parts(&ex_rows) {
+            let fa = self.features(ca)?;
+            for (cb, jb, ob) in self.chunk_parts(&ex_cols) {
+                let fb = self.features(cb)?;
+                let t0 = Instant::now();
+                let mut block = Mat::<f64>::zeros(ia.len() * rf, jb.len() * rf);
+                contract(&self.plan, &fa, ia.clone(), &fb, jb.clone(), block.as_mut());
+                let block = if self.spec.outputs == Outputs::Trace { trace_reduce(&block, rf) } else { block };
+                // Copy the part of this block that lies inside the requested tile.
+                for bc in 0..block.ncols() {
+                    let Some(oc) = (ob * g + bc).checked_sub(col_skip).filter(|&c| c < cols.len()) else { continue };
+                    for br in 0..block.nrows() {
+                        let Some(or) = (oa * g + br).checked_sub(row_skip).filter(|&r| r < rows.len()) else { continue };
+                        out[(or, oc)] = block[(br, bc)] / self.divisor;
+                    }
+                }
+                if let Ok(mut s) = self.stats.lock() {
+                    s.contract_seconds += t0.elapsed().as_secs_f64();
+                }
+            }
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.tiles += 1;
+        }
+        for c in 0..cols.len() {
+            for r in 0..rows.len() {
+                let v = out[(r, c)];
+                if !v.is_finite() {
+                    return Err(Error::NonFinite {
+                        value: v,
+                        row: rows.start + r,
+                        col: cols.start + c,
+                        rows: rows.clone(),
+                        cols: cols.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sum the diagonal (c == c') entries of each d×d block: the `trace` kernel.
+fn trace_reduce(block: &Mat<f64>, d: usize) -> Mat<f64> {
+    let (ni, nj) = (block.nrows() / d, block.ncols() / d);
+    Mat::from_fn(ni, nj, |i, j| (0..d).map(|c| block[(i * d + c, j * d + c)]).sum())
+}

@@ -1,0 +1,95 @@
+//! Shared set-up of the NTK subcommands: load the dataset and the model, order the sample, and build the
+//! kernel's tile source for the first n examples.
+
+use crate::cli::{KernelArgs, ModelDataArgs};
+use crate::data::{self, DataOptions, Dataset, Split};
+use crate::model::load::{load_model, LoadedModel};
+use crate::ntk::{KernelSpec, NtkTiles};
+use crate::{Error, Result};
+use candle_core::Tensor;
+
+/// A loaded model and dataset with the sample order.
+pub struct Prepared {
+    /// The model.
+    pub model: LoadedModel,
+    /// The dataset split.
+    pub dataset: Dataset,
+    /// Example indices in sample order (dataset order, or a seeded permutation).
+    pub order: Vec<usize>,
+}
+
+/// Load the data and model that `md` names.
+pub fn prepare(md: &ModelDataArgs) -> Result<Prepared> {
+    let split = match md.split.as_str() {
+        "train" => Split::Train,
+        "test" => Split::Test,
+        s => return Err(Error::Usage(format!("--split {s}: expected train or test"))),
+    };
+    let opts = DataOptions { split, data_dir: md.data_dir.clone(), download: md.download };
+    let dataset = data::load(&md.data, &opts)?;
+    let model = load_model(
+        &md.model,
+        md.arch.as_deref(),
+        md.width,
+        Some(dataset.image_shape()),
+        Some(dataset.num_classes()),
+    )?;
+    let order = data::sample_order(dataset.len(), &md.order, md.seed)?;
+    Ok(Prepared { model, dataset, order })
+}
+
+impl Prepared {
+    /// The test-time transformed inputs of the first `n` examples of the sample, (n, C, H, W) f32.
+    pub fn inputs(&self, n: usize) -> Result<Tensor> {
+        if n == 0 || n > self.order.len() {
+            return Err(Error::Usage(format!(
+                "--n {n}: the {} {} split has {} examples (choose 1..={})",
+                self.dataset.name(),
+                self.dataset.split().as_str(),
+                self.order.len(),
+                self.order.len()
+            )));
+        }
+        self.dataset.images(&self.order[..n], self.model.network.input_shape)
+    }
+
+    /// The NTK of the first `n` examples as a tile source, with `feature_budget` bytes for cached features.
+    /// Warns on stderr when m = n·d exceeds p (the kernel is then singular, SPEC §5).
+    pub fn tiles(&self, n: usize, kernel: &KernelArgs, feature_budget: usize) -> Result<NtkTiles> {
+        let spec = KernelSpec::parse(&kernel.outputs, &kernel.scale, &kernel.precision)?;
+        let tiles = NtkTiles::new(&self.model.network, self.inputs(n)?, spec, feature_budget)?;
+        warn_if_singular(&tiles);
+        Ok(tiles)
+    }
+}
+
+/// Print a warning when the kernel's order m exceeds the number of parameters p (rank K ≤ p).
+pub fn warn_if_singular(tiles: &NtkTiles) {
+    use crate::linalg::TileSource;
+    let (m, p) = (tiles.dim(), tiles.num_params());
+    if m > p {
+        eprintln!(
+            "warning: the kernel has order m = {m} but the network only p = {p} parameters: K has rank <= p, \
+             so it is singular and its log-determinant is meaningless (SPEC §5); use fewer examples or a larger model"
+        );
+    }
+}
+
+/// Kernel metadata for JSON reports.
+pub fn kernel_meta(prepared: &Prepared, tiles: &NtkTiles, n: usize) -> serde_json::Value {
+    use crate::linalg::TileSource;
+    serde_json::json!({
+        "model": prepared.model.source.display().to_string(),
+        "arch": prepared.model.network.arch,
+        "data": prepared.dataset.name(),
+        "split": prepared.dataset.split().as_str(),
+        "n": n,
+        "d": tiles.num_logits(),
+        "p": tiles.num_params(),
+        "m": tiles.dim(),
+        "outputs": tiles.spec().outputs_name(),
+        "scale": tiles.spec().scale,
+        "precision": tiles.spec().precision,
+        "kernel_stats": tiles.stats(),
+    })
+}

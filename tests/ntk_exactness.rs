@@ -1,0 +1,252 @@
+//! Exactness of the structured NTK tiles against brute force (one candle autograd backward per example and
+//! logit) and against central finite differences. Tolerance 1e-12 relative (Frobenius) in f64: both sides
+//! are exact up to rounding of sums of a few thousand terms.
+
+use candle_core::{DType, Device, Tensor};
+use faer::Mat;
+use ntk_pipeline::linalg::TileSource;
+use ntk_pipeline::model::{BatchNorm2d, Conv2d, Linear, Network, Op};
+use ntk_pipeline::ntk::features::Rule;
+use ntk_pipeline::ntk::{brute, KernelSpec, NtkTiles, Outputs, Precision, Scale};
+
+/// Deterministic pseudo-random values in (−scale, scale).
+fn values(len: usize, seed: u64, scale: f64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
+    let len = shape.iter().product();
+    Tensor::from_vec(values(len, seed, scale), shape, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap()
+}
+
+fn conv(c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize, bias: bool, seed: u64) -> Op {
+    let scale = 1.0 / ((c_in * k * k) as f64).sqrt();
+    Op::Conv2d(Conv2d {
+        weight: tensor(&[c_out, c_in, k, k], seed, scale * 1.5),
+        bias: bias.then(|| tensor(&[c_out], seed + 1, 0.1)),
+        stride,
+        padding,
+        groups: 1,
+    })
+}
+
+fn linear(i: usize, o: usize, bias: bool, seed: u64) -> Op {
+    Op::Linear(Linear {
+        weight: tensor(&[o, i], seed, 1.5 / (i as f64).sqrt()),
+        bias: bias.then(|| tensor(&[o], seed + 1, 0.1)),
+    })
+}
+
+fn bn(c: usize, seed: u64) -> Op {
+    let var: Vec<f64> = values(c, seed + 3, 0.5).iter().map(|v| 1.0 + v).collect();
+    Op::BatchNorm2d(BatchNorm2d {
+        weight: tensor(&[c], seed, 0.5).affine(1.0, 1.0).unwrap(),
+        bias: tensor(&[c], seed + 1, 0.2),
+        running_mean: tensor(&[c], seed + 2, 0.3),
+        running_var: Tensor::from_vec(var, c, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap(),
+        eps: 1e-5,
+    })
+}
+
+/// MLP with tanh and GELU.
+fn mlp() -> Network {
+    let mut net = Network::new("test-mlp", [1, 3, 3]);
+    net.then("", Op::Flatten);
+    net.then("fc1", linear(9, 6, true, 10));
+    net.then("", Op::Tanh);
+    net.then("fc2", linear(6, 5, false, 20));
+    net.then("", Op::Gelu);
+    net.then("fc3", linear(5, 3, true, 30));
+    net
+}
+
+/// CNN with max-pool, a strided conv, a route-B (small spatial, wide) conv and a linear head.
+fn cnn() -> Network {
+    let mut net = Network::new("test-cnn", [2, 8, 8]);
+    net.then("c1", conv(2, 3, 3, 1, 1, true, 40));
+    net.then("", Op::Relu);
+    net.then("", Op::MaxPool2d { kernel: 2, stride: 2 });
+    net.then("c2", conv(3, 8, 3, 2, 1, false, 50));
+    net.then("", Op::Relu);
+    net.then("c3", conv(8, 8, 3, 1, 1, true, 60));
+    net.then("", Op::Relu);
+    net.then("", Op::AvgPool2d { kernel: 2, stride: 2 });
+    net.then("", Op::Flatten);
+    net.then("fc", linear(8, 3, true, 70));
+    net
+}
+
+/// A CIFAR-layout ResNet stage: stem conv + BN, one BasicBlock with a strided shortcut conv, pooling, head.
+fn resnet() -> Network {
+    let mut net = Network::new("test-resnet", [3, 8, 8]);
+    net.then("conv1", conv(3, 4, 3, 1, 1, false, 80));
+    net.then("bn1", bn(4, 90));
+    let stem = net.then("", Op::Relu);
+    net.then("layer1.0.conv1", conv(4, 6, 3, 2, 1, false, 100));
+    net.then("layer1.0.bn1", bn(6, 110));
+    net.then("", Op::Relu);
+    net.then("layer1.0.conv2", conv(6, 6, 3, 1, 1, false, 120));
+    let main = net.then("layer1.0.bn2", bn(6, 130));
+    let sc = net.push("layer1.0.shortcut.0", conv(4, 6, 1, 2, 0, false, 140), vec![stem]);
+    let sc = net.push("layer1.0.shortcut.1", bn(6, 150), vec![sc]);
+    net.push("", Op::Add, vec![main, sc]);
+    net.then("", Op::Relu);
+    net.then("", Op::AdaptiveAvgPool2d { output: [1, 1] });
+    net.then("", Op::Flatten);
+    net.then("linear", linear(6, 4, true, 160));
+    net
+}
+
+fn inputs(net: &Network, n: usize, seed: u64) -> Tensor {
+    let [c, h, w] = net.input_shape;
+    tensor(&[n, c, h, w], seed, 1.0)
+}
+
+fn rel_diff(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
+    let diff = a - b;
+    diff.norm_l2() / b.norm_l2()
+}
+
+fn dense_from(source: &dyn TileSource) -> Mat<f64> {
+    let m = source.dim();
+    let mut k = Mat::zeros(m, m);
+    source.fill(0..m, 0..m, k.as_mut()).unwrap();
+    k
+}
+
+fn spec(outputs: Outputs) -> KernelSpec {
+    KernelSpec { outputs, scale: Scale::SqrtP, precision: Precision::F64 }
+}
+
+fn check_against_brute(net: &Network, n: usize, budget: usize) {
+    let x = inputs(net, n, 7);
+    for outputs in [Outputs::Full, Outputs::Sum, Outputs::Trace, Outputs::Logit(1)] {
+        let spec = spec(outputs);
+        let tiles = NtkTiles::new(net, x.clone(), spec, budget).unwrap();
+        let ours = dense_from(&tiles);
+        let reference = brute::kernel(net, &x, &spec).unwrap();
+        let err = rel_diff(&ours, &reference);
+        assert!(err <= 1e-12, "{} {outputs:?}: relative error {err:e}", net.arch);
+        // Symmetry of the assembled kernel.
+        let asym = rel_diff(&ours.transpose().to_owned(), &ours);
+        assert!(asym <= 1e-13, "{} {outputs:?}: asymmetry {asym:e}", net.arch);
+    }
+}
+
+#[test]
+fn mlp_tiles_equal_brute_force() {
+    check_against_brute(&mlp(), 5, 1 << 30);
+}
+
+#[test]
+fn cnn_tiles_equal_brute_force_with_both_conv_routes() {
+    let net = cnn();
+    let x = inputs(&net, 1, 1).to_dtype(DType::F64).unwrap();
+    let plan = ntk_pipeline::ntk::features::LayerPlan::new(&net.to_dtype(DType::F64).unwrap(), &x, 3).unwrap();
+    let routes: Vec<&str> = plan
+        .layers
+        .iter()
+        .filter_map(|l| match l.rule {
+            Rule::ConvExplicit { .. } => Some("A"),
+            Rule::ConvSpatial { .. } => Some("B"),
+            _ => None,
+        })
+        .collect();
+    assert!(routes.contains(&"A") && routes.contains(&"B"), "routes chosen: {routes:?}");
+    check_against_brute(&net, 4, 1 << 30);
+}
+
+#[test]
+fn resnet_tiles_equal_brute_force() {
+    check_against_brute(&resnet(), 4, 1 << 30);
+}
+
+#[test]
+fn tiny_feature_budget_and_unaligned_tiles_give_the_same_kernel() {
+    // A budget of one example's features forces one-example chunks and evictions; tiles whose bounds cut
+    // through chunks and examples must still be exact slices of the kernel.
+    let net = resnet();
+    let x = inputs(&net, 5, 3);
+    let spec = spec(Outputs::Full);
+    let reference = brute::kernel(&net, &x, &spec).unwrap();
+    let tiles = NtkTiles::new(&net, x, spec, 1).unwrap();
+    assert_eq!(tiles.stats().chunk_examples, 1);
+    for (rows, cols) in [(0..20, 0..20), (3..11, 7..19), (12..20, 0..5)] {
+        let mut out = Mat::zeros(rows.len(), cols.len());
+        tiles.fill(rows.clone(), cols.clone(), out.as_mut()).unwrap();
+        let want = reference.as_ref().submatrix(rows.start, cols.start, rows.len(), cols.len()).to_owned();
+        assert!(rel_diff(&out, &want) <= 1e-12, "tile {rows:?} x {cols:?}");
+    }
+}
+
+#[test]
+fn finite_differences_agree_with_the_kernel() {
+    // Central differences of f w.r.t. every parameter, in f64 with h = 1e-5: truncation error O(h²) ≈ 1e-10,
+    // so agreement to 1e-7 relative is expected (and a wrong derivative rule would be off by O(1)).
+    let net = mlp().to_dtype(DType::F64).unwrap();
+    let x = inputs(&net, 3, 11).to_dtype(DType::F64).unwrap();
+    let base = net.forward(&x).unwrap();
+    let (n, d) = base.dims2().unwrap();
+    let mut columns: Vec<Vec<f64>> = Vec::new();
+    let h = 1e-5;
+    let params: Vec<(usize, usize)> = net
+        .nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(k, node)| (0..node.op.parameters().len()).map(move |q| (k, q)))
+        .collect();
+    for (k, q) in params {
+        let len = net.nodes[k].op.parameters()[q].1.elem_count();
+        for e in 0..len {
+            let eval = |delta: f64| {
+                let mut perturbed = net.clone();
+                let op = &mut perturbed.nodes[k].op;
+                let t = match (op, q) {
+                    (Op::Linear(l), 0) => &mut l.weight,
+                    (Op::Linear(l), _) => l.bias.as_mut().unwrap(),
+                    _ => unreachable!("the MLP has only linear layers"),
+                };
+                let mut v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                v[e] += delta;
+                *t = Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap();
+                perturbed.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+            };
+            let (plus, minus) = (eval(h), eval(-h));
+            columns.push(plus.iter().zip(&minus).map(|(a, b)| (a - b) / (2.0 * h)).collect());
+        }
+    }
+    let p = columns.len();
+    let j = Mat::from_fn(n * d, p, |r, c| columns[c][r]);
+    let fd_kernel = &j * j.transpose() * faer::Scale(1.0 / (p as f64).sqrt());
+    let tiles = NtkTiles::new(&net, x, spec(Outputs::Full), 1 << 30).unwrap();
+    assert_eq!(tiles.num_params(), p);
+    let err = rel_diff(&dense_from(&tiles), &fd_kernel);
+    assert!(err < 1e-7, "finite differences differ by {err:e}");
+}
+
+#[test]
+fn scale_options_divide_by_the_right_constant() {
+    let net = mlp();
+    let x = inputs(&net, 2, 5);
+    let p = net.num_params() as f64;
+    let none = dense_from(&NtkTiles::new(&net, x.clone(), KernelSpec { scale: Scale::None, ..spec(Outputs::Full) }, 1 << 30).unwrap());
+    let by_p = dense_from(&NtkTiles::new(&net, x, KernelSpec { scale: Scale::P, ..spec(Outputs::Full) }, 1 << 30).unwrap());
+    let scaled = &by_p * faer::Scale(p);
+    assert!(rel_diff(&scaled, &none) < 1e-14);
+}
+
+#[test]
+fn f32_formation_is_close_but_not_identical() {
+    let net = cnn();
+    let x = inputs(&net, 3, 9);
+    let k64 = dense_from(&NtkTiles::new(&net, x.clone(), spec(Outputs::Full), 1 << 30).unwrap());
+    let k32 = dense_from(&NtkTiles::new(&net, x, KernelSpec { precision: Precision::F32, ..spec(Outputs::Full) }, 1 << 30).unwrap());
+    let err = rel_diff(&k32, &k64);
+    assert!(err > 0.0 && err < 1e-5, "f32 vs f64 relative difference {err:e}");
+}
