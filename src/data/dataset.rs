@@ -1,0 +1,419 @@
+//! [`Dataset`]: one split in memory (raw `u8` pixels, CHW per image, and `u32` labels), and reading it
+//! from a known dataset's directory or from an arbitrary directory.
+
+use super::resolve::{self, Format, Known, Located};
+use super::{cifar, idx, transform, Split};
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// Per-channel normalisation `(x/255 − mean[c]) / std[c]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalization {
+    /// Mean of the [0, 1] pixels, one per native channel.
+    pub mean: Vec<f32>,
+    /// Standard deviation of the [0, 1] pixels, one per native channel (> 0).
+    pub std: Vec<f32>,
+}
+
+/// One split of a dataset, held in memory.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    name: String,
+    split: Split,
+    source: PathBuf,
+    shape: [usize; 3],
+    images: Vec<u8>,
+    labels: Vec<u32>,
+    num_classes: usize,
+    norm: Normalization,
+}
+
+impl Dataset {
+    /// A dataset from raw parts: `images` holds `labels.len()` images of `shape` = `[C, H, W]`, CHW order.
+    pub fn new(
+        name: impl Into<String>,
+        shape: [usize; 3],
+        images: Vec<u8>,
+        labels: Vec<u32>,
+        num_classes: usize,
+        norm: Normalization,
+    ) -> Result<Self> {
+        let name = name.into();
+        let per = shape.iter().product::<usize>();
+        if per == 0 || images.len() != per * labels.len() {
+            return Err(Error::Data(format!(
+                "{name}: {} pixel bytes do not make {} images of shape {shape:?}",
+                images.len(),
+                labels.len()
+            )));
+        }
+        if let Some((i, l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= num_classes)
+        {
+            return Err(Error::Data(format!(
+                "{name}: label out of range: example {i} has label {l}, but there are {num_classes} classes"
+            )));
+        }
+        let ok_std = norm.std.iter().all(|s| s.is_finite() && *s > 0.0);
+        if norm.mean.len() != shape[0] || norm.std.len() != shape[0] || !ok_std {
+            return Err(Error::Data(format!(
+                "{name}: normalisation {norm:?} does not fit {} channel(s) (need one finite mean and one \
+                 positive std per channel)",
+                shape[0]
+            )));
+        }
+        Ok(Dataset {
+            name,
+            split: Split::Train,
+            source: PathBuf::new(),
+            shape,
+            images,
+            labels,
+            num_classes,
+            norm,
+        })
+    }
+
+    /// Dataset name (`mnist`, …, or the directory's name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Which split this is.
+    pub fn split(&self) -> Split {
+        self.split
+    }
+
+    /// The directory the data was read from (empty for [`Dataset::new`]).
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no examples.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// Native image shape `[C, H, W]`.
+    pub fn image_shape(&self) -> [usize; 3] {
+        self.shape
+    }
+
+    /// All labels, in dataset order.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    /// The normalisation the test-time transform applies.
+    pub fn normalization(&self) -> &Normalization {
+        &self.norm
+    }
+
+    /// Raw pixels of example `i` (CHW, `u8`), or `None` past the end.
+    pub fn raw_image(&self, i: usize) -> Option<&[u8]> {
+        let per = self.shape.iter().product::<usize>();
+        self.images.get(i * per..(i + 1) * per)
+    }
+
+    /// The examples at `indices` as a new dataset (same name, classes and normalisation).
+    pub fn subset(&self, indices: &[usize]) -> Result<Dataset> {
+        self.check_indices(indices)?;
+        let mut images = Vec::with_capacity(indices.len() * self.shape.iter().product::<usize>());
+        for &i in indices {
+            images.extend_from_slice(self.raw_image(i).unwrap_or_default());
+        }
+        let labels = indices.iter().map(|&i| self.labels[i]).collect();
+        Ok(Dataset {
+            images,
+            labels,
+            ..self.without_data()
+        })
+    }
+
+    /// Test-time transformed images for `indices`: an `f32` tensor `(N, C, H, W)` with `[C, H, W]` =
+    /// `input_shape`, normalised per channel. `input_shape` may differ from the native shape in size
+    /// (bilinear resize, half-pixel centres) and, for 1-channel data, have 3 channels (replicated).
+    pub fn images(&self, indices: &[usize], input_shape: [usize; 3]) -> Result<Tensor> {
+        self.check_indices(indices)?;
+        self.check_input_shape(input_shape)?;
+        let per_out = input_shape.iter().product::<usize>();
+        let resize = transform::Resize::new(self.shape, input_shape);
+        let mut out = vec![0f32; indices.len() * per_out];
+        out.par_chunks_mut(per_out.max(1))
+            .zip(indices.par_iter())
+            .for_each(|(dst, &i)| {
+                let src = self.raw_image(i).unwrap_or_default();
+                resize.apply(src, &self.norm, dst);
+            });
+        let [c, h, w] = input_shape;
+        Ok(Tensor::from_vec(
+            out,
+            (indices.len(), c, h, w),
+            &Device::Cpu,
+        )?)
+    }
+
+    /// Training images for `indices`: [`Dataset::images`], then a random 4-pixel-padded crop and a random
+    /// horizontal flip per image, padding with black (the normalised value of a 0 pixel), like
+    /// torchvision's `RandomCrop(32, padding=4)` + `RandomHorizontalFlip()` before `Normalize`.
+    pub fn augmented_images(
+        &self,
+        indices: &[usize],
+        input_shape: [usize; 3],
+        rng: &mut impl rand::Rng,
+    ) -> Result<Tensor> {
+        let clean = self.images(indices, input_shape)?;
+        let fill: Vec<f32> = (0..input_shape[0])
+            .map(|c| {
+                let src = if input_shape[0] == self.shape[0] {
+                    c
+                } else {
+                    0
+                };
+                -self.norm.mean[src] / self.norm.std[src]
+            })
+            .collect();
+        transform::augment_crop_flip_fill(&clean, &fill, rng)
+    }
+
+    fn check_indices(&self, indices: &[usize]) -> Result<()> {
+        match indices.iter().find(|&&i| i >= self.len()) {
+            Some(i) => Err(Error::Data(format!(
+                "example index {i} is out of range: {} ({} split) has {} examples",
+                self.name,
+                self.split.as_str(),
+                self.len()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn check_input_shape(&self, s: [usize; 3]) -> Result<()> {
+        let channels_ok = s[0] == self.shape[0] || (self.shape[0] == 1 && s[0] == 3);
+        if !channels_ok || s[1] == 0 || s[2] == 0 {
+            return Err(Error::Data(format!(
+                "{} has images of shape {:?}; cannot feed them to a network expecting {s:?} (channels must \
+                 match, or be 3 for 1-channel data; height and width are resized)",
+                self.name, self.shape
+            )));
+        }
+        Ok(())
+    }
+
+    fn without_data(&self) -> Dataset {
+        Dataset {
+            name: self.name.clone(),
+            split: self.split,
+            source: self.source.clone(),
+            shape: self.shape,
+            images: Vec::new(),
+            labels: Vec::new(),
+            num_classes: self.num_classes,
+            norm: self.norm.clone(),
+        }
+    }
+}
+
+/// Reads `known`'s split from `dir` (which [`resolve::find`] or a download produced).
+pub(crate) fn read_known(known: &Known, dir: &Path, split: Split) -> Result<Dataset> {
+    let files = match resolve::locate(known.format, dir, split) {
+        Located::Found(f) => f,
+        _ => {
+            return Err(Error::Data(format!(
+                "{} ({} split): {} is missing in {}",
+                known.name,
+                split.as_str(),
+                resolve::expected_files(known.format, split),
+                dir.display()
+            )))
+        }
+    };
+    let md5 = (known.name == "mnist").then_some(idx::MNIST_MD5);
+    let norm = Normalization {
+        mean: known.mean.to_vec(),
+        std: known.std.to_vec(),
+    };
+    let mut ds = read_files(
+        known.name,
+        known.format,
+        &files,
+        split,
+        Some(known.num_classes),
+        norm,
+        md5,
+    )?;
+    ds.source = dir.to_path_buf();
+    Ok(ds)
+}
+
+/// Reads a split from a directory given as `--data DIR`: CIFAR-10, CIFAR-100 or IDX, whichever is there.
+/// A directory named like a known dataset (or its official folder) uses that dataset's class count and
+/// normalisation; otherwise the classes are `max label + 1` for IDX and the normalisation is the
+/// per-channel mean and standard deviation of the split's own pixels.
+pub(crate) fn read_dir(dir: &Path, split: Split) -> Result<Dataset> {
+    if !dir.is_dir() {
+        return Err(Error::Data(format!(
+            "dataset directory {} does not exist (or is not a directory); known dataset names are {}",
+            dir.display(),
+            resolve::KNOWN.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let base = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let named = match base.as_str() {
+        "cifar-10-batches-bin" => resolve::known("cifar10"),
+        "cifar-100-binary" => resolve::known("cifar100"),
+        b => resolve::known(b),
+    };
+    let mut notes = Vec::new();
+    for format in [Format::Cifar10, Format::Cifar100, Format::Idx] {
+        match resolve::locate(format, dir, split) {
+            Located::Found(files) => {
+                let known = named.filter(|k| k.format == format);
+                let name = known.map_or(base.clone(), |k| k.name.to_string());
+                let mut ds = match known {
+                    Some(k) => {
+                        let norm = Normalization {
+                            mean: k.mean.to_vec(),
+                            std: k.std.to_vec(),
+                        };
+                        read_files(
+                            &name,
+                            format,
+                            &files,
+                            split,
+                            Some(k.num_classes),
+                            norm,
+                            None,
+                        )?
+                    }
+                    None => {
+                        let placeholder = Normalization {
+                            mean: vec![0.0; 3],
+                            std: vec![1.0; 3],
+                        };
+                        let mut ds =
+                            read_files(&name, format, &files, split, None, placeholder, None)?;
+                        ds.norm = own_statistics(&ds);
+                        ds
+                    }
+                };
+                ds.source = dir.to_path_buf();
+                return Ok(ds);
+            }
+            Located::Incomplete(missing) => {
+                notes.push(format!("incomplete: missing {}", missing.join(", ")))
+            }
+            Located::Absent => {}
+        }
+    }
+    let expected: Vec<String> = [Format::Idx, Format::Cifar10, Format::Cifar100]
+        .iter()
+        .map(|&f| resolve::expected_files(f, split))
+        .collect();
+    Err(Error::Data(format!(
+        "{} holds no {} split of a dataset{}; expected IDX files ({}), CIFAR-10 ({}) or CIFAR-100 ({})",
+        dir.display(),
+        split.as_str(),
+        if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) },
+        expected[0],
+        expected[1],
+        expected[2]
+    )))
+}
+
+/// Reads the files of one split. `num_classes: None` means "infer" (max label + 1; 10/100 for CIFAR).
+fn read_files(
+    name: &str,
+    format: Format,
+    files: &[PathBuf],
+    split: Split,
+    num_classes: Option<usize>,
+    norm: Normalization,
+    md5: Option<&[(&str, &str)]>,
+) -> Result<Dataset> {
+    let (shape, images, labels, classes) = match format {
+        Format::Idx => {
+            let s = idx::read(&files[0], &files[1], split, md5)?;
+            let inferred = s.labels.iter().max().map_or(1, |&m| m as usize + 1);
+            let classes = num_classes.unwrap_or(inferred);
+            if let Some((i, l)) = s
+                .labels
+                .iter()
+                .enumerate()
+                .find(|(_, &l)| l as usize >= classes)
+            {
+                return Err(Error::Data(format!(
+                    "label out of range in {}: example {i} has label {l}, but {name} has {classes} classes",
+                    files[1].display()
+                )));
+            }
+            ([1, s.hw[0], s.hw[1]], s.images, s.labels, classes)
+        }
+        Format::Cifar10 | Format::Cifar100 => {
+            let classes = num_classes.unwrap_or(if format == Format::Cifar10 { 10 } else { 100 });
+            let (images, labels) = cifar::read(format, files, classes)?;
+            ([3, 32, 32], images, labels, classes)
+        }
+    };
+    let norm = if norm.mean.len() == shape[0] {
+        norm
+    } else {
+        Normalization {
+            mean: vec![0.0; shape[0]],
+            std: vec![1.0; shape[0]],
+        }
+    };
+    let mut ds = Dataset::new(name, shape, images, labels, classes, norm)?;
+    ds.split = split;
+    Ok(ds)
+}
+
+/// Per-channel mean and standard deviation of the [0, 1] pixels (f64 sums; std 1 for constant channels).
+fn own_statistics(ds: &Dataset) -> Normalization {
+    let [c, h, w] = ds.shape;
+    let plane = h * w;
+    let mut sum = vec![0f64; c];
+    let mut sq = vec![0f64; c];
+    for img in ds.images.chunks_exact(c * plane) {
+        for ch in 0..c {
+            for &p in &img[ch * plane..(ch + 1) * plane] {
+                let v = p as f64 / 255.0;
+                sum[ch] += v;
+                sq[ch] += v * v;
+            }
+        }
+    }
+    let n = (ds.len() * plane).max(1) as f64;
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let std = (0..c)
+        .map(|ch| {
+            let var = (sq[ch] / n - mean[ch] * mean[ch]).max(0.0);
+            if var > 0.0 {
+                var.sqrt() as f32
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    Normalization {
+        mean: mean.iter().map(|&m| m as f32).collect(),
+        std,
+    }
+}
