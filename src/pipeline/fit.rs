@@ -1,10 +1,209 @@
-//! The `fit` subcommand. (In progress: being implemented.)
+//! The `fit` subcommand: read nested log-dets from a JSON or CSV file, fit the FLODANCE scaling law,
+//! print a short table, and optionally write the JSON report and the SVG plot.
 
 use crate::cli::FitArgs;
 use crate::progress::Progress;
+use crate::report::fit::{write_json, EstimateJson, FitJson, FitReport};
+use crate::report::plot::plot_fit;
+use crate::scaling::{fit, Fit, FitOptions};
 use crate::{Error, Result};
+use std::path::Path;
 
 /// Execute `fit`.
-pub fn run(_args: &FitArgs, _progress: &dyn Progress) -> Result<()> {
-    Err(Error::Internal("the `fit` subcommand is not implemented yet".into()))
+pub fn run(args: &FitArgs, progress: &dyn Progress) -> Result<()> {
+    if args.target_n == 0 {
+        return Err(Error::Usage("--target-n must be at least 1".into()));
+    }
+    let nested = read_nested(&args.logdets)?;
+    let opts = FitOptions {
+        n0: args.burn_in,
+        q: args.q,
+        r: 0,
+        alpha: args.alpha,
+        ensemble: args.ensemble,
+        seed: args.seed,
+    };
+    progress.start("fit", 1);
+    let fitted = fit(&nested, &opts)?;
+    progress.finish();
+    let report = FitReport {
+        estimate: EstimateJson::from_fit(&fitted, args.target_n),
+        fit: FitJson::from_fit(&fitted),
+        input: args.logdets.display().to_string(),
+    };
+    if let Some(path) = &args.plot {
+        plot_fit(path, &nested, &fitted, args.target_n, &[])?;
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    print!("{}", table(&fitted, &report));
+    Ok(())
+}
+
+/// The terminal summary of a fit.
+pub fn table(fit: &Fit, report: &FitReport) -> String {
+    let mut s = format!(
+        "FLODANCE fit: {} points, k in [{}, {}], q = {}, alpha = {}\n",
+        fit.points, fit.window.0, fit.window.1, fit.q, fit.alpha
+    );
+    for c in &fit.coefficients {
+        s.push_str(&format!("  {:<8} {:>24.15e}\n", c.name, c.value));
+    }
+    s.push_str(&format!(
+        "  rms residual {:.3e}, max |residual| {:.3e}, rank {}/{}, condition {:.3e}\n",
+        fit.rms_residual,
+        fit.max_abs_residual,
+        fit.rank,
+        fit.coefficients.len(),
+        fit.condition
+    ));
+    let e = &report.estimate;
+    s.push_str(&format!(
+        "estimate: l_{} = {:.10e}   interval [{:.10e}, {:.10e}] (2.5-97.5 % of {} half-window refits)\n",
+        e.n,
+        e.logdet,
+        e.low,
+        e.high,
+        fit.ensemble_size()
+    ));
+    s
+}
+
+/// Read nested log-dets `(k, ℓ_k)`: JSON (`[[k, l], ...]`, `{"nested": [...]}`, entries may also be
+/// objects with `k` and one of `l_k`, `logdet`, `l`) or CSV/whitespace text (`k,l_k` per line; blank lines,
+/// `#` comments and one header line are skipped).
+pub fn read_nested(path: &Path) -> Result<Vec<(usize, f64)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let trimmed = text.trim_start();
+    let points = if trimmed.starts_with('[') || trimmed.starts_with('{') {
+        parse_json(&text).map_err(|msg| Error::Input(format!("{}: {msg}", path.display())))?
+    } else {
+        parse_csv(&text).map_err(|msg| Error::Input(format!("{}: {msg}", path.display())))?
+    };
+    if points.is_empty() {
+        return Err(Error::Input(format!(
+            "{}: no nested log-dets found",
+            path.display()
+        )));
+    }
+    Ok(points)
+}
+
+fn parse_k(v: f64, what: &str) -> std::result::Result<usize, String> {
+    if v.is_finite() && v >= 1.0 && v.fract() == 0.0 && v < 1e15 {
+        Ok(v as usize)
+    } else {
+        Err(format!("{what}: k = {v} is not a positive integer"))
+    }
+}
+
+fn parse_json(text: &str) -> std::result::Result<Vec<(usize, f64)>, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let list = match &value {
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(o) => match o.get("nested") {
+            Some(serde_json::Value::Array(a)) => a,
+            _ => return Err(
+                "a JSON object must hold the nested log-dets as an array under the key \"nested\""
+                    .into(),
+            ),
+        },
+        _ => {
+            return Err(
+                "expected a JSON array of [k, l_k] pairs or an object with key \"nested\"".into(),
+            )
+        }
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let what = format!("entry {i}");
+        let (k, l) = match item {
+            serde_json::Value::Array(pair) if pair.len() == 2 => {
+                (pair[0].as_f64(), pair[1].as_f64())
+            }
+            serde_json::Value::Object(o) => {
+                let l = ["l_k", "logdet", "l"]
+                    .iter()
+                    .find_map(|key| o.get(*key))
+                    .and_then(|v| v.as_f64());
+                (o.get("k").and_then(|v| v.as_f64()), l)
+            }
+            _ => (None, None),
+        };
+        match (k, l) {
+            (Some(k), Some(l)) if l.is_finite() => out.push((parse_k(k, &what)?, l)),
+            (Some(_), Some(l)) => return Err(format!("{what}: l_k = {l} is not finite")),
+            _ => return Err(format!("{what} is not a [k, l_k] pair of numbers: {item}")),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_csv(text: &str) -> std::result::Result<Vec<(usize, f64)>, String> {
+    let mut out = Vec::new();
+    for (lineno, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line
+            .split(|c: char| c == ',' || c == ';' || c.is_whitespace())
+            .filter(|f| !f.is_empty())
+            .collect();
+        let what = format!("line {}", lineno + 1);
+        let parsed: Vec<Option<f64>> = fields.iter().map(|f| f.parse::<f64>().ok()).collect();
+        if fields.len() != 2 || parsed.iter().any(Option::is_none) {
+            if out.is_empty() && parsed.iter().all(Option::is_none) {
+                continue; // a header line
+            }
+            return Err(format!(
+                "{what}: expected two numbers `k,l_k`, got {line:?}"
+            ));
+        }
+        let (k, l) = (parsed[0].unwrap_or(f64::NAN), parsed[1].unwrap_or(f64::NAN));
+        if !l.is_finite() {
+            return Err(format!("{what}: l_k = {l} is not finite"));
+        }
+        out.push((parse_k(k, &what)?, l));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_json_forms() {
+        assert_eq!(
+            parse_json("[[1, 2.5], [2, -1]]").unwrap(),
+            vec![(1, 2.5), (2, -1.0)]
+        );
+        assert_eq!(
+            parse_json(r#"{"nested": [[3, 1e3]]}"#).unwrap(),
+            vec![(3, 1000.0)]
+        );
+        assert_eq!(
+            parse_json(r#"[{"k": 4, "logdet": 7}]"#).unwrap(),
+            vec![(4, 7.0)]
+        );
+        assert!(parse_json("[[0, 1]]").is_err());
+        assert!(parse_json("[[1.5, 1]]").is_err());
+        assert!(parse_json(r#"{"other": []}"#).is_err());
+        assert!(parse_json("[[1, 2, 3]]").is_err());
+    }
+
+    #[test]
+    fn parses_csv_forms() {
+        assert_eq!(
+            parse_csv("k,l_k\n1,2.5\n\n# c\n2, -1\n").unwrap(),
+            vec![(1, 2.5), (2, -1.0)]
+        );
+        assert_eq!(parse_csv("1 2\n3\t4\n").unwrap(), vec![(1, 2.0), (3, 4.0)]);
+        assert!(parse_csv("1,2\nx,y\n").is_err());
+        assert!(parse_csv("1,nan\n").is_err());
+        assert!(parse_csv("1,2,3\n").is_err());
+    }
 }

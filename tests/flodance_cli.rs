@@ -1,0 +1,133 @@
+//! `ntk-pipeline fit` end to end: CSV and JSON inputs, the JSON report's keys, the SVG, bad input → exit 2.
+
+use std::path::Path;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ntk-pipeline"))
+}
+
+/// A synthetic nested log-det law ℓ_k = 1 + 5k − 0.95·ln k! for k = 1..=n (ln k! by a running sum).
+fn law(n: usize) -> Vec<(usize, f64)> {
+    let mut lf = 0.0f64;
+    (1..=n)
+        .map(|k| {
+            lf += (k as f64).ln();
+            (k, 1.0 + 5.0 * k as f64 - 0.95 * lf)
+        })
+        .collect()
+}
+
+fn run_fit(input: &Path, dir: &Path, extra: &[&str]) -> (std::process::Output, serde_json::Value) {
+    let json = dir.join("out.json");
+    let svg = dir.join("fit.svg");
+    let mut cmd = bin();
+    cmd.args(["--quiet", "fit", "--logdets"]).arg(input);
+    cmd.args([
+        "--target-n",
+        "5000",
+        "--burn-in",
+        "20",
+        "--ensemble",
+        "20",
+        "--json",
+    ])
+    .arg(&json);
+    cmd.arg("--plot").arg(&svg).args(extra);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.starts_with("<svg") && svg_text.trim_end().ends_with("</svg>"));
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (out, value)
+}
+
+fn check_report(v: &serde_json::Value) {
+    let est = &v["estimate"];
+    assert_eq!(est["n"], 5000);
+    let (l, lo, hi) = (
+        est["logdet"].as_f64().unwrap(),
+        est["low"].as_f64().unwrap(),
+        est["high"].as_f64().unwrap(),
+    );
+    assert!(lo <= l && l <= hi);
+    let truth = law(5000)[4999].1;
+    assert!(((l - truth) / truth).abs() < 1e-8, "{l} vs {truth}");
+    let fit = &v["fit"];
+    for key in [
+        "n0",
+        "ns",
+        "q",
+        "alpha",
+        "coefficients",
+        "rms_residual",
+        "rank",
+        "condition",
+    ] {
+        assert!(!fit[key].is_null(), "missing fit.{key} in {fit}");
+    }
+    assert_eq!(fit["n0"], 20);
+    assert_eq!(fit["ns"], 400);
+    assert!((fit["coefficients"]["beta0"].as_f64().unwrap() + 0.95).abs() < 1e-8);
+}
+
+#[test]
+fn fit_csv_and_json_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let pts = law(400);
+    let csv = dir.path().join("nested.csv");
+    let mut text = String::from("k,l_k\n");
+    for (k, l) in &pts {
+        text.push_str(&format!("{k},{l:.17e}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let (out, v) = run_fit(&csv, dir.path(), &[]);
+    check_report(&v);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("beta0") && stdout.contains("estimate"),
+        "{stdout}"
+    );
+
+    let json_in = dir.path().join("nested.json");
+    let pairs: Vec<serde_json::Value> =
+        pts.iter().map(|(k, l)| serde_json::json!([k, l])).collect();
+    std::fs::write(&json_in, serde_json::json!({ "nested": pairs }).to_string()).unwrap();
+    let (_, v) = run_fit(&json_in, dir.path(), &["--alpha", "1"]);
+    check_report(&v);
+    assert_eq!(v["fit"]["alpha"], 1.0);
+}
+
+#[test]
+fn bad_input_exits_2_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "k,l_k\n1,2\n2,abc\n").unwrap();
+    let short = dir.path().join("short.json");
+    std::fs::write(&short, "[[1, 1.0], [2, 2.5], [3, 3.1]]").unwrap();
+    let missing = dir.path().join("missing.csv");
+    for input in [&bad, &short, &missing] {
+        let json = dir.path().join("out.json");
+        let out = bin()
+            .args(["--quiet", "fit", "--logdets"])
+            .arg(input)
+            .args(["--target-n", "100", "--burn-in", "1", "--json"])
+            .arg(&json)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}: {}",
+            input.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+        assert!(!json.exists());
+    }
+}
