@@ -38,8 +38,19 @@ pub fn load_model(
 ) -> Result<LoadedModel> {
     let source = resolve_model_path(model)?;
     let weights = read_weights(&source)?;
-    let network = build_from_weights(&weights, &source, arch, width, input_shape_hint, num_classes_hint)?;
-    Ok(LoadedModel { network, source, metadata: weights.metadata })
+    let network = build_from_weights(
+        &weights,
+        &source,
+        arch,
+        width,
+        input_shape_hint,
+        num_classes_hint,
+    )?;
+    Ok(LoadedModel {
+        network,
+        source,
+        metadata: weights.metadata,
+    })
 }
 
 /// Build a network from already-read `weights` (see [`load_model`] for how the architecture is chosen).
@@ -72,6 +83,9 @@ pub fn build_from_weights(
             }
         },
     };
+    if !spec::is_spec_path(&arch) && !arch.starts_with("spec:") && !arch::is_known(&arch) {
+        return Err(arch::unknown_arch(&arch));
+    }
     let mut loader = LoadingParams::new(&weights.tensors);
     let what;
     let built = if let Some(spec_path) = arch.strip_prefix("spec:").filter(|_| origin != "--arch") {
@@ -92,7 +106,9 @@ pub fn build_from_weights(
         let has_width = recognise::default_width(&arch).is_some();
         let width = width.or_else(|| {
             let stored = meta_usize(meta, "width").or(recognised_width);
-            stored.or_else(|| recognise::width(&arch, &shapes)).filter(|_| has_width)
+            stored
+                .or_else(|| recognise::width(&arch, &shapes))
+                .filter(|_| has_width)
         });
         let input = match meta.get("input_shape") {
             Some(s) => parse_shape(s).ok_or_else(|| {
@@ -110,7 +126,12 @@ pub fn build_from_weights(
         let classes = meta_usize(meta, "num_classes")
             .or_else(|| recognise::num_classes(&arch, &shapes))
             .or(num_classes_hint)
-            .ok_or_else(|| Error::Model(format!("{}: cannot tell the number of classes of `{arch}`", source.display())))?;
+            .ok_or_else(|| {
+                Error::Model(format!(
+                    "{}: cannot tell the number of classes of `{arch}`",
+                    source.display()
+                ))
+            })?;
         let w = width.or_else(|| recognise::default_width(&arch));
         what = format!(
             "`{arch}` (from {origin}{}, input {input:?}, {classes} classes)",
@@ -118,15 +139,21 @@ pub fn build_from_weights(
         );
         arch::build(&arch, width, input, classes, &mut loader)
     };
-    let problems = loader.problems();
-    match (built, problems) {
-        (Ok(net), None) => Ok(net),
-        (built, Some(list)) => Err(Error::Model(format!(
-            "the weights in {} do not fit architecture {what}:\n{list}{}\n(choose another architecture with --arch/--width)",
-            source.display(),
-            built.err().map(|e| format!("\nalso: {e}")).unwrap_or_default()
-        ))),
-        (Err(e), None) => Err(e),
+    match built {
+        Ok(net) => match loader.problems(true) {
+            None => Ok(net),
+            Some(list) => Err(Error::Model(format!(
+                "the weights in {} do not fit architecture {what}:\n{list}\n(choose another architecture with --arch/--width)",
+                source.display()
+            ))),
+        },
+        Err(e) => match loader.problems(false) {
+            None => Err(e),
+            Some(list) => Err(Error::Model(format!(
+                "the weights in {} do not fit architecture {what}: {e}\n{list}",
+                source.display()
+            ))),
+        },
     }
 }
 
@@ -136,7 +163,10 @@ fn meta_usize(meta: &HashMap<String, String>, key: &str) -> Option<usize> {
 
 /// Parse "C,H,W".
 pub fn parse_shape(s: &str) -> Option<[usize; 3]> {
-    let v: Vec<usize> = s.split(',').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse().ok())
+        .collect::<Option<_>>()?;
     v.try_into().ok()
 }
 
@@ -153,18 +183,29 @@ pub struct LoadingParams<'a> {
 impl<'a> LoadingParams<'a> {
     /// Serve tensors from `tensors`.
     pub fn new(tensors: &'a HashMap<String, Tensor>) -> Self {
-        Self { tensors, used: HashSet::new(), missing: vec![], misshaped: vec![] }
+        Self {
+            tensors,
+            used: HashSet::new(),
+            missing: vec![],
+            misshaped: vec![],
+        }
     }
 
     /// Weight names no layer asked for, sorted.
     pub fn unexpected(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.tensors.keys().filter(|n| !self.used.contains(*n)).map(|s| s.as_str()).collect();
+        let mut v: Vec<&str> = self
+            .tensors
+            .keys()
+            .filter(|n| !self.used.contains(*n))
+            .map(|s| s.as_str())
+            .collect();
         v.sort();
         v
     }
 
-    /// A description of every missing, unexpected and mis-shaped tensor, or `None` if the weights fit exactly.
-    pub fn problems(&self) -> Option<String> {
+    /// A description of every missing and mis-shaped tensor, and (with `unexpected`, once building is complete)
+    /// of the weights no layer asked for; `None` if there is nothing to report.
+    pub fn problems(&self, unexpected: bool) -> Option<String> {
         const SHOW: usize = 25;
         let mut out = Vec::new();
         let section = |title: &str, lines: Vec<String>, out: &mut Vec<String>| {
@@ -179,11 +220,27 @@ impl<'a> LoadingParams<'a> {
                 out.push(format!("    ... and {} more", lines.len() - SHOW));
             }
         };
-        let missing = self.missing.iter().map(|(n, s)| format!("{n} {s:?}")).collect();
+        let missing = self
+            .missing
+            .iter()
+            .map(|(n, s)| format!("{n} {s:?}"))
+            .collect();
         section("missing tensors (name, expected shape)", missing, &mut out);
-        let shaped = self.misshaped.iter().map(|(n, e, f)| format!("{n}: expected {e:?}, found {f:?}")).collect();
+        let shaped = self
+            .misshaped
+            .iter()
+            .map(|(n, e, f)| format!("{n}: expected {e:?}, found {f:?}"))
+            .collect();
         section("tensors with the wrong shape", shaped, &mut out);
-        let unexpected = self.unexpected().iter().map(|n| format!("{n} {:?}", self.tensors[*n].dims())).collect();
+        let unexpected = if !unexpected {
+            vec![]
+        } else {
+            self.unexpected()
+        };
+        let unexpected = unexpected
+            .iter()
+            .map(|n| format!("{n} {:?}", self.tensors[*n].dims()))
+            .collect();
         section("unexpected tensors (name, shape)", unexpected, &mut out);
         (!out.is_empty()).then(|| out.join("\n"))
     }
@@ -197,7 +254,8 @@ impl ParamSource for LoadingParams<'_> {
         };
         self.used.insert(name.to_string());
         if t.dims() != shape {
-            self.misshaped.push((name.to_string(), shape.to_vec(), t.dims().to_vec()));
+            self.misshaped
+                .push((name.to_string(), shape.to_vec(), t.dims().to_vec()));
             return Ok(Tensor::zeros(shape, DType::F32, &Device::Cpu)?);
         }
         Ok(t.clone())

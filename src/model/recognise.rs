@@ -21,7 +21,11 @@ pub struct Recognised {
 pub fn recognise(shapes: &Shapes) -> Option<Recognised> {
     let has = |n: &str| shapes.contains_key(n);
     if has("conv1.weight") && has("layer1.0.conv1.weight") && has("linear.weight") {
-        let block = if has("layer1.0.conv3.weight") { Block::Bottleneck } else { Block::Basic };
+        let block = if has("layer1.0.conv3.weight") {
+            Block::Bottleneck
+        } else {
+            Block::Basic
+        };
         let mut blocks = [0usize; 4];
         for (s, count) in blocks.iter_mut().enumerate() {
             while has(&format!("layer{}.{}.conv1.weight", s + 1, *count)) {
@@ -32,17 +36,33 @@ pub fn recognise(shapes: &Shapes) -> Option<Recognised> {
             return None;
         }
         let cfg = ResNetConfig { block, blocks };
-        return Some(Recognised { arch: cfg.name(), width: width("resnet18", shapes) });
+        return Some(Recognised {
+            arch: cfg.name(),
+            width: width("resnet18", shapes),
+        });
     }
-    if has("conv1.weight") && has("layers.0.conv1.weight") && has("layers.12.conv2.weight") && has("linear.weight") {
-        return Some(Recognised { arch: "mobilenet".into(), width: None });
+    if has("conv1.weight")
+        && has("layers.0.conv1.weight")
+        && has("layers.12.conv2.weight")
+        && has("linear.weight")
+    {
+        return Some(Recognised {
+            arch: "mobilenet".into(),
+            width: None,
+        });
     }
     if has("fc1.weight") && has("fc2.weight") && has("fc3.weight") {
         if has("conv1.weight") && has("conv2.weight") {
-            return Some(Recognised { arch: "lenet".into(), width: None });
+            return Some(Recognised {
+                arch: "lenet".into(),
+                width: None,
+            });
         }
         if shapes.len() == 6 {
-            return Some(Recognised { arch: "mlp".into(), width: width("mlp", shapes) });
+            return Some(Recognised {
+                arch: "mlp".into(),
+                width: width("mlp", shapes),
+            });
         }
     }
     None
@@ -61,7 +81,11 @@ pub fn width(arch: &str, shapes: &Shapes) -> Option<usize> {
 
 /// Number of classes: rows of the head (`linear.weight` or `fc3.weight`).
 pub fn num_classes(arch: &str, shapes: &Shapes) -> Option<usize> {
-    let head = if arch == "lenet" || arch == "mlp" { "fc3.weight" } else { "linear.weight" };
+    let head = if arch == "lenet" || arch == "mlp" {
+        "fc3.weight"
+    } else {
+        "linear.weight"
+    };
     shapes.get(head).and_then(|s| s.first().copied())
 }
 
@@ -78,7 +102,9 @@ pub fn input_shape(arch: &str, shapes: &Shapes, hint: Option<[usize; 3]>) -> Opt
     match arch {
         "lenet" => {
             let c = conv_in?;
-            let s = (1..=fc1_in).find(|s| 16 * s * s >= fc1_in).filter(|s| 16 * s * s == fc1_in)?;
+            let s = (1..=fc1_in)
+                .find(|s| 16 * s * s >= fc1_in)
+                .filter(|s| 16 * s * s == fc1_in)?;
             Some([c, 4 * s + 12, 4 * s + 12])
         }
         "mlp" => {
@@ -111,7 +137,9 @@ mod tests {
     use super::*;
 
     fn shapes(list: &[(&str, &[usize])]) -> Shapes {
-        list.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect()
+        list.iter()
+            .map(|(n, s)| (n.to_string(), s.to_vec()))
+            .collect()
     }
 
     #[test]
@@ -142,7 +170,13 @@ mod tests {
             ("fc3.weight", &[10, 64]),
             ("fc3.bias", &[10]),
         ]);
-        assert_eq!(recognise(&s), Some(Recognised { arch: "mlp".into(), width: Some(64) }));
+        assert_eq!(
+            recognise(&s),
+            Some(Recognised {
+                arch: "mlp".into(),
+                width: Some(64)
+            })
+        );
         assert_eq!(input_shape("mlp", &s, None), Some([1, 28, 28]));
         assert_eq!(input_shape("mlp", &s, Some([4, 14, 14])), Some([4, 14, 14]));
         assert_eq!(num_classes("mlp", &s), Some(10));
@@ -150,16 +184,27 @@ mod tests {
 
     #[test]
     fn resnet_block_counts_give_generic_names() {
-        let mut list: Vec<(String, Vec<usize>)> =
-            vec![("conv1.weight".into(), vec![16, 3, 3, 3]), ("linear.weight".into(), vec![7, 128])];
+        let mut list: Vec<(String, Vec<usize>)> = vec![
+            ("conv1.weight".into(), vec![16, 3, 3, 3]),
+            ("linear.weight".into(), vec![7, 128]),
+        ];
         for (s, n) in [(1, 1), (2, 2), (3, 1), (4, 1)] {
             for i in 0..n {
                 list.push((format!("layer{s}.{i}.conv1.weight"), vec![1]));
             }
         }
         let s: Shapes = list.into_iter().collect();
-        assert_eq!(recognise(&s), Some(Recognised { arch: "resnet-basic-1-2-1-1".into(), width: Some(16) }));
+        assert_eq!(
+            recognise(&s),
+            Some(Recognised {
+                arch: "resnet-basic-1-2-1-1".into(),
+                width: Some(16)
+            })
+        );
         assert_eq!(num_classes("resnet-basic-1-2-1-1", &s), Some(7));
-        assert_eq!(input_shape("resnet-basic-1-2-1-1", &s, Some([1, 28, 28])), Some([3, 32, 32]));
+        assert_eq!(
+            input_shape("resnet-basic-1-2-1-1", &s, Some([1, 28, 28])),
+            Some([3, 32, 32])
+        );
     }
 }

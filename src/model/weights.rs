@@ -20,7 +20,10 @@ pub struct Weights {
 impl Weights {
     /// Tensor name → shape.
     pub fn shapes(&self) -> HashMap<String, Vec<usize>> {
-        self.tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect()
+        self.tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+            .collect()
     }
 }
 
@@ -32,17 +35,32 @@ pub fn read_weights(path: &Path) -> Result<Weights> {
     let mut magic = [0u8; 4];
     {
         use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io("cannot open model", path, e))?;
-        let n = f.read(&mut magic).map_err(|e| Error::io("cannot read model", path, e))?;
+        let mut f =
+            std::fs::File::open(path).map_err(|e| Error::io("cannot open model", path, e))?;
+        let n = f
+            .read(&mut magic)
+            .map_err(|e| Error::io("cannot read model", path, e))?;
         if n < 4 {
-            return Err(Error::Input(format!("{}: file too short to hold model weights", path.display())));
+            return Err(Error::Input(format!(
+                "{}: file too short to hold model weights",
+                path.display()
+            )));
         }
     }
-    let mut weights = if &magic == b"PK\x03\x04" { read_pth(path)? } else { read_safetensors(path)? };
-    weights.tensors.retain(|name, _| !name.ends_with("num_batches_tracked"));
+    let mut weights = if &magic == b"PK\x03\x04" {
+        read_pth(path)?
+    } else {
+        read_safetensors(path)?
+    };
+    weights
+        .tensors
+        .retain(|name, _| !name.ends_with("num_batches_tracked"));
     strip_prefix(&mut weights.tensors, "module.");
     if weights.tensors.is_empty() {
-        return Err(Error::Model(format!("{}: no tensors found in the weights", path.display())));
+        return Err(Error::Model(format!(
+            "{}: no tensors found in the weights",
+            path.display()
+        )));
     }
     Ok(weights)
 }
@@ -50,18 +68,25 @@ pub fn read_weights(path: &Path) -> Result<Weights> {
 /// Remove `prefix` from every name when all names carry it (DataParallel's `module.`).
 fn strip_prefix(tensors: &mut HashMap<String, Tensor>, prefix: &str) {
     if !tensors.is_empty() && tensors.keys().all(|n| n.starts_with(prefix)) {
-        *tensors = std::mem::take(tensors).into_iter().map(|(n, t)| (n[prefix.len()..].to_string(), t)).collect();
+        *tensors = std::mem::take(tensors)
+            .into_iter()
+            .map(|(n, t)| (n[prefix.len()..].to_string(), t))
+            .collect();
     }
 }
 
 /// Read a memory-mapped safetensors file, converting floating tensors to f32.
 pub fn read_safetensors(path: &Path) -> Result<Weights> {
     let bad = |e: &dyn std::fmt::Display| {
-        Error::Input(format!("{}: not a readable safetensors or PyTorch zip file: {e}", path.display()))
+        Error::Input(format!(
+            "{}: not a readable safetensors or PyTorch zip file: {e}",
+            path.display()
+        ))
     };
     let file = std::fs::File::open(path).map_err(|e| Error::io("cannot open model", path, e))?;
     // SAFETY: the map is read-only and dropped before returning; the file is not expected to change meanwhile.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io("cannot map model", path, e))?;
+    let mmap =
+        unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io("cannot map model", path, e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| bad(&e))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
     let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| bad(&e))?;
@@ -70,7 +95,9 @@ pub fn read_safetensors(path: &Path) -> Result<Weights> {
         if name.ends_with("num_batches_tracked") {
             continue;
         }
-        let t = view.load(&Device::Cpu).map_err(|e| bad(&format!("tensor `{name}`: {e}")))?;
+        let t = view
+            .load(&Device::Cpu)
+            .map_err(|e| bad(&format!("tensor `{name}`: {e}")))?;
         tensors.insert(name, to_f32(t, path)?);
     }
     Ok(Weights { tensors, metadata })
@@ -98,12 +125,17 @@ pub fn read_pth(path: &Path) -> Result<Weights> {
         if name.ends_with("num_batches_tracked") {
             continue;
         }
-        let t = pth.get(name).map_err(|e| bad(&format!("tensor `{name}`: {e}")))?;
+        let t = pth
+            .get(name)
+            .map_err(|e| bad(&format!("tensor `{name}`: {e}")))?;
         if let Some(t) = t {
             tensors.insert(name.clone(), to_f32(t, path)?);
         }
     }
-    Ok(Weights { tensors, metadata: HashMap::new() })
+    Ok(Weights {
+        tensors,
+        metadata: HashMap::new(),
+    })
 }
 
 /// Convert a stored floating tensor (f16, bf16, f32, f64) to f32; integer tensors are an error.
@@ -121,12 +153,32 @@ fn to_f32(t: Tensor, path: &Path) -> Result<Tensor> {
 /// Save the network's parameters and buffers as f32 safetensors with `metadata`, via a temporary file
 /// renamed on success. Adds `arch`, `input_shape` ("C,H,W") and, when the last node is a Linear layer,
 /// `num_classes` unless `metadata` already has them.
-pub fn save_safetensors(network: &Network, path: &Path, mut metadata: HashMap<String, String>) -> Result<()> {
+pub fn save_safetensors(
+    network: &Network,
+    path: &Path,
+    mut metadata: HashMap<String, String>,
+) -> Result<()> {
     let [c, h, w] = network.input_shape;
-    metadata.entry("arch".into()).or_insert_with(|| network.arch.clone());
-    metadata.entry("input_shape".into()).or_insert_with(|| format!("{c},{h},{w}"));
-    if let Some(crate::model::Node { op: crate::model::Op::Linear(l), .. }) = network.nodes.last() {
-        metadata.entry("num_classes".into()).or_insert_with(|| l.weight.dims()[0].to_string());
+    metadata
+        .entry("arch".into())
+        .or_insert_with(|| network.arch.clone());
+    metadata
+        .entry("input_shape".into())
+        .or_insert_with(|| format!("{c},{h},{w}"));
+    if let Some(spec_path) = network.arch.strip_prefix("spec:") {
+        // Embed the spec so the weights load without --arch (see `load::build_from_weights`).
+        if let Ok(text) = std::fs::read_to_string(spec_path) {
+            metadata.entry("spec".into()).or_insert(text);
+        }
+    }
+    if let Some(crate::model::Node {
+        op: crate::model::Op::Linear(l),
+        ..
+    }) = network.nodes.last()
+    {
+        metadata
+            .entry("num_classes".into())
+            .or_insert_with(|| l.weight.dims()[0].to_string());
     }
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, t) in network.parameters().into_iter().chain(network.buffers()) {
@@ -142,7 +194,10 @@ pub fn save_safetensors(network: &Network, path: &Path, mut metadata: HashMap<St
                 .map_err(|e| Error::Internal(format!("tensor `{n}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".ntk-pipeline-")
         .suffix(".safetensors.tmp")
@@ -150,7 +205,8 @@ pub fn save_safetensors(network: &Network, path: &Path, mut metadata: HashMap<St
         .map_err(|e| Error::io("cannot create a temporary file in", dir, e))?;
     safetensors::serialize_to_file(views, Some(metadata), tmp.path())
         .map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
-    tmp.persist(path).map_err(|e| Error::io("cannot write", path, e.error))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("cannot write", path, e.error))?;
     Ok(())
 }
 
@@ -172,7 +228,11 @@ pub const HF_DEFAULT_FILES: &[&str] = &["model.safetensors", "pytorch_model.bin"
 /// with `hf_hub::Cache` (offline; nothing is downloaded). `None` when `model` does not have that form.
 pub fn resolve_hf(model: &str, cache_dir: &Path) -> Option<Result<PathBuf>> {
     let parts: Vec<&str> = model.split('/').collect();
-    if parts.len() < 2 || parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
+    if parts.len() < 2
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
         return None;
     }
     let id = format!("{}/{}", parts[0], parts[1]);
@@ -200,7 +260,9 @@ pub fn resolve_model_path(model: &str) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     if path.exists() {
-        return Err(Error::Model(format!("--model {model}: is a directory, not a weight file")));
+        return Err(Error::Model(format!(
+            "--model {model}: is a directory, not a weight file"
+        )));
     }
     match resolve_hf(model, &hf_cache_dir()) {
         Some(found) => found,

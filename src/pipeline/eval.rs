@@ -1,10 +1,155 @@
-//! The `eval` subcommand. (In progress: being implemented.)
+//! The `eval` subcommand: a model's accuracy (and per-class counts) on a dataset split.
 
 use crate::cli::EvalArgs;
+use crate::data::Dataset;
+use crate::model::layers::argmax_rows;
+use crate::model::Network;
+use crate::pipeline::inputs::prepare;
 use crate::progress::Progress;
+use crate::report::fit::write_json;
 use crate::{Error, Result};
+use serde::Serialize;
+
+/// Examples per forward pass.
+pub const BATCH: usize = 256;
+
+/// Accuracy of one class.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClassCount {
+    /// Class label.
+    pub class: usize,
+    /// Examples with this label.
+    pub count: usize,
+    /// Of those, predicted correctly.
+    pub correct: usize,
+}
+
+/// Result of an evaluation.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Accuracy {
+    /// Examples evaluated.
+    pub n: usize,
+    /// Correct top-1 predictions.
+    pub correct: usize,
+    /// correct / n.
+    pub accuracy: f64,
+    /// Per-class counts, by label.
+    pub per_class: Vec<ClassCount>,
+}
+
+/// Top-1 accuracy of `network` on the examples `indices` of `dataset`, in batches of [`BATCH`].
+pub fn evaluate(
+    network: &Network,
+    dataset: &Dataset,
+    indices: &[usize],
+    progress: &dyn Progress,
+) -> Result<Accuracy> {
+    let classes = dataset.num_classes();
+    let d = network.num_outputs()?;
+    if d != classes {
+        return Err(Error::Model(format!(
+            "the network `{}` has {d} outputs but {} has {classes} classes",
+            network.arch,
+            dataset.name()
+        )));
+    }
+    let labels = dataset.labels();
+    let mut per_class: Vec<ClassCount> = (0..classes)
+        .map(|class| ClassCount {
+            class,
+            count: 0,
+            correct: 0,
+        })
+        .collect();
+    progress.start("eval", indices.len() as u64);
+    for chunk in indices.chunks(BATCH) {
+        let x = dataset.images(chunk, network.input_shape)?;
+        let logits = network.forward(&x)?;
+        let predicted = argmax_rows(&logits)?;
+        for (&i, &p) in chunk.iter().zip(&predicted) {
+            let label = labels[i] as usize;
+            let entry = per_class.get_mut(label).ok_or_else(|| {
+                Error::Data(format!(
+                    "example {i} has label {label} but the dataset declares {classes} classes"
+                ))
+            })?;
+            entry.count += 1;
+            entry.correct += usize::from(p as usize == label);
+        }
+        progress.advance(chunk.len() as u64);
+    }
+    progress.finish();
+    let correct = per_class.iter().map(|c| c.correct).sum();
+    let n = indices.len();
+    Ok(Accuracy {
+        n,
+        correct,
+        accuracy: correct as f64 / n.max(1) as f64,
+        per_class,
+    })
+}
+
+#[derive(Serialize)]
+struct EvalReport<'a> {
+    model: String,
+    arch: &'a str,
+    num_params: usize,
+    data: &'a str,
+    split: &'a str,
+    #[serde(flatten)]
+    accuracy: &'a Accuracy,
+}
 
 /// Execute `eval`.
-pub fn run(_args: &EvalArgs, _progress: &dyn Progress) -> Result<()> {
-    Err(Error::Internal("the `eval` subcommand is not implemented yet".into()))
+pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
+    let prepared = prepare(&args.md)?;
+    let total = prepared.order.len();
+    let n = match args.limit {
+        None => total,
+        Some(l) if (1..=total).contains(&l) => l,
+        Some(l) => {
+            return Err(Error::Usage(format!(
+                "--limit {l}: the {} {} split has {total} examples (choose 1..={total})",
+                prepared.dataset.name(),
+                prepared.dataset.split().as_str()
+            )))
+        }
+    };
+    let network = &prepared.model.network;
+    let acc = evaluate(network, &prepared.dataset, &prepared.order[..n], progress)?;
+    let report = EvalReport {
+        model: prepared.model.source.display().to_string(),
+        arch: &network.arch,
+        num_params: network.num_params(),
+        data: prepared.dataset.name(),
+        split: prepared.dataset.split().as_str(),
+        accuracy: &acc,
+    };
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    println!(
+        "{} ({}, {} parameters) on {} {}: accuracy {:.2}% ({}/{})",
+        report.model,
+        report.arch,
+        report.num_params,
+        report.data,
+        report.split,
+        100.0 * acc.accuracy,
+        acc.correct,
+        acc.n
+    );
+    println!(
+        "{:>6} {:>8} {:>8} {:>9}",
+        "class", "count", "correct", "accuracy"
+    );
+    for c in &acc.per_class {
+        let pct = if c.count > 0 {
+            format!("{:.2}%", 100.0 * c.correct as f64 / c.count as f64)
+        } else {
+            "-".into()
+        };
+        println!("{:>6} {:>8} {:>8} {:>9}", c.class, c.count, c.correct, pct);
+    }
+    Ok(())
 }

@@ -7,15 +7,34 @@ use crate::model::Network;
 use crate::Result;
 
 /// Build LeNet for `input_shape` (e.g. 1×28×28 or 3×32×32) and `num_classes`.
-pub fn build(input_shape: [usize; 3], num_classes: usize, params: &mut dyn ParamSource) -> Result<Network> {
+pub fn build(
+    input_shape: [usize; 3],
+    num_classes: usize,
+    params: &mut dyn ParamSource,
+) -> Result<Network> {
     let [c_in, h, w] = input_shape;
     let mut net = Network::new("lenet", input_shape);
-    net.then("conv1", conv_op(params, "conv1", c_in, 6, 5, 1, 0, 1, true)?);
+    net.then(
+        "conv1",
+        conv_op(params, "conv1", c_in, 6, 5, 1, 0, 1, true)?,
+    );
     net.then("", Op::Relu);
-    net.then("", Op::MaxPool2d { kernel: 2, stride: 2 });
+    net.then(
+        "",
+        Op::MaxPool2d {
+            kernel: 2,
+            stride: 2,
+        },
+    );
     net.then("conv2", conv_op(params, "conv2", 6, 16, 5, 1, 0, 1, true)?);
     net.then("", Op::Relu);
-    net.then("", Op::MaxPool2d { kernel: 2, stride: 2 });
+    net.then(
+        "",
+        Op::MaxPool2d {
+            kernel: 2,
+            stride: 2,
+        },
+    );
     let side = |n: usize| -> Result<usize> {
         let n = out_size(n, 5, 1, 0, "lenet conv1")?;
         let n = out_size(n, 2, 2, 0, "lenet pool1")?;

@@ -9,7 +9,12 @@ use crate::{Error, Result};
 pub const DEFAULT_WIDTH: usize = 128;
 
 /// Build the MLP with hidden width `width` for `input_shape` and `num_classes`.
-pub fn build(width: usize, input_shape: [usize; 3], num_classes: usize, params: &mut dyn ParamSource) -> Result<Network> {
+pub fn build(
+    width: usize,
+    input_shape: [usize; 3],
+    num_classes: usize,
+    params: &mut dyn ParamSource,
+) -> Result<Network> {
     if width == 0 {
         return Err(Error::Usage("--width must be positive".into()));
     }

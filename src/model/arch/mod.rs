@@ -15,7 +15,15 @@ use crate::{Error, Result};
 pub use resnet::{Block, ResNetConfig};
 
 /// Names of the built-in architectures accepted by `--arch`.
-pub const BUILTIN: &[&str] = &["resnet9", "resnet18", "resnet34", "resnet50", "mobilenet", "lenet", "mlp"];
+pub const BUILTIN: &[&str] = &[
+    "resnet9",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet",
+    "lenet",
+    "mlp",
+];
 
 /// ε of every BatchNorm layer (PyTorch's default).
 pub const BN_EPS: f64 = 1e-5;
@@ -64,9 +72,21 @@ pub fn build(
             }
             lenet::build(input_shape, num_classes, params)
         }
-        "mlp" => mlp::build(width.unwrap_or(mlp::DEFAULT_WIDTH), input_shape, num_classes, params),
+        "mlp" => mlp::build(
+            width.unwrap_or(mlp::DEFAULT_WIDTH),
+            input_shape,
+            num_classes,
+            params,
+        ),
         _ => match ResNetConfig::parse(arch) {
-            Some(cfg) => resnet::build(arch, &cfg, width.unwrap_or(resnet::DEFAULT_WIDTH), input_shape, num_classes, params),
+            Some(cfg) => resnet::build(
+                arch,
+                &cfg,
+                width.unwrap_or(resnet::DEFAULT_WIDTH),
+                input_shape,
+                num_classes,
+                params,
+            ),
             None => Err(unknown_arch(arch)),
         },
     }
@@ -82,6 +102,11 @@ pub fn default_input_shape(arch: &str, data_shape: [usize; 3]) -> [usize; 3] {
     }
 }
 
+/// Whether `arch` names a built-in or generic-ResNet architecture (spec files are not checked here).
+pub fn is_known(arch: &str) -> bool {
+    BUILTIN.contains(&arch) || ResNetConfig::parse(arch).is_some()
+}
+
 /// The error for an architecture name that is neither built in nor a spec file.
 pub fn unknown_arch(arch: &str) -> Error {
     Error::Model(format!(
@@ -93,11 +118,19 @@ pub fn unknown_arch(arch: &str) -> Error {
 }
 
 fn no_width(arch: &str) -> Error {
-    Error::Usage(format!("--width does not apply to `{arch}` (only to the ResNets and mlp)"))
+    Error::Usage(format!(
+        "--width does not apply to `{arch}` (only to the ResNets and mlp)"
+    ))
 }
 
 /// Spatial size after a convolution or pooling window: ⌊(n + 2·padding − kernel) / stride⌋ + 1.
-pub fn out_size(n: usize, kernel: usize, stride: usize, padding: usize, what: &str) -> Result<usize> {
+pub fn out_size(
+    n: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    what: &str,
+) -> Result<usize> {
     if n + 2 * padding < kernel || stride == 0 {
         return Err(Error::Model(format!(
             "{what}: window {kernel} (stride {stride}, padding {padding}) does not fit an input of size {n}"
@@ -125,22 +158,49 @@ pub fn conv_op(
         )));
     }
     let fan_in = c_in / groups * kernel * kernel;
-    let weight =
-        params.tensor(&join_name(name, "weight"), &[c_out, c_in / groups, kernel, kernel], Init::KaimingUniform { fan_in })?;
+    let weight = params.tensor(
+        &join_name(name, "weight"),
+        &[c_out, c_in / groups, kernel, kernel],
+        Init::KaimingUniform { fan_in },
+    )?;
     let bias = if bias {
-        Some(params.tensor(&join_name(name, "bias"), &[c_out], Init::BiasUniform { fan_in })?)
+        Some(params.tensor(
+            &join_name(name, "bias"),
+            &[c_out],
+            Init::BiasUniform { fan_in },
+        )?)
     } else {
         None
     };
-    Ok(Op::Conv2d(Conv2d { weight, bias, stride, padding, groups }))
+    Ok(Op::Conv2d(Conv2d {
+        weight,
+        bias,
+        stride,
+        padding,
+        groups,
+    }))
 }
 
 /// A Linear op with PyTorch's default initialisation, tensors `{name}.weight` (out, in) and `{name}.bias`.
-pub fn linear_op(params: &mut dyn ParamSource, name: &str, n_in: usize, n_out: usize, bias: bool) -> Result<Op> {
+pub fn linear_op(
+    params: &mut dyn ParamSource,
+    name: &str,
+    n_in: usize,
+    n_out: usize,
+    bias: bool,
+) -> Result<Op> {
     let fan_in = n_in;
-    let weight = params.tensor(&join_name(name, "weight"), &[n_out, n_in], Init::KaimingUniform { fan_in })?;
+    let weight = params.tensor(
+        &join_name(name, "weight"),
+        &[n_out, n_in],
+        Init::KaimingUniform { fan_in },
+    )?;
     let bias = if bias {
-        Some(params.tensor(&join_name(name, "bias"), &[n_out], Init::BiasUniform { fan_in })?)
+        Some(params.tensor(
+            &join_name(name, "bias"),
+            &[n_out],
+            Init::BiasUniform { fan_in },
+        )?)
     } else {
         None
     };
@@ -172,7 +232,9 @@ mod tests {
     }
 
     fn count(arch: &str, width: Option<usize>, input: [usize; 3]) -> usize {
-        build(arch, width, input, 10, &mut Zeros).map(|n| n.num_params()).unwrap_or(0)
+        build(arch, width, input, 10, &mut Zeros)
+            .map(|n| n.num_params())
+            .unwrap_or(0)
     }
 
     #[test]
@@ -183,8 +245,14 @@ mod tests {
         assert_eq!(count("resnet50", None, [3, 32, 32]), 23_520_842);
         assert_eq!(count("resnet34", None, [3, 32, 32]), 21_282_122);
         // LeNet: 6·3·25+6 + 16·6·25+16 + 400·120+120 + 120·84+84 + 84·10+10.
-        assert_eq!(count("lenet", None, [3, 32, 32]), 456 + 2416 + 48120 + 10164 + 850);
-        assert_eq!(count("mlp", Some(100), [1, 28, 28]), 784 * 100 + 100 + 100 * 100 + 100 + 100 * 10 + 10);
+        assert_eq!(
+            count("lenet", None, [3, 32, 32]),
+            456 + 2416 + 48120 + 10164 + 850
+        );
+        assert_eq!(
+            count("mlp", Some(100), [1, 28, 28]),
+            784 * 100 + 100 + 100 * 100 + 100 + 100 * 10 + 10
+        );
     }
 
     #[test]
@@ -193,7 +261,9 @@ mod tests {
         assert_eq!(net.num_outputs().unwrap(), 7);
         let lenet = build("lenet", None, [1, 28, 28], 10, &mut Zeros).unwrap();
         assert_eq!(lenet.num_outputs().unwrap(), 10);
-        assert!(matches!(build("resnet7", None, [3, 32, 32], 10, &mut Zeros), Err(Error::Model(m)) if m.contains("resnet7")));
+        assert!(
+            matches!(build("resnet7", None, [3, 32, 32], 10, &mut Zeros), Err(Error::Model(m)) if m.contains("resnet7"))
+        );
         assert!(build("lenet", Some(3), [3, 32, 32], 10, &mut Zeros).is_err());
         assert!(build("lenet", None, [3, 8, 8], 10, &mut Zeros).is_err());
     }

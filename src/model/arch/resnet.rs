@@ -52,7 +52,10 @@ impl ResNetConfig {
                 } else {
                     (Block::Bottleneck, rest.strip_prefix("bottleneck-")?)
                 };
-                let counts: Vec<usize> = counts.split('-').map(|s| s.parse().ok()).collect::<Option<_>>()?;
+                let counts: Vec<usize> = counts
+                    .split('-')
+                    .map(|s| s.parse().ok())
+                    .collect::<Option<_>>()?;
                 let blocks: [usize; 4] = counts.try_into().ok()?;
                 if blocks.contains(&0) {
                     return None;
@@ -75,7 +78,11 @@ impl ResNetConfig {
         match builtin {
             Some(name) => name.to_string(),
             None => {
-                let kind = if self.block == Block::Basic { "basic" } else { "bottleneck" };
+                let kind = if self.block == Block::Basic {
+                    "basic"
+                } else {
+                    "bottleneck"
+                };
                 let [a, b, c, d] = self.blocks;
                 format!("resnet-{kind}-{a}-{b}-{c}-{d}")
             }
@@ -97,7 +104,10 @@ pub fn build(
     }
     let [c_in, mut h, mut w] = input_shape;
     let mut net = Network::new(arch, input_shape);
-    net.then("conv1", conv_op(params, "conv1", c_in, width, 3, 1, 1, 1, false)?);
+    net.then(
+        "conv1",
+        conv_op(params, "conv1", c_in, width, 3, 1, 1, 1, false)?,
+    );
     net.then("bn1", bn_op(params, "bn1", width)?);
     net.then("", Op::Relu);
     let mut channels = width;
@@ -106,15 +116,29 @@ pub fn build(
         for i in 0..n_blocks {
             let stride = if stage > 0 && i == 0 { 2 } else { 1 };
             let prefix = format!("layer{}.{i}", stage + 1);
-            channels = block(&mut net, params, &prefix, cfg.block, channels, planes, stride)?;
+            channels = block(
+                &mut net, params, &prefix, cfg.block, channels, planes, stride,
+            )?;
             h = out_size(h, 3, stride, 1, &prefix)?;
             w = out_size(w, 3, stride, 1, &prefix)?;
         }
     }
-    let (ph, pw) = (out_size(h, 4, 4, 0, "final 4x4 average pool")?, out_size(w, 4, 4, 0, "final 4x4 average pool")?);
-    net.then("", Op::AvgPool2d { kernel: 4, stride: 4 });
+    let (ph, pw) = (
+        out_size(h, 4, 4, 0, "final 4x4 average pool")?,
+        out_size(w, 4, 4, 0, "final 4x4 average pool")?,
+    );
+    net.then(
+        "",
+        Op::AvgPool2d {
+            kernel: 4,
+            stride: 4,
+        },
+    );
     net.then("", Op::Flatten);
-    net.then("linear", linear_op(params, "linear", channels * ph * pw, num_classes, true)?);
+    net.then(
+        "linear",
+        linear_op(params, "linear", channels * ph * pw, num_classes, true)?,
+    );
     Ok(net)
 }
 
@@ -133,28 +157,67 @@ fn block(
     let name = |s: &str| format!("{prefix}.{s}");
     match kind {
         Block::Basic => {
-            net.then(name("conv1"), conv_op(params, &name("conv1"), c_in, planes, 3, stride, 1, 1, false)?);
+            net.then(
+                name("conv1"),
+                conv_op(params, &name("conv1"), c_in, planes, 3, stride, 1, 1, false)?,
+            );
             net.then(name("bn1"), bn_op(params, &name("bn1"), planes)?);
             net.then("", Op::Relu);
-            net.then(name("conv2"), conv_op(params, &name("conv2"), planes, planes, 3, 1, 1, 1, false)?);
+            net.then(
+                name("conv2"),
+                conv_op(params, &name("conv2"), planes, planes, 3, 1, 1, 1, false)?,
+            );
             net.then(name("bn2"), bn_op(params, &name("bn2"), planes)?);
         }
         Block::Bottleneck => {
-            net.then(name("conv1"), conv_op(params, &name("conv1"), c_in, planes, 1, 1, 0, 1, false)?);
+            net.then(
+                name("conv1"),
+                conv_op(params, &name("conv1"), c_in, planes, 1, 1, 0, 1, false)?,
+            );
             net.then(name("bn1"), bn_op(params, &name("bn1"), planes)?);
             net.then("", Op::Relu);
-            net.then(name("conv2"), conv_op(params, &name("conv2"), planes, planes, 3, stride, 1, 1, false)?);
+            net.then(
+                name("conv2"),
+                conv_op(
+                    params,
+                    &name("conv2"),
+                    planes,
+                    planes,
+                    3,
+                    stride,
+                    1,
+                    1,
+                    false,
+                )?,
+            );
             net.then(name("bn2"), bn_op(params, &name("bn2"), planes)?);
             net.then("", Op::Relu);
-            net.then(name("conv3"), conv_op(params, &name("conv3"), planes, c_out, 1, 1, 0, 1, false)?);
+            net.then(
+                name("conv3"),
+                conv_op(params, &name("conv3"), planes, c_out, 1, 1, 0, 1, false)?,
+            );
             net.then(name("bn3"), bn_op(params, &name("bn3"), c_out)?);
         }
     }
     let main = net.output();
     let shortcut = if stride != 1 || c_in != c_out {
-        let conv = conv_op(params, &name("shortcut.0"), c_in, c_out, 1, stride, 0, 1, false)?;
+        let conv = conv_op(
+            params,
+            &name("shortcut.0"),
+            c_in,
+            c_out,
+            1,
+            stride,
+            0,
+            1,
+            false,
+        )?;
         let sc = net.push(name("shortcut.0"), conv, vec![input]);
-        net.push(name("shortcut.1"), bn_op(params, &name("shortcut.1"), c_out)?, vec![sc])
+        net.push(
+            name("shortcut.1"),
+            bn_op(params, &name("shortcut.1"), c_out)?,
+            vec![sc],
+        )
     } else {
         input
     };

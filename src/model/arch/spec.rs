@@ -37,9 +37,21 @@ pub const LAYER_TYPES: &[&str] = &[
 #[derive(Debug, Clone)]
 pub enum LayerSpec {
     /// Convolution: output channels, square kernel, stride, zero padding, groups, bias.
-    Conv2d { name: String, out: usize, kernel: usize, stride: usize, padding: usize, groups: usize, bias: bool },
+    Conv2d {
+        name: String,
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+        bias: bool,
+    },
     /// Fully connected layer to `out` features.
-    Linear { name: String, out: usize, bias: bool },
+    Linear {
+        name: String,
+        out: usize,
+        bias: bool,
+    },
     /// Eval-mode BatchNorm over the current channels.
     BatchNorm2d { name: String },
     /// An activation or shape op without parameters (relu, tanh, gelu, flatten, dropout).
@@ -76,7 +88,8 @@ enum Shape {
 impl Spec {
     /// Read and parse a spec file.
     pub fn from_file(path: &Path) -> Result<Spec> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read spec", path, e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io("cannot read spec", path, e))?;
         Spec::parse(&text).map_err(|e| match e {
             Error::Model(msg) => Error::Model(format!("spec {}: {msg}", path.display())),
             other => other,
@@ -85,21 +98,32 @@ impl Spec {
 
     /// Parse spec JSON text.
     pub fn parse(text: &str) -> Result<Spec> {
-        let root: Value = serde_json::from_str(text).map_err(|e| Error::Model(format!("not valid JSON: {e}")))?;
-        let root = root.as_object().ok_or_else(|| Error::Model("the spec must be a JSON object".into()))?;
-        let input = root.get("input").ok_or_else(|| Error::Model("missing \"input\": [C, H, W]".into()))?;
+        let root: Value =
+            serde_json::from_str(text).map_err(|e| Error::Model(format!("not valid JSON: {e}")))?;
+        let root = root
+            .as_object()
+            .ok_or_else(|| Error::Model("the spec must be a JSON object".into()))?;
+        let input = root
+            .get("input")
+            .ok_or_else(|| Error::Model("missing \"input\": [C, H, W]".into()))?;
         let input = usize_list(input, "input")?;
-        let input: [usize; 3] = input
-            .try_into()
-            .map_err(|v: Vec<usize>| Error::Model(format!("\"input\" must be [C, H, W], got {v:?}")))?;
+        let input: [usize; 3] = input.try_into().map_err(|v: Vec<usize>| {
+            Error::Model(format!("\"input\" must be [C, H, W], got {v:?}"))
+        })?;
         if input.contains(&0) {
-            return Err(Error::Model(format!("\"input\" sizes must be positive, got {input:?}")));
+            return Err(Error::Model(format!(
+                "\"input\" sizes must be positive, got {input:?}"
+            )));
         }
         let layers = root
             .get("layers")
             .and_then(Value::as_array)
             .ok_or_else(|| Error::Model("missing \"layers\": a list of layer objects".into()))?;
-        let layers = layers.iter().enumerate().map(|(i, l)| parse_layer(i, l)).collect::<Result<Vec<_>>>()?;
+        let layers = layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| parse_layer(i, l))
+            .collect::<Result<Vec<_>>>()?;
         if layers.is_empty() {
             return Err(Error::Model("\"layers\" is empty".into()));
         }
@@ -118,13 +142,24 @@ impl Spec {
                 ))),
             };
             match layer {
-                LayerSpec::Conv2d { name, out, kernel, stride, padding, groups, bias } => {
+                LayerSpec::Conv2d {
+                    name,
+                    out,
+                    kernel,
+                    stride,
+                    padding,
+                    groups,
+                    bias,
+                } => {
                     let [c, h, w] = image("conv2d")?;
                     let what = format!("layer {i} (conv2d `{name}`)");
-                    let op = conv_op(params, name, c, *out, *kernel, *stride, *padding, *groups, *bias)?;
+                    let op = conv_op(
+                        params, name, c, *out, *kernel, *stride, *padding, *groups, *bias,
+                    )?;
                     net.then(name.clone(), op);
                     let oh = out_size(h, *kernel, *stride, *padding, &what)?;
-                    shape = Shape::Image([*out, oh, out_size(w, *kernel, *stride, *padding, &what)?]);
+                    shape =
+                        Shape::Image([*out, oh, out_size(w, *kernel, *stride, *padding, &what)?]);
                 }
                 LayerSpec::Linear { name, out, bias } => {
                     let n_in = match shape {
@@ -150,16 +185,27 @@ impl Spec {
                     }
                     net.then("", op.clone());
                 }
-                LayerSpec::MaxPool2d { kernel, stride } | LayerSpec::AvgPool2d { kernel, stride } => {
+                LayerSpec::MaxPool2d { kernel, stride }
+                | LayerSpec::AvgPool2d { kernel, stride } => {
                     let is_max = matches!(layer, LayerSpec::MaxPool2d { .. });
                     let kind = if is_max { "maxpool2d" } else { "avgpool2d" };
                     let [c, h, w] = image(kind)?;
                     let what = format!("layer {i} ({kind})");
-                    shape = Shape::Image([c, out_size(h, *kernel, *stride, 0, &what)?, out_size(w, *kernel, *stride, 0, &what)?]);
+                    shape = Shape::Image([
+                        c,
+                        out_size(h, *kernel, *stride, 0, &what)?,
+                        out_size(w, *kernel, *stride, 0, &what)?,
+                    ]);
                     let op = if is_max {
-                        Op::MaxPool2d { kernel: *kernel, stride: *stride }
+                        Op::MaxPool2d {
+                            kernel: *kernel,
+                            stride: *stride,
+                        }
                     } else {
-                        Op::AvgPool2d { kernel: *kernel, stride: *stride }
+                        Op::AvgPool2d {
+                            kernel: *kernel,
+                            stride: *stride,
+                        }
                     };
                     net.then("", op);
                 }
@@ -186,15 +232,21 @@ impl Spec {
 
 /// Parse layer number `i`.
 fn parse_layer(i: usize, value: &Value) -> Result<LayerSpec> {
-    let obj = value.as_object().ok_or_else(|| Error::Model(format!("layer {i} is not a JSON object")))?;
-    let kind = obj
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Error::Model(format!("layer {i} has no \"type\"; known types: {}", LAYER_TYPES.join(", "))))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| Error::Model(format!("layer {i} is not a JSON object")))?;
+    let kind = obj.get("type").and_then(Value::as_str).ok_or_else(|| {
+        Error::Model(format!(
+            "layer {i} has no \"type\"; known types: {}",
+            LAYER_TYPES.join(", ")
+        ))
+    })?;
     let f = Fields { obj, i, kind };
     let layer = match kind.to_ascii_lowercase().as_str() {
         "conv2d" => {
-            f.allow(&["name", "out", "kernel", "stride", "padding", "groups", "bias"])?;
+            f.allow(&[
+                "name", "out", "kernel", "stride", "padding", "groups", "bias",
+            ])?;
             LayerSpec::Conv2d {
                 name: f.name()?,
                 out: f.positive("out", None)?,
@@ -207,7 +259,11 @@ fn parse_layer(i: usize, value: &Value) -> Result<LayerSpec> {
         }
         "linear" => {
             f.allow(&["name", "out", "bias"])?;
-            LayerSpec::Linear { name: f.name()?, out: f.positive("out", None)?, bias: f.bool("bias", true)? }
+            LayerSpec::Linear {
+                name: f.name()?,
+                out: f.positive("out", None)?,
+                bias: f.bool("bias", true)?,
+            }
         }
         "batchnorm2d" => {
             f.allow(&["name"])?;
@@ -236,7 +292,9 @@ fn parse_layer(i: usize, value: &Value) -> Result<LayerSpec> {
                 None => return Err(Error::Model(format!("layer {i} (adaptiveavgpool2d) needs \"output\""))),
             };
             if output.contains(&0) {
-                return Err(Error::Model(format!("layer {i} (adaptiveavgpool2d): \"output\" must be positive")));
+                return Err(Error::Model(format!(
+                    "layer {i} (adaptiveavgpool2d): \"output\" must be positive"
+                )));
             }
             LayerSpec::AdaptiveAvgPool2d { output }
         }
@@ -275,7 +333,10 @@ impl Fields<'_> {
     fn allow(&self, keys: &[&str]) -> Result<()> {
         for k in self.obj.keys() {
             if k != "type" && !keys.contains(&k.as_str()) {
-                return Err(self.err(format!("unknown field \"{k}\"; allowed: type, {}", keys.join(", "))));
+                return Err(self.err(format!(
+                    "unknown field \"{k}\"; allowed: type, {}",
+                    keys.join(", ")
+                )));
             }
         }
         Ok(())
@@ -293,10 +354,9 @@ impl Fields<'_> {
         match (self.obj.get(key), default) {
             (None, Some(d)) => Ok(d),
             (None, None) => Err(self.err(format!("needs \"{key}\""))),
-            (Some(v), _) => v
-                .as_u64()
-                .map(|n| n as usize)
-                .ok_or_else(|| self.err(format!("\"{key}\" must be a non-negative integer, got {v}"))),
+            (Some(v), _) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                self.err(format!("\"{key}\" must be a non-negative integer, got {v}"))
+            }),
         }
     }
 
@@ -311,7 +371,9 @@ impl Fields<'_> {
     fn bool(&self, key: &str, default: bool) -> Result<bool> {
         match self.obj.get(key) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(format!("\"{key}\" must be true or false, got {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(format!("\"{key}\" must be true or false, got {v}"))),
         }
     }
 }
@@ -319,6 +381,14 @@ impl Fields<'_> {
 /// A JSON list of non-negative integers.
 fn usize_list(v: &Value, what: &str) -> Result<Vec<usize>> {
     v.as_array()
-        .and_then(|a| a.iter().map(|x| x.as_u64().map(|n| n as usize)).collect::<Option<Vec<_>>>())
-        .ok_or_else(|| Error::Model(format!("\"{what}\" must be a list of non-negative integers, got {v}")))
+        .and_then(|a| {
+            a.iter()
+                .map(|x| x.as_u64().map(|n| n as usize))
+                .collect::<Option<Vec<_>>>()
+        })
+        .ok_or_else(|| {
+            Error::Model(format!(
+                "\"{what}\" must be a list of non-negative integers, got {v}"
+            ))
+        })
 }
