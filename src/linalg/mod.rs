@@ -1,6 +1,19 @@
 //! Dense linear algebra on large symmetric matrices seen through [`tile::TileSource`]: the MEMDET block
 //! log-determinant engine, its scratch store and memory planning. Knows nothing about neural networks.
 
+pub mod budget;
+mod column;
+pub mod factor;
+pub mod interrupt;
+pub mod memdet;
+pub mod npy;
+pub mod npy_write;
+pub mod scratch;
 pub mod tile;
+pub mod tile_buf;
 
+pub use budget::{parse_size, BlockPlan};
+pub use factor::Assume;
+pub use memdet::{memdet, LogDet, MemdetInfo, MemdetOptions, NestedLogdet, PhaseSeconds, Shift};
+pub use npy::{NpySource, Triangle};
 pub use tile::{DenseSource, TileSource};

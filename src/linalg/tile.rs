@@ -26,7 +26,11 @@ pub struct DenseSource {
 impl DenseSource {
     /// Wrap a square matrix (granule 1).
     pub fn new(matrix: Mat<f64>) -> Self {
-        assert_eq!(matrix.nrows(), matrix.ncols(), "DenseSource needs a square matrix");
+        assert_eq!(
+            matrix.nrows(),
+            matrix.ncols(),
+            "DenseSource needs a square matrix"
+        );
         Self { matrix, granule: 1 }
     }
 

@@ -1,1 +1,3 @@
 //! Reports: JSON output schema, SVG plots, terminal tables.
+
+pub mod logdet;

@@ -1,0 +1,329 @@
+//! One block column of MEMDET's left-looking schedule (see `memdet.rs`): first touch of its tiles from the
+//! source, updates with factor tiles prefetched from scratch by a reader thread, the pivot-block
+//! factorisation, and write-behind of the finished tiles by a writer thread.
+
+use super::budget::BlockPlan;
+use super::factor::{factor_pivot, scale_rows_inv, schur_pivot_value, solve_lower, Assume};
+use super::interrupt;
+use super::memdet::{MemdetOptions, PhaseSeconds, Shift};
+use super::scratch::ScratchStore;
+use super::tile::TileSource;
+use super::tile_buf::{Ledger, Tile};
+use crate::progress::Progress;
+use crate::{Error, Result};
+use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::{Accum, Par};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Number of prefetch buffers circulating between the reader thread and the compute thread.
+const PREFETCH_BUFFERS: usize = 2;
+
+/// State carried across the block columns of one MEMDET run.
+pub(crate) struct ColumnRun<'a> {
+    source: &'a dyn TileSource,
+    opts: &'a MemdetOptions,
+    plan: BlockPlan,
+    scratch: Option<&'a ScratchStore>,
+    ledger: Arc<Ledger>,
+    /// log|pivot| per row.
+    pub logabs: Vec<f64>,
+    /// sign(pivot) per row.
+    pub signs: Vec<f64>,
+    /// D of each finished pivot block (LDLᵀ only).
+    d: Vec<Vec<f64>>,
+    /// Time per phase so far.
+    pub seconds: PhaseSeconds,
+    /// Tiles requested from the source so far.
+    pub tiles_requested: u64,
+}
+
+impl<'a> ColumnRun<'a> {
+    /// Prepare a run; the per-row vectors are accounted in `ledger`.
+    pub fn new(
+        source: &'a dyn TileSource,
+        opts: &'a MemdetOptions,
+        plan: BlockPlan,
+        scratch: Option<&'a ScratchStore>,
+        ledger: Arc<Ledger>,
+    ) -> Self {
+        ledger.add(8 * 3 * plan.m as u64);
+        Self {
+            source,
+            opts,
+            plan,
+            scratch,
+            ledger,
+            logabs: vec![0.0; plan.m],
+            signs: vec![1.0; plan.m],
+            d: Vec::new(),
+            seconds: PhaseSeconds::default(),
+            tiles_requested: 0,
+        }
+    }
+
+    /// The per-row pivot logs and signs.
+    pub fn into_pivots(self) -> (Vec<f64>, Vec<f64>) {
+        (self.logabs, self.signs)
+    }
+
+    fn check_interrupt(&self) -> Result<()> {
+        interrupt::check(self.opts.interrupt.as_deref())
+    }
+
+    /// Request tile (i, j) from the source, check it is finite, and apply t and the shift.
+    fn load_source(&mut self, i: usize, j: usize) -> Result<Tile> {
+        let t = Instant::now();
+        let (rows, cols) = (self.plan.range(i), self.plan.range(j));
+        let mut tile = Tile::new(rows.len(), cols.len(), &self.ledger);
+        self.source
+            .fill(rows.clone(), cols.clone(), tile.mat_mut())?;
+        self.tiles_requested += 1;
+        let nr = rows.len();
+        if let Some(pos) = tile.data().iter().position(|v| !v.is_finite()) {
+            let value = tile.data()[pos];
+            return Err(Error::NonFinite {
+                value,
+                row: rows.start + pos % nr,
+                col: cols.start + pos / nr,
+                rows,
+                cols,
+            });
+        }
+        let scale = self.opts.scale;
+        if scale != 1.0 {
+            tile.data_mut().iter_mut().for_each(|v| *v *= scale);
+        }
+        if i == j {
+            let mut a = tile.mat_mut();
+            for c in 0..nr {
+                for r in c + 1..nr {
+                    a[(r, c)] = a[(c, r)];
+                }
+                a[(c, c)] += match &self.opts.shift {
+                    Shift::None => 0.0,
+                    Shift::Scalar(s) => *s,
+                    Shift::Diagonal(v) => v[rows.start + c],
+                };
+            }
+        }
+        self.seconds.source += t.elapsed().as_secs_f64();
+        Ok(tile)
+    }
+
+    /// Process block column j: load, update, factor, store.
+    pub fn column(&mut self, j: usize, progress: &dyn Progress) -> Result<()> {
+        let n = self.plan.num_blocks;
+        let mut pending = Vec::with_capacity(j + 1);
+        for i in 0..=j {
+            self.check_interrupt()?;
+            pending.push(self.load_source(i, j)?);
+        }
+        let scratch = self.scratch;
+        let store = j + 1 < n;
+        let b = self.plan.block_size;
+        let ledger = Arc::clone(&self.ledger);
+        std::thread::scope(|s| -> Result<()> {
+            let (tile_tx, tile_rx) = sync_channel::<Result<Tile>>(1);
+            let (free_tx, free_rx) = channel::<Tile>();
+            if j > 0 {
+                let scratch = scratch
+                    .ok_or_else(|| Error::Internal("no scratch store for n_b > 1".into()))?;
+                for _ in 0..PREFETCH_BUFFERS {
+                    let _ = free_tx.send(Tile::with_capacity(0, 0, b * b, &ledger));
+                }
+                s.spawn(move || read_ahead(scratch, j, free_rx, tile_tx));
+            }
+            let (w_tx, w_rx) = channel::<(usize, Arc<Tile>)>();
+            let writer = match (store, scratch) {
+                (true, Some(scratch)) => Some(s.spawn(move || write_behind(scratch, j, w_rx))),
+                _ => None,
+            };
+            let mut temp = (self.opts.assume == Assume::Sym && j > 0)
+                .then(|| Tile::with_capacity(0, 0, b * self.plan.len(j), &ledger));
+            let mut finished: Vec<Arc<Tile>> = Vec::with_capacity(j + 1);
+            for (i, mut c) in pending.into_iter().enumerate() {
+                if i < j {
+                    self.finish_off_diagonal(i, &mut c, &finished, &tile_rx, &free_tx)?;
+                } else {
+                    self.finish_diagonal(j, &mut c, &finished, temp.as_mut())?;
+                }
+                let c = Arc::new(c);
+                if writer.is_some() {
+                    w_tx.send((i, Arc::clone(&c)))
+                        .map_err(|_| Error::Internal("scratch writer stopped early".into()))?;
+                }
+                finished.push(c);
+                progress.advance(i as u64 + 1);
+            }
+            drop(w_tx);
+            drop(temp.take());
+            if let Some(writer) = writer {
+                let t = Instant::now();
+                let written = writer
+                    .join()
+                    .map_err(|_| Error::Internal("scratch writer panicked".into()))?;
+                self.seconds.io_wait += t.elapsed().as_secs_f64();
+                written?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Wait for the next prefetched tile from the reader thread.
+    fn next_tile(&mut self, rx: &Receiver<Result<Tile>>) -> Result<Tile> {
+        let t = Instant::now();
+        let tile = rx
+            .recv()
+            .map_err(|_| Error::Internal("scratch reader stopped early".into()))?;
+        self.seconds.io_wait += t.elapsed().as_secs_f64();
+        tile
+    }
+
+    /// Tile (i, j), i < j: `C_i -= Σ_{k<i} (D_k⁻¹ U_ki)ᵀ C_k`, then `C_i ← L_ii⁻¹ C_i`.
+    fn finish_off_diagonal(
+        &mut self,
+        i: usize,
+        c: &mut Tile,
+        finished: &[Arc<Tile>],
+        rx: &Receiver<Result<Tile>>,
+        free: &Sender<Tile>,
+    ) -> Result<()> {
+        let par = Par::rayon(0);
+        for (k, ck) in finished.iter().enumerate().take(i) {
+            self.check_interrupt()?;
+            let mut u = self.next_tile(rx)?;
+            let t = Instant::now();
+            if let Some(d) = self.d.get(k) {
+                scale_rows_inv(u.mat_mut(), d);
+            }
+            matmul(
+                c.mat_mut(),
+                Accum::Add,
+                u.mat().transpose(),
+                ck.mat(),
+                -1.0,
+                par,
+            );
+            self.seconds.update += t.elapsed().as_secs_f64();
+            let _ = free.send(u);
+        }
+        self.check_interrupt()?;
+        let l = self.next_tile(rx)?;
+        let t = Instant::now();
+        solve_lower(l.mat(), self.opts.assume, c.mat_mut());
+        self.seconds.update += t.elapsed().as_secs_f64();
+        let _ = free.send(l);
+        Ok(())
+    }
+
+    /// Tile (j, j): `C_j -= Σ_k C_kᵀ D_k⁻¹ C_k` (lower triangle), then factor it.
+    fn finish_diagonal(
+        &mut self,
+        j: usize,
+        c: &mut Tile,
+        finished: &[Arc<Tile>],
+        mut temp: Option<&mut Tile>,
+    ) -> Result<()> {
+        self.update_diagonal(c, finished, temp.as_deref_mut())?;
+        self.check_interrupt()?;
+        let t = Instant::now();
+        let rows = self.plan.range(j);
+        let outcome = factor_pivot(c.mat_mut(), self.opts.assume, rows.start);
+        self.seconds.factor += t.elapsed().as_secs_f64();
+        let f = match outcome {
+            Ok(f) => f,
+            Err(Error::NotPositiveDefinite { index, .. }) => {
+                // faer has overwritten the block: rebuild it (one more source request, on this error path
+                // only) and eliminate its leading part to report the failing pivot's value.
+                let mut fresh = self.load_source(j, j)?;
+                self.update_diagonal(&mut fresh, finished, temp)?;
+                let value = schur_pivot_value(fresh.mat_mut(), index - rows.start);
+                return Err(Error::NotPositiveDefinite { index, value });
+            }
+            Err(e) => return Err(e),
+        };
+        self.logabs[rows.clone()].copy_from_slice(&f.logabs);
+        self.signs[rows].copy_from_slice(&f.signs);
+        if self.opts.assume == Assume::Sym {
+            self.d.push(f.d);
+        }
+        Ok(())
+    }
+
+    /// `C_j -= Σ_k C_kᵀ D_k⁻¹ C_k` on the lower triangle, then mirror it to the upper one.
+    fn update_diagonal(
+        &mut self,
+        c: &mut Tile,
+        finished: &[Arc<Tile>],
+        mut temp: Option<&mut Tile>,
+    ) -> Result<()> {
+        let par = Par::rayon(0);
+        for (k, ck) in finished.iter().enumerate() {
+            self.check_interrupt()?;
+            let t = Instant::now();
+            let rhs = match (self.d.get(k), temp.as_deref_mut()) {
+                (Some(d), Some(tmp)) => {
+                    tmp.reshape(ck.nrows(), ck.ncols())?;
+                    tmp.data_mut().copy_from_slice(ck.data());
+                    scale_rows_inv(tmp.mat_mut(), d);
+                    tmp.mat()
+                }
+                _ => ck.mat(),
+            };
+            triangular::matmul(
+                c.mat_mut(),
+                BlockStructure::TriangularLower,
+                Accum::Add,
+                ck.mat().transpose(),
+                BlockStructure::Rectangular,
+                rhs,
+                BlockStructure::Rectangular,
+                -1.0,
+                par,
+            );
+            self.seconds.update += t.elapsed().as_secs_f64();
+        }
+        let mut a = c.mat_mut();
+        for col in 0..a.ncols() {
+            for row in col + 1..a.nrows() {
+                a[(col, row)] = a[(row, col)];
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reader thread: read the factor tiles of columns 0..j in storage order into free buffers.
+fn read_ahead(
+    scratch: &ScratchStore,
+    j: usize,
+    free: Receiver<Tile>,
+    out: SyncSender<Result<Tile>>,
+) {
+    for i in 0..j {
+        for k in 0..=i {
+            let Ok(mut buf) = free.recv() else { return };
+            let result = scratch.read(k, i, &mut buf).map(|()| buf);
+            let failed = result.is_err();
+            if out.send(result).is_err() || failed {
+                return;
+            }
+        }
+    }
+}
+
+/// Writer thread: store the finished tiles of column j; keeps draining after an error, returns the first.
+fn write_behind(scratch: &ScratchStore, j: usize, rx: Receiver<(usize, Arc<Tile>)>) -> Result<()> {
+    let mut first_error = None;
+    for (i, tile) in rx {
+        if first_error.is_none() {
+            if let Err(e) = scratch.write(i, j, &tile) {
+                first_error = Some(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

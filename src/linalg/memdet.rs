@@ -1,0 +1,321 @@
+//! MEMDET: the exact log-determinant of a symmetric `M = t·A + D` under a memory limit (SPEC §2).
+//!
+//! Schedule (left-looking by block column, "column in RAM"): for each block column j, the tiles (i, j),
+//! i ≤ j, are requested from the source exactly once, then finished top to bottom:
+//! `C_i -= Σ_{k<i} U_kiᵀ D_k⁻¹ C_k` followed by `C_i ← L_ii⁻¹ C_i` (i < j), and the diagonal tile
+//! `C_j -= Σ_k C_kᵀ D_k⁻¹ C_k` is factored (Cholesky or LDLᵀ). The finished tiles of column j are written
+//! behind to the scratch store; column j + 1 then re-reads the factor tiles of columns 0..=j in storage order
+//! (a sequential scan, prefetched by a reader thread). Loads from scratch: (n−1)n(n+1)/6 tiles; stores:
+//! n(n−1)/2 tiles; source requests: n(n+1)/2 tiles (for n = n_b blocks).
+
+use super::budget::{self, BlockPlan};
+use super::column::ColumnRun;
+use super::factor::Assume;
+use super::scratch::ScratchStore;
+use super::tile::TileSource;
+use super::tile_buf::Ledger;
+use crate::progress::Progress;
+use crate::{Error, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The diagonal part D of `M = t·A + D`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Shift {
+    /// D = 0.
+    #[default]
+    None,
+    /// D = s·I.
+    Scalar(f64),
+    /// D = diag(values), one value per row.
+    Diagonal(Vec<f64>),
+}
+
+/// How to run MEMDET.
+#[derive(Debug, Clone)]
+pub struct MemdetOptions {
+    /// Cholesky (`Spd`) or LDLᵀ without pivoting (`Sym`).
+    pub assume: Assume,
+    /// Blocks per side n_b (overrides the plan from `max_mem`).
+    pub num_blocks: Option<usize>,
+    /// Resident memory limit in bytes (picks n_b if `num_blocks` is None; checked otherwise).
+    pub max_mem: Option<u64>,
+    /// Parent directory of the scratch store (default: the OS temp dir).
+    pub scratch_dir: Option<PathBuf>,
+    /// The factor t in `M = t·A + D`.
+    pub scale: f64,
+    /// The diagonal shift D.
+    pub shift: Shift,
+    /// Keep per-row pivots meaningful for nested log-dets (forbids pivoting).
+    pub nested: bool,
+    /// Bunch–Kaufman pivoting inside pivot blocks (`Sym` only, not with `nested`). Not implemented yet.
+    pub pivoting: bool,
+    /// Cap on scratch bytes (tests use it to simulate a full disk).
+    pub scratch_cap: Option<u64>,
+    /// An extra interrupt flag polled between tile operations (besides the Ctrl-C flag).
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+impl Default for MemdetOptions {
+    fn default() -> Self {
+        Self {
+            assume: Assume::Spd,
+            num_blocks: None,
+            max_mem: None,
+            scratch_dir: None,
+            scale: 1.0,
+            shift: Shift::None,
+            nested: true,
+            pivoting: false,
+            scratch_cap: None,
+            interrupt: None,
+        }
+    }
+}
+
+/// Wall time per phase of a MEMDET run, in seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseSeconds {
+    /// Requesting tiles from the source (first touch), checking them and applying t and D.
+    pub source: f64,
+    /// Factoring pivot blocks.
+    pub factor: f64,
+    /// Schur-complement updates (GEMMs) and triangular solves.
+    pub update: f64,
+    /// Waiting for scratch reads (prefetch not ready) and for write-behind to drain.
+    pub io_wait: f64,
+    /// The whole run.
+    pub total: f64,
+}
+
+/// What a MEMDET run did and how fast.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemdetInfo {
+    /// Matrix order m.
+    pub m: usize,
+    /// Blocks per side n_b.
+    pub num_blocks: usize,
+    /// Rows per block b.
+    pub block_size: usize,
+    /// Tiles (I ≤ J) requested from the source (each exactly once).
+    pub tiles_requested: u64,
+    /// Tiles read back from the scratch store.
+    pub blocks_loaded: u64,
+    /// Tiles written to the scratch store.
+    pub blocks_stored: u64,
+    /// Bytes read from the scratch store.
+    pub bytes_read: u64,
+    /// Bytes written to the scratch store.
+    pub bytes_written: u64,
+    /// Wall time per phase.
+    pub seconds: PhaseSeconds,
+    /// (m³/3) / total seconds / 1e9: the Cholesky flop rate.
+    pub gflops: f64,
+    /// Peak bytes held in tile buffers and per-row vectors.
+    pub peak_resident_bytes: u64,
+    /// The plan's bound on resident bytes.
+    pub planned_resident_bytes: u64,
+    /// Size of the scratch store at its largest (bytes).
+    pub scratch_bytes: u64,
+}
+
+/// The result of MEMDET: log|det M|, its sign, per-row pivots (for nested log-dets) and run statistics.
+#[derive(Debug, Clone)]
+pub struct LogDet {
+    /// log|det M| (natural log).
+    pub logdet: f64,
+    /// sign(det M): +1 or −1.
+    pub sign: f64,
+    /// log|pivot_i| per row; prefix sums are the log-dets of leading principal blocks.
+    pub pivots_logabs: Vec<f64>,
+    /// sign(pivot_i) per row.
+    pub pivot_signs: Vec<f64>,
+    /// Run statistics.
+    pub info: MemdetInfo,
+}
+
+/// One nested log-determinant: of the leading `rows × rows` block, `rows = k·d`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct NestedLogdet {
+    /// Number of granules k.
+    pub k: usize,
+    /// Rows of the leading block (k·d).
+    pub rows: usize,
+    /// log|det| of the leading block.
+    pub logdet: f64,
+    /// Its sign.
+    pub sign: f64,
+}
+
+impl LogDet {
+    /// Nested log-dets ℓ_k of the leading k·d rows, k = 1..=⌊m/d⌋, from the per-row pivots.
+    pub fn nested(&self, d: usize) -> Vec<NestedLogdet> {
+        let d = d.max(1);
+        let mut out = Vec::with_capacity(self.pivots_logabs.len() / d);
+        let mut sum = NeumaierSum::default();
+        let mut sign = 1.0;
+        for (row, (l, s)) in self.pivots_logabs.iter().zip(&self.pivot_signs).enumerate() {
+            sum.add(*l);
+            sign *= s;
+            if (row + 1) % d == 0 {
+                out.push(NestedLogdet {
+                    k: (row + 1) / d,
+                    rows: row + 1,
+                    logdet: sum.value(),
+                    sign,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Compensated (Neumaier) summation, so that m pivot logs sum to full f64 accuracy.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NeumaierSum {
+    sum: f64,
+    comp: f64,
+}
+
+impl NeumaierSum {
+    /// Add one term.
+    pub fn add(&mut self, x: f64) {
+        let t = self.sum + x;
+        if self.sum.abs() >= x.abs() {
+            self.comp += (self.sum - t) + x;
+        } else {
+            self.comp += (x - t) + self.sum;
+        }
+        self.sum = t;
+    }
+
+    /// The compensated sum.
+    pub fn value(&self) -> f64 {
+        self.sum + self.comp
+    }
+}
+
+/// Check options against the matrix order m.
+fn validate(opts: &MemdetOptions, m: usize) -> Result<()> {
+    if !opts.scale.is_finite() {
+        return Err(Error::Usage(format!(
+            "the scale t = {} must be finite",
+            opts.scale
+        )));
+    }
+    match &opts.shift {
+        Shift::None => {}
+        Shift::Scalar(s) if !s.is_finite() => {
+            return Err(Error::Usage(format!("the shift {s} must be finite")))
+        }
+        Shift::Scalar(_) => {}
+        Shift::Diagonal(v) => {
+            if v.len() != m {
+                return Err(Error::Usage(format!(
+                    "the diagonal shift has {} values for a {m}x{m} matrix",
+                    v.len()
+                )));
+            }
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::Usage(format!(
+                    "the diagonal shift is {} at row {i}; it must be finite",
+                    v[i]
+                )));
+            }
+        }
+    }
+    if opts.pivoting {
+        if opts.assume == Assume::Spd {
+            return Err(Error::Usage("pivoting applies to --assume sym only".into()));
+        }
+        if opts.nested {
+            return Err(Error::Usage(
+                "Bunch–Kaufman pivoting breaks nested log-dets; do not combine pivoting with nested".into(),
+            ));
+        }
+        return Err(Error::Usage(
+            "Bunch–Kaufman pivoting is not implemented yet; use LDLᵀ without pivoting (the default)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Compute log|det(t·A + D)| and its sign with at most the planned number of blocks in RAM.
+pub fn memdet(
+    source: &dyn TileSource,
+    opts: &MemdetOptions,
+    progress: &dyn Progress,
+) -> Result<LogDet> {
+    let start = Instant::now();
+    let m = source.dim();
+    validate(opts, m)?;
+    let ldlt = opts.assume == Assume::Sym;
+    let plan: BlockPlan = budget::plan(m, source.granule(), opts.num_blocks, opts.max_mem, ldlt)?;
+    let n = plan.num_blocks;
+    let scratch = if n > 1 {
+        Some(ScratchStore::create(
+            opts.scratch_dir.as_deref(),
+            plan,
+            opts.scratch_cap,
+        )?)
+    } else {
+        None
+    };
+    let ledger = Arc::new(Ledger::default());
+    let mut run = ColumnRun::new(source, opts, plan, scratch.as_ref(), Arc::clone(&ledger));
+    let total_units: u64 = (0..n as u64).map(|j| (j + 1) * (j + 2) / 2).sum();
+    progress.start("memdet", total_units);
+    let outcome = (0..n).try_for_each(|j| run.column(j, progress));
+    progress.finish();
+    outcome?;
+
+    let mut sum = NeumaierSum::default();
+    let mut sign = 1.0;
+    for (l, s) in run.logabs.iter().zip(&run.signs) {
+        sum.add(*l);
+        sign *= s;
+    }
+    let logdet = sum.value();
+    if !logdet.is_finite() {
+        return Err(Error::Internal(format!(
+            "log-determinant is {logdet} although every pivot was finite and non-zero"
+        )));
+    }
+    let total = start.elapsed().as_secs_f64();
+    let mut seconds = run.seconds.clone();
+    seconds.total = total;
+    let (loaded, stored, read, written) = scratch.as_ref().map_or((0, 0, 0, 0), |s| {
+        (
+            s.tiles_read(),
+            s.tiles_written(),
+            s.bytes_read(),
+            s.bytes_written(),
+        )
+    });
+    let info = MemdetInfo {
+        m,
+        num_blocks: n,
+        block_size: plan.block_size,
+        tiles_requested: run.tiles_requested,
+        blocks_loaded: loaded,
+        blocks_stored: stored,
+        bytes_read: read,
+        bytes_written: written,
+        seconds,
+        gflops: (m as f64).powi(3) / 3.0 / total / 1e9,
+        peak_resident_bytes: ledger.peak(),
+        planned_resident_bytes: plan.resident_bytes(ldlt),
+        scratch_bytes: written,
+    };
+    let (pivots_logabs, pivot_signs) = run.into_pivots();
+    Ok(LogDet {
+        logdet,
+        sign,
+        pivots_logabs,
+        pivot_signs,
+        info,
+    })
+}

@@ -1,0 +1,215 @@
+//! `ntk-pipeline logdet` end to end: the built binary on `.npy` files, its output, JSON, exit codes and
+//! error messages, and that nothing is left half-written or in the scratch directory.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use support::*;
+
+fn logdet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ntk-pipeline"))
+        .arg("logdet")
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .expect("run ntk-pipeline")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).unwrap().next().is_none()
+}
+
+/// Write raw `.npy` bytes with the given header dict and payload.
+fn write_raw_npy(path: &Path, dict: &str, payload: &[u8]) {
+    let mut header = dict.as_bytes().to_vec();
+    let total = 10 + header.len() + 1;
+    header.resize(header.len() + (64 - total % 64) % 64, b' ');
+    header.push(b'\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(&header);
+    bytes.extend_from_slice(payload);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn logdet_of_reference_matrix_with_json_and_nested() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let m = sym_part(&plus_identity(&numpy_rand(0, 200, 200), 100.0));
+    let npy = dir.path().join("k.npy");
+    write_npy(&npy, &m, false);
+    let json = dir.path().join("out.json");
+    let o = logdet(&[
+        "--matrix",
+        npy.to_str().unwrap(),
+        "--assume",
+        "sym",
+        "--num-blocks",
+        "3",
+        "--nested",
+        "50",
+        "--scratch-dir",
+        scratch.path().to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("log|det| = 1.0602936805867") && out.contains("sign     = +1"),
+        "{out}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(rel(v["logdet"].as_f64().unwrap(), 1060.2936805867942) < 1e-12);
+    assert_eq!(v["sign"], 1.0);
+    assert_eq!(v["m"], 200);
+    assert_eq!(v["assume"], "sym");
+    assert_eq!(v["num_blocks"], 3);
+    assert_eq!(v["block_size"], 67);
+    assert_eq!(v["info"]["tiles_requested"], 6);
+    assert_eq!(v["nested"]["granule"], 50);
+    let nested = v["nested"]["logdets"].as_array().unwrap();
+    assert_eq!(nested.len(), 4);
+    assert!(rel(nested[3]["logdet"].as_f64().unwrap(), 1060.2936805867942) < 1e-12);
+    assert!(is_empty_dir(scratch.path()), "scratch left behind");
+}
+
+#[test]
+fn bad_inputs_exit_2_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = sym_part(&plus_identity(&numpy_rand(0, 20, 20), 10.0));
+    let p = |name: &str| d.join(name).to_str().unwrap().to_string();
+
+    write_raw_npy(
+        &d.join("rect.npy"),
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }",
+        &[0u8; 96],
+    );
+    write_raw_npy(
+        &d.join("int.npy"),
+        "{'descr': '<i8', 'fortran_order': False, 'shape': (2, 2), }",
+        &[0u8; 32],
+    );
+    write_raw_npy(
+        &d.join("short.npy"),
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (4, 4), }",
+        &[0u8; 100],
+    );
+    std::fs::write(d.join("junk.npy"), b"hello").unwrap();
+    let mut nan = good.clone();
+    nan[(3, 17)] = f64::NAN;
+    write_npy(&d.join("nan.npy"), &nan, false);
+    write_npy(
+        &d.join("indef.npy"),
+        &sym_part(&numpy_rand(0, 20, 20)),
+        false,
+    );
+    write_npy(&d.join("good.npy"), &good, false);
+
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--matrix".into(), p("missing.npy")], "missing.npy"),
+        (vec!["--matrix".into(), p("rect.npy")], "square"),
+        (vec!["--matrix".into(), p("int.npy")], "unsupported dtype"),
+        (vec!["--matrix".into(), p("short.npy")], "truncated"),
+        (vec!["--matrix".into(), p("junk.npy")], "not a valid .npy"),
+        (
+            vec![
+                "--matrix".into(),
+                p("nan.npy"),
+                "--num-blocks".into(),
+                "2".into(),
+            ],
+            "non-finite value NaN at row 3, column 17",
+        ),
+        (
+            vec!["--matrix".into(), p("indef.npy")],
+            "not positive definite: pivot",
+        ),
+        (
+            vec![
+                "--matrix".into(),
+                p("good.npy"),
+                "--num-blocks".into(),
+                "2".into(),
+                "--scratch-dir".into(),
+                "/nonexistent/x".into(),
+            ],
+            "scratch store",
+        ),
+        (
+            vec![
+                "--matrix".into(),
+                p("good.npy"),
+                "--max-mem".into(),
+                "100B".into(),
+            ],
+            "memory budget",
+        ),
+        (
+            vec![
+                "--matrix".into(),
+                p("good.npy"),
+                "--max-mem".into(),
+                "lots".into(),
+            ],
+            "invalid size",
+        ),
+        (
+            vec![
+                "--matrix".into(),
+                p("good.npy"),
+                "--assume".into(),
+                "gen".into(),
+            ],
+            "--assume",
+        ),
+        (vec![], "--matrix"),
+    ];
+    for (args, needle) in cases {
+        let json = d.join("never.json");
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend(["--json", json.to_str().unwrap()]);
+        let o = logdet(&all);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!json.exists(), "{args:?}: JSON written on failure");
+    }
+}
+
+#[test]
+fn scratch_full_exits_2_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("k.npy");
+    write_npy(&npy, &random_spd(3, 120), false);
+    let o = logdet(&[
+        "--matrix",
+        npy.to_str().unwrap(),
+        "--num-blocks",
+        "6",
+        "--scratch-dir",
+        scratch.path().to_str().unwrap(),
+        "--scratch-cap",
+        "20000",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("scratch space exhausted"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(is_empty_dir(scratch.path()), "scratch left behind");
+}
