@@ -45,6 +45,10 @@ fn synthetic_law_is_recovered_and_extrapolated() {
         assert_eq!((f.points, f.ns, f.rank), (4901, 5000, 5));
         let est = f.predict(50_000.0);
         let rel = ((est - truth) / truth).abs();
+        eprintln!(
+            "alpha {alpha}: rel error at 50000 = {rel:e}, beta0 = {}",
+            f.coefficient("beta0").unwrap_or(f64::NAN)
+        );
         assert!(
             rel <= 1e-9,
             "alpha {alpha}: estimate {est} vs {truth}, rel {rel:e}"
@@ -80,6 +84,7 @@ fn x_log_x_reference_values() {
     ] {
         let got = f.predict(x);
         let rel = ((got - expected) / expected).abs();
+        eprintln!("x = {x}: fitted {got:.10} vs reference {expected} (rel {rel:e})");
         assert!(rel < 2e-10, "x = {x}: {got} vs {expected} (rel {rel:e})");
     }
 }

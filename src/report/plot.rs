@@ -1,5 +1,5 @@
-//! Hand-written SVG plot of a FLODANCE fit: nested ℓ_k (or ℓ_k / k when α = 1) against k on a log axis,
-//! the fit window shaded, the fitted curve continued to the target n with its sensitivity band, the
+//! Hand-written SVG plot of a FLODANCE fit: the per-example log-det ℓ_k / k against k on a log axis (on a
+//! plain ℓ_k axis the window's data would be squeezed flat by the extrapolated values), the fit window shaded, the fitted curve continued to the target n with its sensitivity band, the
 //! extrapolated value with its interval, and optional exact points.
 
 use super::fit::write_atomic;
@@ -54,8 +54,7 @@ pub fn render(
     target_n: usize,
     exact: &[(usize, f64)],
 ) -> Result<String> {
-    let per_k = (fit.alpha - 1.0).abs() < 1e-12;
-    let tr = |k: f64, l: f64| if per_k { l / k } else { l };
+    let tr = |k: f64, l: f64| l / k;
     let data: Vec<(f64, f64)> = nested
         .iter()
         .filter(|p| p.0 >= 1 && p.1.is_finite())
@@ -66,12 +65,17 @@ pub fn render(
         .map(|p| p.0)
         .fold(fit.window.0, f64::min)
         .max(1.0);
-    let kmax = (target_n as f64)
+    let kfar = (target_n as f64)
         .max(fit.window.1)
         .max(exact.iter().map(|p| p.0 as f64).fold(1.0, f64::max));
+    // The curve is drawn from the start of the fit window (before it the model is not fitted and the
+    // Laurent terms blow up) to the farthest point of interest.
+    let kfit = fit.window.0.max(1.0);
     let xs: Vec<f64> = (0..=240)
-        .map(|i| kmin * (kmax / kmin).powf(i as f64 / 240.0))
+        .map(|i| kfit * (kfar / kfit).powf(i as f64 / 240.0))
         .collect();
+    // Leave a margin right of the farthest point so its marker is not cut off.
+    let kmax = kfar * (kfar / kmin).powf(0.04);
     let curve: Vec<(f64, f64)> = xs.iter().map(|&x| (x, tr(x, fit.predict(x)))).collect();
     let band: Vec<(f64, f64, f64)> = xs
         .iter()
@@ -130,7 +134,7 @@ pub fn render(
         (wx1 - wx0).max(1.0),
         H - TOP - BOTTOM
     );
-    axes(&mut s, &f, per_k);
+    axes(&mut s, &f);
     // Sensitivity band beyond the window.
     if band.len() > 1 {
         let mut pts: Vec<String> = band
@@ -177,6 +181,14 @@ pub fn render(
         f.py(lo),
         f.py(hi)
     );
+    for y in [f.py(lo), f.py(hi)] {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{:.2}" y1="{y:.2}" x2="{:.2}" y2="{y:.2}" stroke="#d95f02" stroke-width="2"/>"##,
+            ex - 6.0,
+            ex + 6.0
+        );
+    }
     let _ = writeln!(
         s,
         r##"<rect x="{:.2}" y="{:.2}" width="9" height="9" fill="#d95f02"/>"##,
@@ -214,7 +226,7 @@ pub fn render(
     Ok(s)
 }
 
-fn axes(s: &mut String, f: &Frame, per_k: bool) {
+fn axes(s: &mut String, f: &Frame) {
     let (x0, x1, y0, y1) = (LEFT, W - RIGHT, TOP, H - BOTTOM);
     let _ = writeln!(
         s,
@@ -270,11 +282,7 @@ fn axes(s: &mut String, f: &Frame, per_k: bool) {
             fmt_num(v)
         );
     }
-    let ylabel = if per_k {
-        "ℓ_k / k  (ln|det K_k| per example)"
-    } else {
-        "ℓ_k = ln|det K_k|"
-    };
+    let ylabel = "ℓ_k / k  (ln|det K_k| per example)";
     let _ = writeln!(
         s,
         r#"<text x="{}" y="{}" text-anchor="middle">k (number of examples, log scale)</text>"#,
@@ -300,6 +308,13 @@ fn legend(s: &mut String, with_exact: bool) {
     if with_exact {
         entries.push(("diamond", "exact ℓ_n"));
     }
+    let _ = writeln!(
+        s,
+        r##"<rect x="{:.1}" y="{:.1}" width="215" height="{:.1}" fill="white" fill-opacity="0.85" stroke="#c0c0c0"/>"##,
+        x - 6.0,
+        TOP + 6.0,
+        18.0 * entries.len() as f64 + 6.0
+    );
     for (i, (kind, text)) in entries.into_iter().enumerate() {
         let y = TOP + 18.0 + 18.0 * i as f64;
         let _ = match kind {
