@@ -639,6 +639,29 @@ fn pth_and_safetensors_give_identical_outputs() {
         (loaded.network.arch.as_str(), loaded.network.num_params()),
         ("mlp", net.num_params())
     );
+
+    // f16 and bf16 safetensors (no metadata) load as f32 with the stored (rounded) values.
+    for dtype in [DType::F16, DType::BF16] {
+        let low = net.to_dtype(dtype).unwrap();
+        let tensors: HashMap<String, Tensor> = low
+            .parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.clone()))
+            .collect();
+        let path = dir.path().join(format!("mlp-{dtype:?}.safetensors"));
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let loaded = load_model(path.to_str().unwrap(), None, None, None, None).unwrap();
+        assert_eq!(loaded.network.dtype(), DType::F32);
+        let rounded = low.to_dtype(DType::F32).unwrap();
+        let x = random_input(&[2, 1, 28, 28], 11);
+        let got = vec64(&loaded.network.forward(&x).unwrap());
+        assert_eq!(got, vec64(&rounded.forward(&x).unwrap()), "{dtype:?}");
+        assert_ne!(
+            got,
+            vec64(&net.forward(&x).unwrap()),
+            "{dtype:?} rounding should show"
+        );
+    }
 }
 
 #[test]

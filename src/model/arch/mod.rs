@@ -244,6 +244,21 @@ mod tests {
         assert_eq!(count("mobilenet", None, [3, 32, 32]), 3_217_226);
         assert_eq!(count("resnet50", None, [3, 32, 32]), 23_520_842);
         assert_eq!(count("resnet34", None, [3, 32, 32]), 21_282_122);
+        // ResNet9 = BasicBlock [1,1,1,1]: stem 3·w·9 + 2w; per stage s (planes q = w·2^s, input i) two 3×3
+        // convs i·q·9 + q·q·9, two BNs 4q, shortcut i·q + 2q for s > 0; head 8w·10 + 10. w = 64: 4,903,242.
+        let resnet9 = |w: usize| {
+            let mut p = 27 * w + 2 * w + 80 * w + 10;
+            let mut i = w;
+            for s in 0..4 {
+                let q = w << s;
+                p += i * q * 9 + q * q * 9 + 4 * q + if s > 0 { i * q + 2 * q } else { 0 };
+                i = q;
+            }
+            p
+        };
+        assert_eq!(count("resnet9", None, [3, 32, 32]), resnet9(64));
+        assert_eq!(count("resnet9", Some(32), [3, 32, 32]), resnet9(32));
+        assert_eq!(resnet9(64), 4_903_242);
         // LeNet: 6·3·25+6 + 16·6·25+16 + 400·120+120 + 120·84+84 + 84·10+10.
         assert_eq!(
             count("lenet", None, [3, 32, 32]),
