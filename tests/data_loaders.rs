@@ -427,6 +427,7 @@ fn bad_input_gives_clear_errors() {
         msg.contains("--download") && msg.contains("cifar-10-binary.tar.gz"),
         "{msg}"
     );
+    eprintln!("missing-data message:\n{msg}");
     // Incomplete CIFAR-10: data_batch_5.bin missing.
     write_cifar10(&root.join("c10"));
     std::fs::remove_file(root.join("c10/cifar-10-batches-bin/data_batch_5.bin")).unwrap();

@@ -9,6 +9,7 @@ mod cifar;
 mod dataset;
 pub mod download;
 mod idx;
+mod read;
 pub mod resolve;
 pub mod transform;
 
@@ -105,11 +106,11 @@ pub fn load_with(
             }
             Err(missing) => return Err(missing),
         };
-        return dataset::read_known(known, &dir, opts.split);
+        return read::read_known(known, &dir, opts.split);
     }
     let path = PathBuf::from(name_or_dir);
     if resolve::looks_like_path(name_or_dir) || path.exists() {
-        return dataset::read_dir(&path, opts.split);
+        return read::read_dir(&path, opts.split);
     }
     Err(resolve::unknown_name(name_or_dir))
 }
@@ -124,9 +125,11 @@ pub fn sample_order(len: usize, order: &str, seed: u64) -> Result<Vec<usize>> {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             idx.shuffle(&mut rng);
         }
-        other => return Err(Error::Usage(format!(
+        other => {
+            return Err(Error::Usage(format!(
             "unknown sample order '{other}': use --order dataset or --order random (with --seed S)"
-        ))),
+        )))
+        }
     }
     Ok(idx)
 }

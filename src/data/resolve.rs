@@ -253,6 +253,15 @@ pub(crate) fn find(known: &Known, opts: &DataOptions, loc: &Locations) -> Result
             .join(", "),
         remote.base_url
     );
+    if let [f] = remote.files.as_slice() {
+        if f.unpack == download::Unpack::TarGz {
+            how.push_str(&format!(
+                ", or by hand: download {}{}, check that its MD5 is {}, and unpack it with `tar xzf {} -C \
+                 {cache}`",
+                remote.base_url, f.name, f.md5, f.name
+            ));
+        }
+    }
     if known.name == "fashion-mnist" {
         how.push_str(", or install the Debian package: apt-get install dataset-fashion-mnist");
     }
@@ -265,4 +274,63 @@ pub(crate) fn find(known: &Known, opts: &DataOptions, loc: &Locations) -> Result
         expected_files(known.format, opts.split),
         known.name
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_follow_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let l = Locations::from_lookup(
+            env(&[
+                ("XDG_CACHE_HOME", "/xdg"),
+                ("HOME", "/home/u"),
+                ("NTK_PIPELINE_DATA", "/data"),
+                ("NTK_PIPELINE_DOWNLOAD_BASE", "http://127.0.0.1:9/x"),
+            ]),
+            Some(Path::new("/work")),
+        );
+        assert_eq!(l.cache_dir.as_deref(), Some(Path::new("/xdg/ntk-pipeline")));
+        assert_eq!(l.env_dir.as_deref(), Some(Path::new("/data")));
+        assert_eq!(l.download_base.as_deref(), Some("http://127.0.0.1:9/x"));
+        let c = l.candidates(Some(Path::new("/dd")), "mnist");
+        let want = [
+            "/dd/mnist",
+            "/dd",
+            "/data/mnist",
+            "/work/datasets/mnist",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/datasets/mnist"),
+            "/usr/share/datasets/mnist",
+            "/xdg/ntk-pipeline/mnist",
+        ];
+        assert_eq!(c, want.iter().map(PathBuf::from).collect::<Vec<_>>());
+        // A relative or empty XDG_CACHE_HOME is ignored (XDG spec): fall back to ~/.cache.
+        let l =
+            Locations::from_lookup(env(&[("XDG_CACHE_HOME", "rel"), ("HOME", "/home/u")]), None);
+        assert_eq!(
+            l.cache_dir.as_deref(),
+            Some(Path::new("/home/u/.cache/ntk-pipeline"))
+        );
+        assert_eq!((l.env_dir, l.cwd_dir, l.download_base), (None, None, None));
+    }
+
+    #[test]
+    fn names_and_aliases() {
+        assert_eq!(known("CIFAR-10").map(|k| k.name), Some("cifar10"));
+        assert_eq!(
+            known("fashion_mnist").map(|k| k.name),
+            Some("fashion-mnist")
+        );
+        assert!(known("imagenet").is_none());
+        assert!(looks_like_path("./x") && looks_like_path("a/b") && !looks_like_path("mnist"));
+    }
 }
