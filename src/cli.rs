@@ -156,7 +156,7 @@ pub struct NtkArgs {
 }
 
 /// Arguments of `logdet`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct LogdetArgs {
     /// A square .npy matrix (f32 or f64, C or Fortran order).
     #[arg(long, conflicts_with = "model")]

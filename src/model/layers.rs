@@ -130,7 +130,13 @@ impl Op {
         match self {
             Op::Input | Op::Dropout => Ok(x.clone()),
             Op::Conv2d(c) => {
-                let y = x.conv2d(&c.weight, c.padding, c.stride, 1, c.groups)?;
+                // Without autograd (evaluation, NTK) an im2col + faer GEMM conv is several times faster.
+                let square = c.weight.dims().get(2) == c.weight.dims().get(3);
+                let y = if c.groups == 1 && square && !x.track_op() && !c.weight.track_op() {
+                    crate::model::im2col::conv2d_gemm(x, &c.weight, c.stride, c.padding)?
+                } else {
+                    x.conv2d(&c.weight, c.padding, c.stride, 1, c.groups)?
+                };
                 match &c.bias {
                     Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
                     None => Ok(y),

@@ -5,6 +5,7 @@
 //! one [`Op`] to the outputs of earlier nodes; the last node's output is the logits, shape (batch, d).
 
 pub mod arch;
+pub mod im2col;
 pub mod layers;
 pub mod load;
 pub mod params;
@@ -13,7 +14,7 @@ pub mod weights;
 pub mod train;
 
 pub use layers::{BatchNorm2d, Conv2d, Linear, Op};
-pub use params::{Init, ParamSource};
+pub use params::{Init, ParamSource, SeededParams};
 
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};

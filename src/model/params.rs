@@ -29,3 +29,32 @@ pub trait ParamSource {
     /// Loading sources record missing or mis-shaped names instead of failing at once, so one error can list them all.
     fn tensor(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor>;
 }
+
+/// Fresh, seeded parameters drawn as PyTorch initialises them (plain tensors, no autograd): for benchmarks,
+/// demos and tests that need a network of a given architecture but not trained weights.
+pub struct SeededParams {
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl SeededParams {
+    /// A source seeded with `seed` (same seed, same weights, on every machine).
+    pub fn new(seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self { rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed) }
+    }
+}
+
+impl ParamSource for SeededParams {
+    fn tensor(&mut self, _name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        use rand::Rng;
+        let len: usize = shape.iter().product();
+        let bound = match init {
+            // Kaiming-uniform with a = sqrt(5): gain sqrt(2 / (1 + 5)), bound = gain·sqrt(3 / fan_in) = 1/sqrt(fan_in).
+            Init::KaimingUniform { fan_in } | Init::BiasUniform { fan_in } => 1.0 / (fan_in.max(1) as f32).sqrt(),
+            Init::Ones => return Ok(Tensor::ones(shape, candle_core::DType::F32, &candle_core::Device::Cpu)?),
+            Init::Zeros => return Ok(Tensor::zeros(shape, candle_core::DType::F32, &candle_core::Device::Cpu)?),
+        };
+        let values: Vec<f32> = (0..len).map(|_| self.rng.gen_range(-bound..bound)).collect();
+        Ok(Tensor::from_vec(values, shape, &candle_core::Device::Cpu)?)
+    }
+}

@@ -8,6 +8,8 @@
 //! — candle's own `conv_transpose2d` is several times slower.
 
 use crate::model::{Conv2d, Network, Op};
+use crate::ntk::conv_grad::conv2d_input_grad_gemm;
+use crate::model::im2col::ConvGeometry;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 
@@ -83,6 +85,11 @@ fn vjp(op: &Op, name: &str, input: &Tensor, output: &Tensor, g: &Tensor, r: usiz
     };
     Ok(match op {
         Op::Input | Op::Dropout | Op::Add => g.clone(),
+        Op::Conv2d(c) if c.groups == 1 && c.weight.dim(2)? == c.weight.dim(3)? => {
+            let (_, c_in, h, w) = input.dims4()?;
+            let geometry = ConvGeometry { c_in, h, w, k: c.weight.dim(2)?, stride: c.stride, padding: c.padding };
+            conv2d_input_grad_gemm(&c.weight, g, &geometry)?
+        }
         Op::Conv2d(c) => conv2d_input_grad(c, g, input.dim(2)?, input.dim(3)?).map_err(|e| match e {
             Error::Usage(why) => unsupported(why),
             other => other,

@@ -11,7 +11,7 @@
 
 use crate::model::{Network, Op};
 use crate::ntk::backward::{backward, seed};
-use crate::ntk::im2col::{im2col, ConvGeometry};
+use crate::model::im2col::{im2col, ConvGeometry};
 use crate::ntk::{KernelSpec, Precision};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};

@@ -13,8 +13,8 @@
 pub mod backward;
 pub mod brute;
 pub mod contract;
+pub mod conv_grad;
 pub mod features;
-pub mod im2col;
 pub mod tiles;
 
 pub use tiles::NtkTiles;

@@ -1,10 +1,175 @@
-//! The `run` subcommand. (In progress: being implemented.)
+//! The `run` subcommand (the default): data → model → NTK tiles of the first n_s examples → MEMDET with
+//! nested log-dets → FLODANCE fit → estimate of ℓ_n at the full dataset size, with an ensemble interval;
+//! optionally the exact ℓ_N for comparison (`--exact-n`), a JSON report and an SVG plot.
 
 use crate::cli::RunArgs;
+use crate::linalg::{memdet, parse_size, Assume, LogDet, MemdetOptions, Shift, TileSource};
+use crate::ntk::NtkTiles;
+use crate::pipeline::inputs::{kernel_meta, prepare, Prepared};
 use crate::progress::Progress;
+use crate::report::fit::{write_json, EstimateJson, FitJson};
+use crate::report::plot::plot_fit;
+use crate::report::run::{process_peak_rss, ExactJson, MemoryJson, RunReport, SampleJson, TimingsJson};
+use crate::scaling::{fit, nested_logdets, FitOptions};
 use crate::{Error, Result};
+use std::time::Instant;
 
 /// Execute `run`.
-pub fn run(_args: &RunArgs, _progress: &dyn Progress) -> Result<()> {
-    Err(Error::Internal("the `run` subcommand is not implemented yet".into()))
+pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
+    crate::linalg::interrupt::install_ctrlc_handler();
+    let t0 = Instant::now();
+    let ns = args.n_sample;
+    if args.burn_in >= ns {
+        return Err(Error::Usage(format!(
+            "--burn-in {} must be smaller than --n-sample {ns} (the fit uses k in [burn-in, n-sample])",
+            args.burn_in
+        )));
+    }
+    let max_mem = parse_size(&args.mem.max_mem)?;
+    let prepared = prepare(&args.md)?;
+    let target_n = args.target_n.unwrap_or(prepared.dataset.len());
+    if let Some(exact_n) = args.exact_n {
+        if exact_n <= ns {
+            return Err(Error::Usage(format!("--exact-n {exact_n} must exceed --n-sample {ns}")));
+        }
+    }
+    let load_s = t0.elapsed().as_secs_f64();
+
+    let tiles = prepared.tiles(ns, &args.kernel, (max_mem / 2) as usize)?;
+    let granule = tiles.granule();
+    let target_m = target_n * granule;
+    if target_m > tiles.num_params() {
+        eprintln!(
+            "warning: the target kernel (n = {target_n}, m = {target_m}) exceeds p = {} parameters: K_n is singular \
+             and ℓ_n is meaningless there (SPEC §5); the extrapolation is reported anyway",
+            tiles.num_params()
+        );
+    }
+    let factored = factor(&tiles, args, max_mem / 2, progress)?;
+    let nested = nested_logdets(&factored.pivots_logabs, &factored.pivot_signs, granule)?;
+    if let Some(k) = nested.signs.iter().position(|&s| s < 0.0) {
+        return Err(Error::Input(format!("det K_{} is negative: the kernel is not positive definite", k + 1)));
+    }
+
+    let t_fit = Instant::now();
+    let opts = FitOptions { n0: args.burn_in, q: args.q, r: 0, alpha: args.alpha, ensemble: args.ensemble, seed: args.md.seed };
+    progress.start("fit", 1);
+    let fitted = fit(&nested.points, &opts)?;
+    progress.finish();
+    let fit_s = t_fit.elapsed().as_secs_f64();
+
+    let exact = match args.exact_n {
+        Some(n) => Some(exact_logdet(&prepared, n, args, max_mem, progress, |x| fitted.predict(x))?),
+        None => None,
+    };
+    let stats = tiles.stats();
+    let estimate = EstimateJson::from_fit(&fitted, target_n);
+    let report = RunReport {
+        estimate: estimate.clone(),
+        fit: FitJson::from_fit(&fitted),
+        nested: nested.points.clone(),
+        kernel: kernel_meta(&prepared, &tiles, ns),
+        sample: SampleJson { n: ns, m: tiles.dim(), order: args.md.order.clone(), seed: args.md.seed },
+        exact: exact.clone(),
+        timings: TimingsJson {
+            load: load_s,
+            features: stats.feature_seconds,
+            contractions: stats.contract_seconds,
+            factor: (factored.info.seconds.total - stats.feature_seconds - stats.contract_seconds).max(0.0),
+            fit: fit_s,
+            total: t0.elapsed().as_secs_f64(),
+        },
+        memory: MemoryJson {
+            max_mem,
+            memdet_peak_resident: factored.info.peak_resident_bytes,
+            feature_budget: max_mem / 2,
+            feature_bytes_per_example: stats.feature_bytes_per_example,
+            process_peak_rss: process_peak_rss(),
+        },
+        memdet: factored.info.clone(),
+    };
+    if let Some(path) = &args.plot {
+        let exact_points: Vec<(usize, f64)> = exact.iter().map(|e| (e.n, e.logdet)).collect();
+        plot_fit(path, &nested.points, &fitted, target_n, &exact_points)?;
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    print_summary(&report, &prepared);
+    Ok(())
+}
+
+/// Factor the kernel of the sample with nested pivots (Cholesky, no pivoting).
+fn factor(source: &dyn TileSource, args: &RunArgs, max_mem: u64, progress: &dyn Progress) -> Result<LogDet> {
+    let opts = MemdetOptions {
+        assume: Assume::Spd,
+        num_blocks: args.mem.num_blocks,
+        max_mem: Some(max_mem),
+        scratch_dir: args.mem.scratch_dir.clone(),
+        scale: 1.0,
+        shift: Shift::None,
+        nested: true,
+        pivoting: false,
+        scratch_cap: None,
+        interrupt: None,
+    };
+    memdet(source, &opts, progress)
+}
+
+/// `--exact-n N`: form and factor K_N exactly (tiles streamed into MEMDET under the memory limit) and compare.
+fn exact_logdet(
+    prepared: &Prepared,
+    n: usize,
+    args: &RunArgs,
+    max_mem: u64,
+    progress: &dyn Progress,
+    predict: impl Fn(f64) -> f64,
+) -> Result<ExactJson> {
+    let t0 = Instant::now();
+    let tiles: NtkTiles = prepared.tiles(n, &args.kernel, (max_mem / 2) as usize)?;
+    let result = factor(&tiles, args, max_mem / 2, progress)?;
+    let predicted = predict(n as f64);
+    let err = (predicted - result.logdet).abs();
+    Ok(ExactJson {
+        n,
+        logdet: result.logdet,
+        sign: result.sign,
+        predicted,
+        relative_error: err / result.logdet.abs(),
+        error_per_eigenvalue: err / tiles.dim() as f64,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The short terminal table.
+fn print_summary(r: &RunReport, prepared: &Prepared) {
+    let k = &r.kernel;
+    let t = &r.timings;
+    let (ns, ls) = r.nested.last().copied().unwrap_or((0, f64::NAN));
+    println!("FLODANCE estimate of log det of the empirical NTK");
+    println!("  model      {} ({}), p = {}", k["model"].as_str().unwrap_or("?"), prepared.model.network.arch, k["p"]);
+    println!("  data       {} ({}), n = {} examples, d = {}", prepared.dataset.name(), prepared.dataset.split().as_str(), prepared.dataset.len(), k["d"]);
+    println!("  kernel     outputs {}, scale {}, precision {}", k["outputs"].as_str().unwrap_or("?"), k["scale"], k["precision"]);
+    println!("  sample     n_s = {ns}, m_s = {}, fit window k in [{}, {}], q = {}, alpha = {}", r.sample.m, r.fit.n0, r.fit.ns, r.fit.q, r.fit.alpha);
+    println!("  l_{ns:<8} {ls:.10e} (exact, from the factorisation)");
+    println!(
+        "  l_{:<8} {:.10e}  interval [{:.10e}, {:.10e}] ({} refits)",
+        r.estimate.n, r.estimate.logdet, r.estimate.low, r.estimate.high, r.fit.ensemble
+    );
+    if let Some(e) = &r.exact {
+        println!(
+            "  exact l_{} = {:.10e}; the fit predicts {:.10e}: relative error {:.3e} ({:.3} %), {:.3e} per eigenvalue",
+            e.n, e.logdet, e.predicted, e.relative_error, 100.0 * e.relative_error, e.error_per_eigenvalue
+        );
+    }
+    println!(
+        "  time       {:.1} s total: load {:.1} s, features {:.1} s, contractions {:.1} s, factor {:.1} s, fit {:.2} s",
+        t.total, t.load, t.features, t.contractions, t.factor, t.fit
+    );
+    println!(
+        "  memory     peak RSS {:.0} MiB (limit {:.0} MiB; MEMDET peak {:.0} MiB)",
+        r.memory.process_peak_rss.unwrap_or(0) as f64 / 1048576.0,
+        r.memory.max_mem as f64 / 1048576.0,
+        r.memory.memdet_peak_resident as f64 / 1048576.0
+    );
 }
