@@ -1,10 +1,217 @@
-//! The `compare` subcommand. (In progress: being implemented.)
+//! The `compare` subcommand: FLODANCE and the classical estimators side by side with the exact ln det K_n,
+//! as in the paper's Table 2. The f64 kernel is formed once in memory and every method reads it through
+//! the same `TileSource` interface (same precision, same order); each method's "forming" time is the time to
+//! form what it needs (the full kernel, K_{n_s}, or the n diagonal blocks), measured separately.
 
-use crate::cli::CompareArgs;
+use crate::cli::{CompareArgs, KernelArgs};
+use crate::estimators::{
+    BlockDiagonal, Estimate, Estimator, LinearExtrapolation, PreconditionedSlq, PseudoNtk, Slq, SlqOptions, StoppedCholesky,
+    StoppedCholeskyRule,
+};
+use crate::linalg::{memdet, parse_size, Assume, DenseSource, MemdetOptions, Shift, TileSource};
+use crate::ntk::NtkTiles;
+use crate::pipeline::inputs::{dense_kernel, kernel_meta, prepare, Prepared};
 use crate::progress::Progress;
+use crate::report::compare::{table, CompareReport, MethodRow};
+use crate::report::fit::write_json;
+use crate::report::run::process_peak_rss;
+use crate::scaling::{fit, nested_logdets, FitOptions};
 use crate::{Error, Result};
+use faer::Mat;
+use std::time::Instant;
+
+/// Every method `compare` knows.
+pub const METHODS: &[&str] =
+    &["exact", "flodance", "slq", "slq-large", "pslq", "block-diag", "pseudo-ntk", "f32", "linear", "stopped-cholesky"];
 
 /// Execute `compare`.
-pub fn run(_args: &CompareArgs, _progress: &dyn Progress) -> Result<()> {
-    Err(Error::Internal("the `compare` subcommand is not implemented yet".into()))
+pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
+    let methods: Vec<&str> = args.methods.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if let Some(bad) = methods.iter().find(|m| !METHODS.contains(m)) {
+        return Err(Error::Usage(format!("--methods: unknown method `{bad}`; known: {}", METHODS.join(","))));
+    }
+    let ns = args.n_sample.unwrap_or((args.n / 10).max(2));
+    let n0 = args.burn_in.unwrap_or(ns / 5);
+    if ns > args.n || n0 >= ns {
+        return Err(Error::Usage(format!("need burn-in < n-sample <= n (got {n0}, {ns}, {})", args.n)));
+    }
+    let max_mem = parse_size(&args.mem.max_mem)?;
+    let prepared = prepare(&args.md)?;
+    let f64_kernel = KernelArgs { precision: "f64".into(), ..args.kernel.clone() };
+
+    // The reference kernel, formed once.
+    let (k, tiles, form_s) = form_dense(&prepared, args.n, &f64_kernel, max_mem, progress)?;
+    let m = k.dim();
+    let d = k.granule();
+    let opts = memdet_options(args, max_mem);
+    let t = Instant::now();
+    let exact = memdet(&k, &opts, progress)?;
+    let exact_s = t.elapsed().as_secs_f64();
+    let nested = nested_logdets(&exact.pivots_logabs, &exact.pivot_signs, d)?;
+    let sample: Vec<(usize, f64)> = nested.points.iter().copied().filter(|p| p.0 <= ns).collect();
+    let reference = exact.logdet;
+
+    // What the K_{n_s}-based methods cost: form and factor the leading n_s examples on their own.
+    let (small, small_form_s) = {
+        let t = Instant::now();
+        let tiles_s = prepared.tiles(ns, &f64_kernel, (max_mem / 2) as usize)?;
+        let s = dense_from(&tiles_s, progress)?;
+        (s, t.elapsed().as_secs_f64())
+    };
+    let t = Instant::now();
+    let small_factor = memdet(&small, &opts, progress)?;
+    let small_factor_s = t.elapsed().as_secs_f64();
+    let drift = (small_factor.logdet - sample.last().map_or(f64::NAN, |p| p.1)).abs() / small_factor.logdet.abs();
+    if drift > 1e-10 {
+        eprintln!("warning: ln det K_(n_s) formed separately differs from the nested value by {drift:.1e} (relative)");
+    }
+
+    let mut rows = Vec::new();
+    let row = |method: &str, estimates: &[Estimate], forming: f64, extra_est: f64| -> MethodRow {
+        let r = estimates.len() as f64;
+        let mean = estimates.iter().map(|e| e.logdet).sum::<f64>() / r;
+        let std = (estimates.len() > 1).then(|| {
+            (estimates.iter().map(|e| (e.logdet - mean).powi(2)).sum::<f64>() / (r - 1.0)).sqrt()
+        });
+        MethodRow {
+            method: method.to_string(),
+            logdet: mean,
+            std,
+            relative_error_pct: 100.0 * (mean - reference) / reference.abs(),
+            error_per_eigenvalue: (mean - reference).abs() / m as f64,
+            seconds_forming: forming,
+            seconds_estimating: estimates.iter().map(|e| e.seconds).sum::<f64>() / r + extra_est,
+            matvecs: estimates.iter().map(|e| e.matvecs as f64).sum::<f64>() / r,
+            process_peak_rss: process_peak_rss(),
+            details: serde_json::json!(estimates.iter().map(|e| serde_json::json!({
+                "logdet": e.logdet, "std_error": e.std_error, "matvecs": e.matvecs, "seconds": e.seconds, "details": e.details
+            })).collect::<Vec<_>>()),
+        }
+    };
+    let repeat = args.repeat.max(1);
+    for method in &methods {
+        let r = match *method {
+            "exact" => {
+                let e = Estimate { logdet: exact.logdet, std_error: None, matvecs: 0, seconds: exact_s, details: serde_json::json!(exact.info) };
+                row("exact", &[e], form_s, 0.0)
+            }
+            "flodance" => {
+                let t = Instant::now();
+                let fopts = FitOptions { n0, q: args.q, r: 0, alpha: 0.0, ensemble: 20, seed: args.md.seed };
+                let fitted = fit(&sample, &fopts)?;
+                let (low, high) = fitted.interval(args.n as f64);
+                let e = Estimate {
+                    logdet: fitted.predict(args.n as f64),
+                    std_error: None,
+                    matvecs: 0,
+                    seconds: t.elapsed().as_secs_f64(),
+                    details: serde_json::json!({"n0": n0, "ns": ns, "q": args.q, "interval": [low, high]}),
+                };
+                row(&format!("flodance({n0},{ns})"), &[e], small_form_s, small_factor_s)
+            }
+            "linear" => {
+                let e = LinearExtrapolation { n0, target_n: args.n }.estimate(&sample)?;
+                row("linear", &[e], small_form_s, small_factor_s)
+            }
+            "stopped-cholesky" => {
+                let e = StoppedCholesky { window: ns - n0, target_n: args.n, rule: StoppedCholeskyRule::Average }.estimate(&sample)?;
+                row("stopped-cholesky", &[e], small_form_s, small_factor_s)
+            }
+            "slq" | "slq-large" => {
+                let est: Vec<Estimate> = (0..repeat)
+                    .map(|i| {
+                        let seed = args.md.seed + i as u64;
+                        let mut o = if *method == "slq" { SlqOptions::paper_table2(seed) } else { SlqOptions::paper_table1(seed) };
+                        o.memory_bytes = (max_mem / 2) as usize;
+                        Slq { options: o }.run(&k, progress)
+                    })
+                    .collect::<Result<_>>()?;
+                row(method, &est, form_s, 0.0)
+            }
+            "pslq" => {
+                let est: Vec<Estimate> = (0..repeat)
+                    .map(|i| {
+                        let mut o = SlqOptions::paper_table2(args.md.seed + i as u64);
+                        o.memory_bytes = (max_mem / 2) as usize;
+                        PreconditionedSlq::new(args.precond_rank, o).run(&k, progress)
+                    })
+                    .collect::<Result<_>>()?;
+                row(&format!("pslq(r={})", args.precond_rank), &est, form_s, 0.0)
+            }
+            "block-diag" => {
+                // Forming only the diagonal blocks costs one feature pass per example.
+                let t = Instant::now();
+                let mut block = Mat::<f64>::zeros(d, d);
+                for i in 0..args.n {
+                    tiles.fill(i * d..(i + 1) * d, i * d..(i + 1) * d, block.as_mut())?;
+                }
+                let form = t.elapsed().as_secs_f64();
+                let e = BlockDiagonal.run(&k, progress)?;
+                row("block-diag", &[e], form, 0.0)
+            }
+            "pseudo-ntk" => {
+                let e = PseudoNtk::default().run(&k, progress)?;
+                row("pseudo-ntk", &[e], form_s, 0.0)
+            }
+            "f32" => {
+                let f32_kernel = KernelArgs { precision: "f32".into(), ..args.kernel.clone() };
+                let (k32, _, form32) = form_dense(&prepared, args.n, &f32_kernel, max_mem, progress)?;
+                let t = Instant::now();
+                let r = memdet(&k32, &opts, progress)?;
+                let e = Estimate { logdet: r.logdet, std_error: None, matvecs: 0, seconds: t.elapsed().as_secs_f64(), details: serde_json::json!({"sign": r.sign}) };
+                row("f32 formation", &[e], form32, 0.0)
+            }
+            _ => unreachable!("checked above"),
+        };
+        rows.push(r);
+    }
+    let report = CompareReport {
+        kernel: kernel_meta(&prepared, &tiles, args.n),
+        n: args.n,
+        m,
+        exact_logdet: reference,
+        seconds_forming_kernel: form_s,
+        methods: rows,
+    };
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    print!("{}", table(&report));
+    Ok(())
+}
+
+fn memdet_options(args: &CompareArgs, max_mem: u64) -> MemdetOptions {
+    MemdetOptions {
+        assume: Assume::Spd,
+        num_blocks: args.mem.num_blocks,
+        max_mem: Some(max_mem / 2),
+        scratch_dir: args.mem.scratch_dir.clone(),
+        scale: 1.0,
+        shift: Shift::None,
+        nested: true,
+        pivoting: false,
+        scratch_cap: None,
+        interrupt: None,
+    }
+}
+
+/// Form the kernel of the first n examples densely in memory; returns it, its tile source and the seconds.
+fn form_dense(prepared: &Prepared, n: usize, kernel: &KernelArgs, max_mem: u64, progress: &dyn Progress) -> Result<(DenseSource, NtkTiles, f64)> {
+    let t = Instant::now();
+    let tiles = prepared.tiles(n, kernel, (max_mem / 2) as usize)?;
+    let m = tiles.dim();
+    if (m * m * 8) as u64 > max_mem {
+        return Err(Error::Budget(format!(
+            "compare holds the {m}x{m} kernel in memory ({:.1} GiB) but --max-mem is {:.1} GiB; raise --max-mem or lower --n",
+            (m * m * 8) as f64 / (1u64 << 30) as f64,
+            max_mem as f64 / (1u64 << 30) as f64
+        )));
+    }
+    let dense = dense_from(&tiles, progress)?;
+    Ok((dense, tiles, t.elapsed().as_secs_f64()))
+}
+
+/// A dense in-memory copy of the kernel, as a tile source with the kernel's granule.
+fn dense_from(source: &NtkTiles, progress: &dyn Progress) -> Result<DenseSource> {
+    Ok(DenseSource::new(dense_kernel(source, progress)?).with_granule(source.granule()))
 }

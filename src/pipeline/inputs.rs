@@ -93,3 +93,31 @@ pub fn kernel_meta(prepared: &Prepared, tiles: &NtkTiles, n: usize) -> serde_jso
         "kernel_stats": tiles.stats(),
     })
 }
+
+/// The whole kernel as a dense symmetric matrix: upper-triangle panels of whole examples are computed (with a
+/// progress bar) and mirrored. 8·m² bytes: for kernels that fit in memory.
+pub fn dense_kernel(source: &NtkTiles, progress: &dyn crate::progress::Progress) -> Result<faer::Mat<f64>> {
+    use crate::linalg::TileSource;
+    let m = source.dim();
+    let g = source.granule();
+    let mut k = faer::Mat::<f64>::zeros(m, m);
+    let panel = (512 / g).max(1) * g;
+    let panels = m.div_ceil(panel);
+    progress.start("NTK tiles", (panels * (panels + 1) / 2) as u64);
+    for a in 0..panels {
+        let rows = a * panel..((a + 1) * panel).min(m);
+        for b in a..panels {
+            let cols = b * panel..((b + 1) * panel).min(m);
+            let tile = k.as_mut().submatrix_mut(rows.start, cols.start, rows.len(), cols.len());
+            source.fill(rows.clone(), cols.clone(), tile)?;
+            progress.advance(1);
+        }
+    }
+    progress.finish();
+    for c in 0..m {
+        for r in (c + 1)..m {
+            k[(r, c)] = k[(c, r)];
+        }
+    }
+    Ok(k)
+}

@@ -4,11 +4,10 @@
 use crate::cli::NtkArgs;
 use crate::linalg::npy_write::write_npy_f64;
 use crate::linalg::TileSource;
-use crate::pipeline::inputs::{kernel_meta, prepare};
+use crate::pipeline::inputs::{dense_kernel, kernel_meta, prepare};
 use crate::progress::Progress;
 use crate::report::logdet::write_json_atomic;
 use crate::{Error, Result};
-use faer::Mat;
 use std::time::Instant;
 
 /// Largest kernel order `ntk` will hold in memory (8·m² bytes; 16384 → 2 GiB).
@@ -27,26 +26,7 @@ pub fn run(args: &NtkArgs, progress: &dyn Progress) -> Result<()> {
             (m * m * 8) as f64 / (1u64 << 30) as f64
         )));
     }
-    let mut k = Mat::<f64>::zeros(m, m);
-    let g = tiles.granule();
-    // Row panels of whole examples, so progress can be shown; only the upper triangle is computed.
-    let panel = (256 / g).max(1) * g;
-    let panels = m.div_ceil(panel);
-    progress.start("NTK tiles", (panels * (panels + 1) / 2) as u64);
-    for a in 0..panels {
-        let rows = a * panel..((a + 1) * panel).min(m);
-        for b in a..panels {
-            let cols = b * panel..((b + 1) * panel).min(m);
-            tiles.fill(rows.clone(), cols.clone(), k.as_mut().submatrix_mut(rows.start, cols.start, rows.len(), cols.len()))?;
-            progress.advance(1);
-        }
-    }
-    progress.finish();
-    for c in 0..m {
-        for r in (c + 1)..m {
-            k[(r, c)] = k[(c, r)];
-        }
-    }
+    let k = dense_kernel(&tiles, progress)?;
     write_npy_f64(&args.out, k.as_ref())?;
     let wall = t0.elapsed().as_secs_f64();
     let mut meta = kernel_meta(&prepared, &tiles, args.n);
