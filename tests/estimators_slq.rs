@@ -157,3 +157,22 @@ fn preconditioned_slq_matches_exact_logdet() {
         plain.std_error.unwrap()
     );
 }
+
+#[test]
+fn full_rank_preconditioner_is_exact() {
+    // With r = m the pivoted Cholesky is complete, P = K up to rounding, and ln det P carries the answer.
+    let m = 40;
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let g = gaussian(&mut rng, m, m);
+    let a = &g * g.transpose() + Mat::from_fn(m, m, |i, j| if i == j { 0.1 } else { 0.0 });
+    let exact = exact_logdet(&a);
+    let est = PreconditionedSlq::new(m, fixed(10, 4, 1))
+        .run(&DenseSource::new(a), &Silent)
+        .unwrap();
+    assert!(
+        ((est.logdet - exact) / exact).abs() < 1e-8,
+        "{} vs {exact}",
+        est.logdet
+    );
+    assert!(est.details["slq_of_preconditioned"].as_f64().unwrap().abs() < 1e-6);
+}
