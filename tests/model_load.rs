@@ -1015,4 +1015,18 @@ fn eval_bad_input_exits_2_with_clear_messages() {
     let (code, _, stderr) = run(junk.to_str().unwrap(), None);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("junk.pth"), "{stderr}");
+    // A legacy (pre-1.6) torch.save file starts with a bare pickle.
+    std::fs::write(&junk, [0x80, 2, b'}', b'.']).unwrap();
+    let (code, _, stderr) = run(junk.to_str().unwrap(), None);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("legacy"), "{stderr}");
+    // A zip checkpoint without a state dict in it.
+    let empty = dir.path().join("empty.pth");
+    write_pth(&empty, &[], Some("optimizer"));
+    let (code, _, stderr) = run(empty.to_str().unwrap(), None);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("no tensors found") && stderr.contains("state_dict"),
+        "{stderr}"
+    );
 }

@@ -47,7 +47,15 @@ pub fn read_weights(path: &Path) -> Result<Weights> {
             )));
         }
     }
-    let mut weights = if &magic == b"PK\x03\x04" {
+    if magic[0] == 0x80 && (2..=5).contains(&magic[1]) {
+        return Err(Error::Input(format!(
+            "{}: a legacy (pre-1.6, non-zip) torch.save file, which is not supported; re-save the state dict \
+             with torch >= 1.6 (`torch.save(model.state_dict(), path)`) or convert it to safetensors",
+            path.display()
+        )));
+    }
+    let is_zip = &magic == b"PK\x03\x04";
+    let mut weights = if is_zip {
         read_pth(path)?
     } else {
         read_safetensors(path)?
@@ -57,8 +65,17 @@ pub fn read_weights(path: &Path) -> Result<Weights> {
         .retain(|name, _| !name.ends_with("num_batches_tracked"));
     strip_prefix(&mut weights.tensors, "module.");
     if weights.tensors.is_empty() {
+        let hint = if is_zip {
+            format!(
+                "; expected a state dict, or a checkpoint dict holding one under {} (a pickled whole module \
+                 cannot be read: save `model.state_dict()` instead)",
+                CHECKPOINT_KEYS.join("/")
+            )
+        } else {
+            String::new()
+        };
         return Err(Error::Model(format!(
-            "{}: no tensors found in the weights",
+            "{}: no tensors found in the weights{hint}",
             path.display()
         )));
     }
