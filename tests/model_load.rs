@@ -432,8 +432,9 @@ fn spec_errors_are_clear() {
 // ---------------------------------------------------------------------------------------------------------
 // .pth writing by hand.
 
-/// Pickle opcodes used (protocol 2).
-struct Pickle(Vec<u8>);
+/// Pickle opcodes used (protocol 2). Globals are memoised (BINPUT once, BINGET after) as CPython's pickler
+/// and so torch.save do.
+struct Pickle(Vec<u8>, Vec<String>);
 
 impl Pickle {
     fn op(&mut self, b: u8) -> &mut Self {
@@ -441,9 +442,15 @@ impl Pickle {
         self
     }
     fn global(&mut self, module: &str, name: &str) -> &mut Self {
-        self.0.push(b'c');
-        self.0
-            .extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+        let key = format!("{module}\n{name}\n");
+        if let Some(i) = self.1.iter().position(|k| *k == key) {
+            self.0.extend_from_slice(&[b'h', i as u8]);
+        } else {
+            self.0.push(b'c');
+            self.0.extend_from_slice(key.as_bytes());
+            self.0.extend_from_slice(&[b'q', self.1.len() as u8]);
+            self.1.push(key);
+        }
         self
     }
     fn str(&mut self, s: &str) -> &mut Self {
@@ -479,7 +486,7 @@ struct PthTensor {
 
 /// Write a torch-1.6+ style `.pth`; the state dict is nested under `nest` in a checkpoint dict if given.
 fn write_pth(path: &Path, tensors: &[PthTensor], nest: Option<&str>) {
-    let mut p = Pickle(vec![0x80, 2]);
+    let mut p = Pickle(vec![0x80, 2], vec![]);
     if let Some(key) = nest {
         p.op(b'}').op(b'(').str("epoch").int(7).str(key);
     }
