@@ -168,6 +168,24 @@ fn resnet_tiles_equal_brute_force() {
 }
 
 #[test]
+fn spec_built_network_tiles_equal_brute_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("net.json");
+    std::fs::write(
+        &spec,
+        r#"{"input": [2, 6, 6], "layers": [
+            {"type": "conv2d", "name": "features.0", "out": 3, "kernel": 3, "padding": 1},
+            {"type": "batchnorm2d", "name": "features.1"}, {"type": "gelu"},
+            {"type": "avgpool2d", "kernel": 2}, {"type": "conv2d", "name": "features.4", "out": 4, "kernel": 3, "stride": 2, "padding": 1, "bias": false},
+            {"type": "tanh"}, {"type": "adaptiveavgpool2d", "output": [1, 1]}, {"type": "flatten"}, {"type": "dropout"},
+            {"type": "linear", "name": "classifier.0", "out": 3}]}"#,
+    )
+    .unwrap();
+    let net = ntk_pipeline::model::arch::build(spec.to_str().unwrap(), None, [2, 6, 6], 3, &mut ntk_pipeline::model::SeededParams::new(5)).unwrap();
+    check_against_brute(&net, 3, 1 << 30);
+}
+
+#[test]
 fn tiny_feature_budget_and_unaligned_tiles_give_the_same_kernel() {
     // A budget of one example's features forces one-example chunks and evictions; tiles whose bounds cut
     // through chunks and examples must still be exact slices of the kernel.

@@ -26,6 +26,30 @@ pub fn repeat_rows(t: &Tensor, r: usize) -> Result<Tensor> {
     Ok(t.unsqueeze(1)?.broadcast_as(expanded)?.contiguous()?.reshape(flat)?)
 }
 
+/// Refuse networks the NTK engine cannot differentiate, naming the first offending layer.
+pub fn check_supported(network: &Network) -> Result<()> {
+    for (k, node) in network.nodes.iter().enumerate() {
+        let why = match &node.op {
+            Op::MaxPool2d { kernel, stride } | Op::AvgPool2d { kernel, stride } if kernel != stride => {
+                Some(format!("kernel {kernel} != stride {stride} (overlapping windows)"))
+            }
+            Op::Conv2d(c) if c.weight.dims().get(2) != c.weight.dims().get(3) => Some("non-square kernel".to_string()),
+            Op::Conv2d(c) if c.weight.dims().get(2).is_some_and(|&k| c.padding + 1 > k) => {
+                Some(format!("padding {} not smaller than the kernel", c.padding))
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            let name = if node.name.is_empty() { format!("#{k}") } else { node.name.clone() };
+            return Err(Error::Model(format!(
+                "the NTK engine does not support layer {name} ({}): {why}",
+                node.op.kind()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Which nodes depend on parameters (only their gradients are ever needed).
 pub fn depends_on_parameters(network: &Network) -> Vec<bool> {
     let mut needs = vec![false; network.nodes.len()];

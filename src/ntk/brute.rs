@@ -100,11 +100,17 @@ fn reference_forward(network: &Network, x: &Tensor) -> Result<Tensor> {
                 let t = inputs[0];
                 let (n, c, h, w) = t.dims4()?;
                 let (ho, wo) = (h / kernel, w / kernel);
-                t.narrow(2, 0, ho * kernel)?
+                // First maximum of each window (PyTorch's tie rule) via argmax + gather, whose backward
+                // is a scatter-add to that one position.
+                let windows = t
+                    .narrow(2, 0, ho * kernel)?
                     .narrow(3, 0, wo * kernel)?
                     .reshape((n, c, ho, *kernel, wo, *kernel))?
-                    .max(5)?
-                    .max(3)?
+                    .permute((0, 1, 2, 4, 3, 5))?
+                    .contiguous()?
+                    .reshape((n, c, ho, wo, kernel * kernel))?;
+                let first = windows.detach().argmax_keepdim(4)?;
+                windows.gather(&first, 4)?.squeeze(4)?
             }
             Op::Gelu => {
                 let t = inputs[0];

@@ -64,6 +64,7 @@ impl NtkTiles {
             Precision::F64 => DType::F64,
             Precision::F32 => DType::F32,
         };
+        crate::ntk::backward::check_supported(network)?;
         let network = network.to_dtype(dtype)?;
         let n = inputs.dim(0)?;
         if n == 0 {
