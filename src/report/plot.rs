@@ -391,3 +391,54 @@ fn escape(t: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scaling::{fit, FitOptions};
+
+    #[test]
+    fn renders_all_elements_without_nan() {
+        let mut lf = 0.0;
+        let nested: Vec<(usize, f64)> = (1..=300)
+            .map(|k| {
+                lf += (k as f64).ln();
+                (
+                    k,
+                    3.0 + 2.0 * k as f64 - 0.8 * lf + 0.01 * ((k * 7919) % 13) as f64,
+                )
+            })
+            .collect();
+        let f = fit(
+            &nested,
+            &FitOptions {
+                n0: 50,
+                ensemble: 10,
+                ..FitOptions::default()
+            },
+        )
+        .unwrap();
+        let svg = render(&nested, &f, 5000, &[(1000, f.predict(1000.0) * 1.01)]).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(!svg.contains("NaN") && !svg.contains("inf"));
+        for needle in [
+            "<polyline",
+            "<polygon",
+            "fit window",
+            "exact ℓ_n",
+            "n = 5000",
+            "log scale",
+        ] {
+            assert!(svg.contains(needle), "missing {needle}");
+        }
+        let no_exact = render(&nested, &f, 5000, &[]).unwrap();
+        assert!(!no_exact.contains("exact ℓ_n"));
+    }
+
+    #[test]
+    fn ticks_and_numbers() {
+        assert_eq!(nice_ticks(0.0, 10.0), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(fmt_num(1234.0), "1234");
+        assert_eq!(fmt_num(2.5e8), "2.5000e8");
+    }
+}
