@@ -31,7 +31,8 @@ pub struct KernelOperator<'a> {
 impl<'a> KernelOperator<'a> {
     /// Wrap `source`. If the whole m × m matrix takes at most `memory_bytes` (f64) it is read once and
     /// kept; otherwise each pass streams row panels of at most `memory_bytes / 4` bytes (at least one
-    /// granule of rows), so every pass re-reads (for an NTK: recomputes) the matrix.
+    /// granule of rows) of the upper triangle (symmetry gives the rest), so every pass re-reads (for an
+    /// NTK: recomputes) half the matrix.
     pub fn new(source: &'a dyn TileSource, memory_bytes: usize) -> Self {
         let m = source.dim().max(1);
         let g = source.granule().max(1);
@@ -96,15 +97,40 @@ impl LinearOp for KernelOperator<'_> {
             );
             return Ok(());
         }
+        // Symmetric streaming: only the panels on and right of the diagonal are read (half the tiles),
+        // each used twice: out[R] += A[R, r0..] x[r0..] and out[r0+h..] += A[R, r0+h..]ᵀ x[R].
+        let p = x.ncols();
+        out.fill(0.0);
         let mut panel = Mat::<f64>::zeros(self.panel_rows.min(m), m);
         let mut r0 = 0;
         while r0 < m {
             let h = self.panel_rows.min(m - r0);
-            let mut p = panel.as_mut().submatrix_mut(0, 0, h, m);
-            self.source.fill(r0..r0 + h, 0..m, p.as_mut())?;
-            check_finite(p.as_ref(), r0, 0)?;
-            let dst = out.as_mut().submatrix_mut(r0, 0, h, x.ncols());
-            matmul(dst, Accum::Replace, p.as_ref(), x, 1.0, Par::rayon(0));
+            let w = m - r0;
+            let mut a = panel.as_mut().submatrix_mut(0, 0, h, w);
+            self.source.fill(r0..r0 + h, r0..m, a.as_mut())?;
+            check_finite(a.as_ref(), r0, r0)?;
+            let a = a.as_ref();
+            let dst = out.as_mut().submatrix_mut(r0, 0, h, p);
+            matmul(
+                dst,
+                Accum::Add,
+                a,
+                x.submatrix(r0, 0, w, p),
+                1.0,
+                Par::rayon(0),
+            );
+            if w > h {
+                let dst = out.as_mut().submatrix_mut(r0 + h, 0, w - h, p);
+                let right = a.submatrix(0, h, h, w - h);
+                matmul(
+                    dst,
+                    Accum::Add,
+                    right.transpose(),
+                    x.submatrix(r0, 0, h, p),
+                    1.0,
+                    Par::rayon(0),
+                );
+            }
             r0 += h;
         }
         self.passes.fetch_add(1, Ordering::Relaxed);
