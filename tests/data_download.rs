@@ -274,7 +274,20 @@ fn idx_files_download_with_content_checksum_and_missing_file() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let silent = ntk_pipeline::progress::Silent;
+    // Temporary folders of killed downloads: removed when older than a day, kept otherwise.
+    for (name, age_h) in [(".download-old", 48u64), (".download-new", 1)] {
+        std::fs::create_dir_all(cache.join(name)).unwrap();
+        let when = std::time::SystemTime::now() - Duration::from_secs(age_h * 3600);
+        std::fs::File::open(cache.join(name))
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
     download::fetch("fashion-mnist", &remote, Some(&base), &cache, &silent).unwrap();
+    let mut left = entries(&cache);
+    left.sort();
+    assert_eq!(left, vec![".download-new", "fashion-mnist"]);
+    std::fs::remove_dir(cache.join(".download-new")).unwrap();
     let opts = DataOptions {
         split: Split::Test,
         ..Default::default()

@@ -4,7 +4,9 @@
 //! `<cache>/<name>/` only after every file's checksum matched, so a failed or corrupt download leaves
 //! nothing behind. `$NTK_PIPELINE_DOWNLOAD_BASE` (see [`super::Locations`]) replaces the official base URL,
 //! e.g. for a mirror or a test server; the checksums stay the official ones. Tests that serve a synthetic
-//! archive call [`fetch`] with a [`Remote`] carrying that archive's own checksum.
+//! archive call [`fetch`] with a [`Remote`] carrying that archive's own checksum. Ctrl-C (when the CLI's
+//! handler is installed) stops the transfer and removes the temporary folder; folders left by a killed
+//! process are removed by the next download after a day.
 
 use super::idx;
 use super::resolve::{Format, Known};
@@ -137,6 +139,7 @@ pub fn fetch(
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(cache_dir)
         .map_err(|e| Error::io("cannot create cache directory", cache_dir, e))?;
+    remove_stale_staging(cache_dir);
     let stage = tempfile::Builder::new()
         .prefix(".download-")
         .tempdir_in(cache_dir)
@@ -242,6 +245,9 @@ fn copy_hashing(
                 )))
             }
         };
+        if crate::linalg::interrupt::requested() {
+            return Err(Error::Interrupted);
+        }
         hasher.update(&buf[..n]);
         out.write_all(&buf[..n])
             .map_err(|e| Error::io("cannot write", dest, e))?;
@@ -282,4 +288,28 @@ fn install(unpacked: &Path, target: &Path) -> Result<()> {
             .map_err(|e| Error::io("cannot move download to", &dest, e))?;
     }
     Ok(())
+}
+
+/// Removes temporary download folders left by a killed process (older than a day, so that a download
+/// running in another process is never touched). Failures are ignored: this is housekeeping only.
+fn remove_stale_staging(cache_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(24 * 3600));
+        if stale
+            && entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".download-")
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }

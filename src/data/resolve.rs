@@ -256,8 +256,8 @@ pub(crate) fn find(known: &Known, opts: &DataOptions, loc: &Locations) -> Result
     if let [f] = remote.files.as_slice() {
         if f.unpack == download::Unpack::TarGz {
             how.push_str(&format!(
-                ", or by hand: download {}{}, check that its MD5 is {}, and unpack it with `tar xzf {} -C \
-                 {cache}`",
+                ", or by hand: download {}{}, check that its MD5 is {}, and unpack it with `mkdir -p \
+                 {cache} && tar xzf {} -C {cache}`",
                 remote.base_url, f.name, f.md5, f.name
             ));
         }
