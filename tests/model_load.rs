@@ -636,6 +636,9 @@ fn pth_and_safetensors_give_identical_outputs() {
         // Same f32 values (f64 storage round-trips f32 exactly), same code: bitwise equal outputs.
         assert_eq!(a, b, "{arch_name}");
         assert_eq!(a, vec64(&net.forward(&x).unwrap()), "{arch_name}");
+        // The memory-lean forward (drops activations after last use) equals the cached one.
+        let cached = net.forward_cached(&x).unwrap();
+        assert_eq!(a, vec64(cached.last().unwrap()), "{arch_name}");
     }
     // A flat (un-nested) state dict loads too.
     let net = arch::build("mlp", Some(16), [1, 28, 28], 10, &mut RandomParams::new(4)).unwrap();
