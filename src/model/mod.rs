@@ -66,13 +66,57 @@ impl Network {
     }
 
     /// Eval-mode forward pass; returns the logits (batch, d).
+    /// Each node's output is dropped after its last use, so memory stays near the widest layer's activations.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut outs = self.forward_cached(x)?;
-        outs.pop().ok_or_else(|| Error::Internal("empty network".into()))
+        self.check_input(x)?;
+        let mut last_use: Vec<usize> = (0..self.nodes.len()).collect();
+        for (j, node) in self.nodes.iter().enumerate() {
+            for &i in &node.inputs {
+                last_use[i] = last_use[i].max(j);
+            }
+        }
+        let mut outs: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
+        for (j, node) in self.nodes.iter().enumerate() {
+            let out = match node.op {
+                Op::Input => x.clone(),
+                _ => {
+                    let inputs = node
+                        .inputs
+                        .iter()
+                        .map(|&i| outs[i].as_ref().ok_or_else(|| Error::Internal(format!("node {j} reads node {i} too late"))))
+                        .collect::<Result<Vec<&Tensor>>>()?;
+                    self.apply(node, &inputs)?
+                }
+            };
+            outs[j] = Some(out);
+            for &i in &node.inputs {
+                if last_use[i] == j {
+                    outs[i] = None;
+                }
+            }
+        }
+        outs.pop().flatten().ok_or_else(|| Error::Internal("empty network".into()))
     }
 
     /// Eval-mode forward pass returning every node's output (index = node index; entry 0 is `x`).
     pub fn forward_cached(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        self.check_input(x)?;
+        let mut outs: Vec<Tensor> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let out = match node.op {
+                Op::Input => x.clone(),
+                _ => {
+                    let inputs: Vec<&Tensor> = node.inputs.iter().map(|&i| &outs[i]).collect();
+                    self.apply(node, &inputs)?
+                }
+            };
+            outs.push(out);
+        }
+        Ok(outs)
+    }
+
+    /// The input must be (batch, C, H, W) with [C, H, W] = `input_shape`.
+    fn check_input(&self, x: &Tensor) -> Result<()> {
         let [c, h, w] = self.input_shape;
         let dims = x.dims();
         if dims.len() != 4 || dims[1..] != [c, h, w] {
@@ -81,20 +125,14 @@ impl Network {
                 self.arch, dims
             )));
         }
-        let mut outs: Vec<Tensor> = Vec::with_capacity(self.nodes.len());
-        for node in &self.nodes {
-            let out = match node.op {
-                Op::Input => x.clone(),
-                _ => {
-                    let inputs: Vec<&Tensor> = node.inputs.iter().map(|&i| &outs[i]).collect();
-                    node.op.forward(&inputs).map_err(|e| {
-                        Error::Model(format!("forward of node `{}` ({}): {e}", node.name, node.op.kind()))
-                    })?
-                }
-            };
-            outs.push(out);
-        }
-        Ok(outs)
+        Ok(())
+    }
+
+    /// One node's op on its inputs, with the node named in any error.
+    fn apply(&self, node: &Node, inputs: &[&Tensor]) -> Result<Tensor> {
+        node.op
+            .forward(inputs)
+            .map_err(|e| Error::Model(format!("forward of node `{}` ({}): {e}", node.name, node.op.kind())))
     }
 
     /// Trainable parameters as (full tensor name, tensor), in node order (e.g. `conv1.weight`).
