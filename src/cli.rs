@@ -230,6 +230,9 @@ pub struct FitArgs {
     /// Laurent order q.
     #[arg(long, default_value_t = 2)]
     pub q: usize,
+    /// Number r of plain k^-i terms (i = 1..r) added to the model.
+    #[arg(long, default_value_t = 0)]
+    pub plain_terms: usize,
     /// Fit weight exponent alpha.
     #[arg(long, default_value_t = 0.0)]
     pub alpha: f64,

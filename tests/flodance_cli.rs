@@ -98,9 +98,15 @@ fn fit_csv_and_json_end_to_end() {
     let pairs: Vec<serde_json::Value> =
         pts.iter().map(|(k, l)| serde_json::json!([k, l])).collect();
     std::fs::write(&json_in, serde_json::json!({ "nested": pairs }).to_string()).unwrap();
-    let (_, v) = run_fit(&json_in, dir.path(), &["--alpha", "1"]);
+    let (_, v) = run_fit(
+        &json_in,
+        dir.path(),
+        &["--alpha", "1", "--plain-terms", "1"],
+    );
     check_report(&v);
     assert_eq!(v["fit"]["alpha"], 1.0);
+    assert_eq!(v["fit"]["r"], 1);
+    assert!(v["fit"]["coefficients"]["gamma1"].as_f64().unwrap().abs() < 1e-6);
 }
 
 #[test]

@@ -18,7 +18,7 @@ pub fn run(args: &FitArgs, progress: &dyn Progress) -> Result<()> {
     let opts = FitOptions {
         n0: args.burn_in,
         q: args.q,
-        r: 0,
+        r: args.plain_terms,
         alpha: args.alpha,
         ensemble: args.ensemble,
         seed: args.seed,
