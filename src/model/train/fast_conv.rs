@@ -254,16 +254,8 @@ mod tests {
     use candle_core::Var;
 
     /// Gradients of sum(conv(x, w) ⊙ r) through the fast op and through candle's conv2d, in f64.
-    fn compare(
-        n: usize,
-        c_in: usize,
-        c_out: usize,
-        hw: usize,
-        k: usize,
-        stride: usize,
-        padding: usize,
-        groups: usize,
-    ) {
+    /// Arguments: [batch, C_in, C_out, H = W, k, stride, padding, groups].
+    fn compare([n, c_in, c_out, hw, k, stride, padding, groups]: [usize; 8]) {
         let dev = Device::Cpu;
         let x = Var::randn(0f64, 1.0, (n, c_in, hw, hw), &dev).unwrap();
         let w = Var::randn(0f64, 1.0, (c_out, c_in / groups, k, k), &dev).unwrap();
@@ -317,26 +309,26 @@ mod tests {
 
     #[test]
     fn gradients_match_candle_stride1_pad1() {
-        compare(2, 3, 4, 7, 3, 1, 1, 1);
+        compare([2, 3, 4, 7, 3, 1, 1, 1]);
     }
 
     #[test]
     fn gradients_match_candle_stride2_even_and_odd_sizes() {
-        compare(2, 3, 5, 8, 3, 2, 1, 1);
-        compare(3, 2, 4, 9, 3, 2, 1, 1);
+        compare([2, 3, 5, 8, 3, 2, 1, 1]);
+        compare([3, 2, 4, 9, 3, 2, 1, 1]);
     }
 
     #[test]
     fn gradients_match_candle_1x1_stride2_no_padding() {
-        compare(2, 4, 6, 8, 1, 2, 0, 1);
-        compare(2, 4, 6, 7, 1, 2, 0, 1);
+        compare([2, 4, 6, 8, 1, 2, 0, 1]);
+        compare([2, 4, 6, 7, 1, 2, 0, 1]);
     }
 
     #[test]
     fn gradients_match_candle_5x5_unpadded_and_grouped() {
-        compare(2, 1, 6, 12, 5, 1, 0, 1);
-        compare(2, 4, 4, 6, 3, 1, 1, 4);
-        compare(2, 4, 8, 6, 3, 2, 1, 2);
+        compare([2, 1, 6, 12, 5, 1, 0, 1]);
+        compare([2, 4, 4, 6, 3, 1, 1, 4]);
+        compare([2, 4, 8, 6, 3, 2, 1, 2]);
     }
 
     /// Central finite differences of L = sum(conv(x, w) ⊙ r) for a few entries of x and w.
