@@ -84,7 +84,14 @@ pub fn build_from_weights(
         },
     };
     if !spec::is_spec_path(&arch) && !arch.starts_with("spec:") && !arch::is_known(&arch) {
-        return Err(arch::unknown_arch(&arch));
+        return Err(match (arch::unknown_arch(&arch), origin) {
+            (Error::Model(msg), "the weights' metadata") => Error::Model(format!(
+                "{} (named in the metadata of {}): {msg}; pass --arch",
+                arch,
+                source.display()
+            )),
+            (e, _) => e,
+        });
     }
     let mut loader = LoadingParams::new(&weights.tensors);
     let what;
