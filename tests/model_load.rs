@@ -1026,7 +1026,10 @@ fn eval_bad_input_exits_2_with_clear_messages() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("junk.pth"), "{stderr}");
     // A legacy (pre-1.6) torch.save file starts with a bare pickle.
-    std::fs::write(&junk, [0x80, 2, b'}', b'.']).unwrap();
+    let legacy_magic = [
+        0x80, 2, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
+    ];
+    std::fs::write(&junk, legacy_magic).unwrap();
     let (code, _, stderr) = run(junk.to_str().unwrap(), None);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("legacy"), "{stderr}");

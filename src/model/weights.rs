@@ -50,7 +50,8 @@ pub fn read_weights(path: &Path) -> Result<Weights> {
     // A safetensors file starts with its header length (u64 LE), whose first bytes can look like a pickle
     // protocol marker (e.g. 0x0280 = 640): trust the extension first.
     let named_safetensors = path.extension().is_some_and(|e| e == "safetensors");
-    if !named_safetensors && magic[0] == 0x80 && (2..=5).contains(&magic[1]) {
+    // Legacy torch.save pickles its magic number 0x1950a86a20f9469cfc6c first: PROTO 2, LONG1 of 10 bytes.
+    if !named_safetensors && magic == [0x80, 0x02, 0x8a, 0x0a] {
         return Err(Error::Input(format!(
             "{}: a legacy (pre-1.6, non-zip) torch.save file, which is not supported; re-save the state dict \
              with torch >= 1.6 (`torch.save(model.state_dict(), path)`) or convert it to safetensors",
