@@ -102,7 +102,7 @@ struct EvalReport<'a> {
 
 /// Execute `eval`.
 pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
-    let prepared = prepare(&args.md)?;
+    let prepared = prepare(&args.md, progress)?;
     let total = prepared.order.len();
     let n = match args.limit {
         None => total,
