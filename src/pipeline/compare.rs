@@ -36,7 +36,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         return Err(Error::Usage(format!("need burn-in < n-sample <= n (got {n0}, {ns}, {})", args.n)));
     }
     let max_mem = parse_size(&args.mem.max_mem)?;
-    let prepared = prepare(&args.md)?;
+    let prepared = prepare(&args.md, progress)?;
     let f64_kernel = KernelArgs { precision: "f64".into(), ..args.kernel.clone() };
 
     // The reference kernel, formed once.

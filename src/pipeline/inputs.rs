@@ -18,15 +18,15 @@ pub struct Prepared {
     pub order: Vec<usize>,
 }
 
-/// Load the data and model that `md` names.
-pub fn prepare(md: &ModelDataArgs) -> Result<Prepared> {
+/// Load the data and model that `md` names (a download, if asked for, reports through `progress`).
+pub fn prepare(md: &ModelDataArgs, progress: &dyn crate::progress::Progress) -> Result<Prepared> {
     let split = match md.split.as_str() {
         "train" => Split::Train,
         "test" => Split::Test,
         s => return Err(Error::Usage(format!("--split {s}: expected train or test"))),
     };
     let opts = DataOptions { split, data_dir: md.data_dir.clone(), download: md.download };
-    let dataset = data::load(&md.data, &opts)?;
+    let dataset = data::load_with(&md.data, &opts, &data::Locations::from_env(), progress)?;
     let model = load_model(
         &md.model,
         md.arch.as_deref(),

@@ -16,7 +16,7 @@ pub const MAX_DENSE_ORDER: usize = 16384;
 /// Execute `ntk`.
 pub fn run(args: &NtkArgs, progress: &dyn Progress) -> Result<()> {
     let t0 = Instant::now();
-    let prepared = prepare(&args.md)?;
+    let prepared = prepare(&args.md, progress)?;
     let tiles = prepared.tiles(args.n, &args.kernel, 4 << 30)?;
     let m = tiles.dim();
     if m > MAX_DENSE_ORDER {

@@ -26,7 +26,7 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
         )));
     }
     let max_mem = parse_size(&args.mem.max_mem)?;
-    let prepared = prepare(&args.md)?;
+    let prepared = prepare(&args.md, progress)?;
     let target_n = args.target_n.unwrap_or(prepared.dataset.len());
     if let Some(exact_n) = args.exact_n {
         if exact_n <= ns {
