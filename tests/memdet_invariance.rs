@@ -82,10 +82,13 @@ fn nested_logdets_equal_dense_leading_blocks() {
     }
 }
 
+/// Number of requests per (rows, cols) tile.
+type CallCounts = HashMap<(Range<usize>, Range<usize>), usize>;
+
 /// A source that records every request.
 struct Counting {
     inner: DenseSource,
-    calls: Mutex<HashMap<(Range<usize>, Range<usize>), usize>>,
+    calls: Mutex<CallCounts>,
 }
 
 impl TileSource for Counting {

@@ -97,11 +97,9 @@ impl<'a> ColumnRun<'a> {
             tile.data_mut().iter_mut().for_each(|v| *v *= scale);
         }
         if i == j {
+            // Diagonal tiles: only the lower triangle is used from here on (the input is symmetric).
             let mut a = tile.mat_mut();
             for c in 0..nr {
-                for r in c + 1..nr {
-                    a[(r, c)] = a[(c, r)];
-                }
                 a[(c, c)] += match &self.opts.shift {
                     Shift::None => 0.0,
                     Shift::Scalar(s) => *s,
@@ -253,7 +251,7 @@ impl<'a> ColumnRun<'a> {
         Ok(())
     }
 
-    /// `C_j -= Σ_k C_kᵀ D_k⁻¹ C_k` on the lower triangle, then mirror it to the upper one.
+    /// `C_j -= Σ_k C_kᵀ D_k⁻¹ C_k` on the lower triangle (the upper one is left stale and never read).
     fn update_diagonal(
         &mut self,
         c: &mut Tile,
@@ -285,12 +283,6 @@ impl<'a> ColumnRun<'a> {
                 par,
             );
             self.seconds.update += t.elapsed().as_secs_f64();
-        }
-        let mut a = c.mat_mut();
-        for col in 0..a.ncols() {
-            for row in col + 1..a.nrows() {
-                a[(col, row)] = a[(row, col)];
-            }
         }
         Ok(())
     }

@@ -50,8 +50,8 @@ pub struct BlockFactor {
     pub d: Vec<f64>,
 }
 
-/// Factor the symmetric block in place. On entry both triangles hold the (updated) block; on exit the lower
-/// triangle holds L (unit-diagonal with D on the diagonal for `Sym`). `offset` is the block's first global
+/// Factor the symmetric block in place. On entry the lower triangle holds the (updated) block; on exit it
+/// holds L (unit-diagonal with D on the diagonal for `Sym`); the strict upper triangle may be overwritten. `offset` is the block's first global
 /// row, used in error messages.
 pub fn factor_pivot(
     mut block: MatMut<'_, f64>,

@@ -7,6 +7,9 @@
 //! behind to the scratch store; column j + 1 then re-reads the factor tiles of columns 0..=j in storage order
 //! (a sequential scan, prefetched by a reader thread). Loads from scratch: (n−1)n(n+1)/6 tiles; stores:
 //! n(n−1)/2 tiles; source requests: n(n+1)/2 tiles (for n = n_b blocks).
+//!
+//! Only tiles (I, J) with I ≤ J are requested, and of the diagonal tiles only the lower triangle is used:
+//! the source must be symmetric (an `.npy` with one valid triangle says so with `Triangle`).
 
 use super::budget::{self, BlockPlan};
 use super::column::ColumnRun;

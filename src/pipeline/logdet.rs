@@ -52,7 +52,7 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
         order: args.order.clone(),
         seed: args.seed,
     };
-    let prepared = crate::pipeline::inputs::prepare(&md)?;
+    let prepared = crate::pipeline::inputs::prepare(&md, progress)?;
     let budget = parse_size(&args.mem.max_mem)?;
     let tiles = prepared.tiles(n, &args.kernel, (budget / 2) as usize)?;
     let mut halved = args.clone();
