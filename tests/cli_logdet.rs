@@ -213,3 +213,40 @@ fn scratch_full_exits_2_and_cleans_up() {
     );
     assert!(is_empty_dir(scratch.path()), "scratch left behind");
 }
+
+#[test]
+fn ctrl_c_exits_130_and_removes_scratch() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("k.npy");
+    write_npy(&npy, &random_spd(4, 1500), false);
+    let child = Command::new(env!("CARGO_BIN_EXE_ntk-pipeline"))
+        .args(["logdet", "--quiet", "--num-blocks", "40", "--matrix"])
+        .arg(&npy)
+        .arg("--scratch-dir")
+        .arg(scratch.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the scratch store exists (the factorisation is running), then press Ctrl-C.
+    let start = std::time::Instant::now();
+    while is_empty_dir(scratch.path()) && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    assert!(
+        is_empty_dir(scratch.path()),
+        "scratch left behind after Ctrl-C"
+    );
+}
