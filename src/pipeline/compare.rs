@@ -8,7 +8,7 @@ use crate::estimators::{
     BlockDiagonal, Estimate, Estimator, LinearExtrapolation, PreconditionedSlq, PseudoNtk, Slq, SlqOptions, StoppedCholesky,
     StoppedCholeskyRule,
 };
-use crate::linalg::{memdet, parse_size, Assume, DenseSource, MemdetOptions, Shift, TileSource};
+use crate::linalg::{memdet, parse_size, Assume, DenseSource, MemdetOptions, TileSource};
 use crate::ntk::NtkTiles;
 use crate::pipeline::inputs::{dense_kernel, kernel_meta, prepare, Prepared};
 use crate::progress::Progress;
@@ -186,12 +186,8 @@ fn memdet_options(args: &CompareArgs, max_mem: u64) -> MemdetOptions {
         num_blocks: args.mem.num_blocks,
         max_mem: Some(max_mem / 2),
         scratch_dir: args.mem.scratch_dir.clone(),
-        scale: 1.0,
-        shift: Shift::None,
         nested: true,
-        pivoting: false,
-        scratch_cap: None,
-        interrupt: None,
+        ..MemdetOptions::default()
     }
 }
 

@@ -3,7 +3,7 @@
 //! optionally the exact ℓ_N for comparison (`--exact-n`), a JSON report and an SVG plot.
 
 use crate::cli::RunArgs;
-use crate::linalg::{memdet, parse_size, Assume, LogDet, MemdetOptions, Shift, TileSource};
+use crate::linalg::{memdet, parse_size, Assume, LogDet, MemdetOptions, TileSource};
 use crate::ntk::NtkTiles;
 use crate::pipeline::inputs::{kernel_meta, prepare, Prepared};
 use crate::progress::Progress;
@@ -106,12 +106,8 @@ fn factor(source: &dyn TileSource, args: &RunArgs, max_mem: u64, progress: &dyn 
         num_blocks: args.mem.num_blocks,
         max_mem: Some(max_mem),
         scratch_dir: args.mem.scratch_dir.clone(),
-        scale: 1.0,
-        shift: Shift::None,
         nested: true,
-        pivoting: false,
-        scratch_cap: None,
-        interrupt: None,
+        ..MemdetOptions::default()
     };
     memdet(source, &opts, progress)
 }
