@@ -3,6 +3,7 @@
 
 use super::tile::TileSource;
 use crate::{Error, Result};
+use faer::reborrow::ReborrowMut;
 use faer::MatMut;
 use memmap2::{Mmap, UncheckedAdvice};
 use std::fs::File;
@@ -283,6 +284,67 @@ impl NpySource {
         }
     }
 
+    /// Fast path for a tile that lies wholly in the valid triangle or wholly in its mirror: copy contiguous
+    /// runs of the file. Returns false (doing nothing) for tiles that straddle the diagonal.
+    fn fill_contiguous(
+        &self,
+        rows: &Range<usize>,
+        cols: &Range<usize>,
+        mut out: MatMut<'_, f64>,
+    ) -> bool {
+        let all_upper = rows.end <= cols.start + 1; // every r ≤ c
+        let all_lower = rows.start + 1 >= cols.end; // every r ≥ c
+        let mirror = match self.triangle {
+            Triangle::Full => false,
+            Triangle::Upper if all_upper => false,
+            Triangle::Upper if rows.start >= cols.end => true,
+            Triangle::Lower if all_lower => false,
+            Triangle::Lower if rows.end <= cols.start => true,
+            _ => return false,
+        };
+        // Element (r, c) is read at (c, r) when mirrored; runs are contiguous along the file's minor index.
+        let row_runs = self.header.fortran_order == mirror;
+        let (outer, inner) = if row_runs {
+            (rows.clone(), cols.clone())
+        } else {
+            (cols.clone(), rows.clone())
+        };
+        let size = self.header.dtype.size();
+        let data = &self.map[self.header.data_offset..];
+        for (o, major) in outer.enumerate() {
+            let start = (major * self.dim + inner.start) * size;
+            let run = &data[start..start + inner.len() * size];
+            for (k, bytes) in run.chunks_exact(size).enumerate() {
+                let v = match (self.header.dtype, self.header.little_endian) {
+                    (NpyDtype::F64, le) => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(bytes);
+                        if le {
+                            f64::from_le_bytes(b)
+                        } else {
+                            f64::from_be_bytes(b)
+                        }
+                    }
+                    (NpyDtype::F32, le) => {
+                        let mut b = [0u8; 4];
+                        b.copy_from_slice(bytes);
+                        (if le {
+                            f32::from_le_bytes(b)
+                        } else {
+                            f32::from_be_bytes(b)
+                        }) as f64
+                    }
+                };
+                if row_runs {
+                    out[(o, k)] = v;
+                } else {
+                    out[(k, o)] = v;
+                }
+            }
+        }
+        true
+    }
+
     /// Tell the kernel that the pages holding A[rows, cols] (and its mirror) are no longer needed, so
     /// that reading a matrix larger than RAM does not grow our resident set. Failures are harmless.
     fn release(&self, rows: &Range<usize>, cols: &Range<usize>) {
@@ -343,7 +405,12 @@ impl TileSource for NpySource {
         if rows.is_empty() || cols.is_empty() {
             return Ok(());
         }
-        // Walk the file in its storage order (contiguous reads from the mapping).
+        if self.fill_contiguous(&rows, &cols, out.rb_mut()) {
+            self.release(&rows, &cols);
+            return Ok(());
+        }
+        // Mixed tiles (straddling the diagonal with one triangle valid): element by element, walking the
+        // file in its storage order.
         if self.header.fortran_order {
             for (j, c) in cols.clone().enumerate() {
                 for (i, r) in rows.clone().enumerate() {
