@@ -19,23 +19,48 @@ fn models_dir() -> PathBuf {
 /// The value after `- {key}: ` in the `### {file}` section of models/README.md.
 fn recorded(file: &str, key: &str) -> String {
     let text = std::fs::read_to_string(models_dir().join("README.md")).unwrap();
-    let section = text.split("\n### ").find(|s| s.starts_with(file)).unwrap_or_else(|| panic!("no section for {file}"));
+    let section = text
+        .split("\n### ")
+        .find(|s| s.starts_with(file))
+        .unwrap_or_else(|| panic!("no section for {file}"));
     let prefix = format!("- {key}: ");
-    let line = section.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{file}: no `{prefix}`"));
+    let line = section
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("{file}: no `{prefix}`"));
     line[prefix.len()..].trim().trim_matches('`').to_string()
 }
 
 fn check(file: &str) {
     let path = models_dir().join(file);
     let bytes = std::fs::read(&path).unwrap();
-    let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(sha, recorded(file, "sha256"), "{file}: sha256 differs from models/README.md");
+    let sha: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        sha,
+        recorded(file, "sha256"),
+        "{file}: sha256 differs from models/README.md"
+    );
 
     let model = load_model(path.to_str().unwrap(), None, None, None, None).unwrap();
-    let test = data::load("mnist", &DataOptions { split: Split::Test, ..Default::default() }).unwrap();
+    let test = data::load(
+        "mnist",
+        &DataOptions {
+            split: Split::Test,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let indices: Vec<usize> = (0..1000).collect();
     let acc = evaluate(&model.network, &test, &indices, &Silent).unwrap();
-    let expected: usize = recorded(file, "first 1000 test images").split('/').next().unwrap().parse().unwrap();
+    let expected: usize = recorded(file, "first 1000 test images")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     // f32 forward; the summation order inside the matrix products may depend on the thread count, which
     // can flip a prediction whose two top logits tie to ~1e-6: allow one example of difference.
     assert!(
