@@ -192,9 +192,15 @@ impl TileSource for NtkTiles {
         let ex_rows = rows.start / g..rows.end.div_ceil(g);
         let ex_cols = cols.start / g..cols.end.div_ceil(g);
         let (row_skip, col_skip) = (rows.start - ex_rows.start * g, cols.start - ex_cols.start * g);
+        // A tile on the diagonal (rows == cols) is symmetric: compute chunk pairs with cb >= ca only and
+        // mirror the rest below.
+        let diagonal = rows == cols;
         for (ca, ia, oa) in self.chunk_parts(&ex_rows) {
             let fa = self.features(ca)?;
             for (cb, jb, ob) in self.chunk_parts(&ex_cols) {
+                if diagonal && cb < ca {
+                    continue;
+                }
                 let fb = self.features(cb)?;
                 let t0 = Instant::now();
                 let mut block = Mat::<f64>::zeros(ia.len() * rf, jb.len() * rf);
@@ -210,6 +216,19 @@ impl TileSource for NtkTiles {
                 }
                 if let Ok(mut s) = self.stats.lock() {
                     s.contract_seconds += t0.elapsed().as_secs_f64();
+                }
+            }
+        }
+        if diagonal {
+            let (g0, ch) = (ex_rows.start, self.chunk);
+            for c in 0..cols.len() {
+                for r in (c + 1)..rows.len() {
+                    // Entry (r, c) below the diagonal belongs to chunk pair (chunk(r), chunk(c)); it was skipped
+                    // exactly when chunk(c) < chunk(r).
+                    let (er, ec) = (g0 + (r + row_skip) / g, g0 + (c + col_skip) / g);
+                    if ec / ch < er / ch {
+                        out[(r, c)] = out[(c, r)];
+                    }
                 }
             }
         }
