@@ -16,21 +16,39 @@ use ntk_pipeline::ntk::{brute, KernelSpec, NtkTiles, Outputs, Precision, Scale};
 use std::time::Instant;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// FLOPs of the structured contraction of the full n×n-example kernel (every tile, both triangles).
 fn structured_flops(net: &Network, x: &candle_core::Tensor, rows: usize, n: usize) -> (f64, usize) {
-    let probe = x.narrow(0, 0, 1).unwrap().to_dtype(candle_core::DType::F64).unwrap();
-    let plan = LayerPlan::new(&net.to_dtype(candle_core::DType::F64).unwrap(), &probe, rows).unwrap();
+    let probe = x
+        .narrow(0, 0, 1)
+        .unwrap()
+        .to_dtype(candle_core::DType::F64)
+        .unwrap();
+    let plan = LayerPlan::new(
+        &net.to_dtype(candle_core::DType::F64).unwrap(),
+        &probe,
+        rows,
+    )
+    .unwrap();
     let (nf, r) = (n as f64, rows as f64);
     let mut flops = 2.0 * (nf * r).powi(2) * plan.explicit_cols as f64;
     let mut route_b = 0;
     for layer in &plan.layers {
         match &layer.rule {
-            Rule::ConvSpatial { geometry, c_out, .. } => {
+            Rule::ConvSpatial {
+                geometry, c_out, ..
+            } => {
                 route_b += 1;
-                let (u, kk, co) = (geometry.positions() as f64, geometry.patch_len() as f64, *c_out as f64);
+                let (u, kk, co) = (
+                    geometry.positions() as f64,
+                    geometry.patch_len() as f64,
+                    *c_out as f64,
+                );
                 flops += nf * nf * (2.0 * u * u * kk + 2.0 * r * co * u * u + 2.0 * r * r * co * u);
             }
             Rule::Linear { .. } => {
@@ -48,11 +66,25 @@ fn faer_gemm_gflops() -> f64 {
     let n = 2048;
     let a = Mat::<f64>::from_fn(n, n, |i, j| ((i * 7 + j * 3) % 11) as f64);
     let mut c = Mat::<f64>::zeros(n, n);
-    matmul(c.as_mut(), Accum::Replace, a.as_ref(), a.transpose(), 1.0, Par::rayon(0));
+    matmul(
+        c.as_mut(),
+        Accum::Replace,
+        a.as_ref(),
+        a.transpose(),
+        1.0,
+        Par::rayon(0),
+    );
     let t = Instant::now();
     let reps = 3;
     for _ in 0..reps {
-        matmul(c.as_mut(), Accum::Replace, a.as_ref(), a.transpose(), 1.0, Par::rayon(0));
+        matmul(
+            c.as_mut(),
+            Accum::Replace,
+            a.as_ref(),
+            a.transpose(),
+            1.0,
+            Par::rayon(0),
+        );
     }
     2.0 * (n as f64).powi(3) * reps as f64 / t.elapsed().as_secs_f64() / 1e9
 }
@@ -60,21 +92,45 @@ fn faer_gemm_gflops() -> f64 {
 fn main() {
     let n = env("NTK_BENCH_N", 200);
     let brute_n = env("NTK_BENCH_BRUTE_N", 8);
-    let dataset = data::load("mnist", &DataOptions { split: Split::Train, data_dir: None, download: false })
-        .expect("the shipped MNIST in datasets/mnist");
-    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet9-mnist.safetensors");
+    let dataset = data::load(
+        "mnist",
+        &DataOptions {
+            split: Split::Train,
+            data_dir: None,
+            download: false,
+        },
+    )
+    .expect("the shipped MNIST in datasets/mnist");
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/resnet9-mnist.safetensors"
+    );
     let (net, which) = match load_model(shipped, None, None, Some([3, 32, 32]), Some(10)) {
         Ok(m) => (m.network, "shipped resnet9-mnist"),
         Err(_) => (
-            arch::build("resnet9", Some(32), [3, 32, 32], 10, &mut SeededParams::new(0)).expect("resnet9"),
+            arch::build(
+                "resnet9",
+                Some(32),
+                [3, 32, 32],
+                10,
+                &mut SeededParams::new(0),
+            )
+            .expect("resnet9"),
             "seeded resnet9 width 32 (shipped model not found)",
         ),
     };
     let idx: Vec<usize> = (0..n.max(brute_n)).collect();
     let x = dataset.images(&idx, [3, 32, 32]).expect("images");
     let p = net.num_params();
-    println!("model: {which}, p = {p}; data: first {n} MNIST training images; outputs full (d = 10)");
-    println!("machine load: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
+    println!(
+        "model: {which}, p = {p}; data: first {n} MNIST training images; outputs full (d = 10)"
+    );
+    println!(
+        "machine load: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     let gemm = faer_gemm_gflops();
     println!("faer f64 GEMM (2048³) in this run: {gemm:.1} GFLOP/s");
     let (flops, route_b) = structured_flops(&net, &x, 10, n);
@@ -85,9 +141,16 @@ fn main() {
         plain / 1e12,
         plain / flops
     );
-    println!("{:<6} {:>6} {:>12} {:>14} {:>14} {:>12} {:>10}", "prec", "n", "features s", "contract s", "GFLOP/s", "vs GEMM", "total s");
+    println!(
+        "{:<6} {:>6} {:>12} {:>14} {:>14} {:>12} {:>10}",
+        "prec", "n", "features s", "contract s", "GFLOP/s", "vs GEMM", "total s"
+    );
     for precision in [Precision::F64, Precision::F32] {
-        let spec = KernelSpec { outputs: Outputs::Full, scale: Scale::SqrtP, precision };
+        let spec = KernelSpec {
+            outputs: Outputs::Full,
+            scale: Scale::SqrtP,
+            precision,
+        };
         let t = Instant::now();
         let tiles = NtkTiles::new(&net, x.narrow(0, 0, n).unwrap(), spec, 8 << 30).expect("tiles");
         let m = tiles.dim();
@@ -108,7 +171,11 @@ fn main() {
         );
     }
     // Brute force vs ours at a small n (same kernel, f64).
-    let spec = KernelSpec { outputs: Outputs::Full, scale: Scale::SqrtP, precision: Precision::F64 };
+    let spec = KernelSpec {
+        outputs: Outputs::Full,
+        scale: Scale::SqrtP,
+        precision: Precision::F64,
+    };
     let xs = x.narrow(0, 0, brute_n).unwrap();
     let t = Instant::now();
     let reference = brute::kernel(&net, &xs, &spec).expect("brute force");

@@ -263,7 +263,10 @@ pub struct CompareArgs {
     #[arg(long)]
     pub n: usize,
     /// Methods, comma separated: exact,flodance,slq,slq-large,pslq,block-diag,pseudo-ntk,f32,linear,stopped-cholesky.
-    #[arg(long, default_value = "exact,flodance,slq,pslq,block-diag,pseudo-ntk,f32,linear,stopped-cholesky")]
+    #[arg(
+        long,
+        default_value = "exact,flodance,slq,pslq,block-diag,pseudo-ntk,f32,linear,stopped-cholesky"
+    )]
     pub methods: String,
     /// Repeat the stochastic methods R times with different seeds (mean and std).
     #[arg(long, default_value_t = 1)]
@@ -340,17 +343,24 @@ pub struct EvalArgs {
 }
 
 /// The subcommand names, used to make `run` the default.
-pub const SUBCOMMANDS: &[&str] = &["run", "ntk", "logdet", "fit", "compare", "train", "eval", "help"];
+pub const SUBCOMMANDS: &[&str] = &[
+    "run", "ntk", "logdet", "fit", "compare", "train", "eval", "help",
+];
 
 /// Parse `args`, inserting `run` when no subcommand is named (so `ntk-pipeline --model M --data D` works).
-pub fn parse_with_default_run<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Result<Cli, clap::Error> {
+pub fn parse_with_default_run<I: IntoIterator<Item = std::ffi::OsString>>(
+    args: I,
+) -> Result<Cli, clap::Error> {
     let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
     let names_subcommand = args
         .iter()
         .skip(1)
         .any(|a| SUBCOMMANDS.contains(&a.to_string_lossy().as_ref()));
     let top_level_flag = args.len() == 2
-        && matches!(args[1].to_string_lossy().as_ref(), "--help" | "-h" | "--version" | "-V");
+        && matches!(
+            args[1].to_string_lossy().as_ref(),
+            "--help" | "-h" | "--version" | "-V"
+        );
     if !names_subcommand && !top_level_flag && args.len() > 1 {
         args.insert(1, "run".into());
     }

@@ -90,6 +90,10 @@ impl Error {
 
     /// Shorthand for an [`Error::Io`] with the given action and path.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { action, path: path.into(), source }
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -17,20 +17,29 @@ fn bin() -> Command {
 fn lenet(dir: &Path) -> (Network, PathBuf) {
     let net = arch::build("lenet", None, [1, 28, 28], 10, &mut SeededParams::new(1)).unwrap();
     let path = dir.join("lenet.safetensors");
-    let meta = HashMap::from([("arch".to_string(), "lenet".to_string()), ("input_shape".to_string(), "1,28,28".to_string())]);
+    let meta = HashMap::from([
+        ("arch".to_string(), "lenet".to_string()),
+        ("input_shape".to_string(), "1,28,28".to_string()),
+    ]);
     save_safetensors(&net, &path, meta).unwrap();
     (net, path)
 }
 
 fn run_ok(cmd: &mut Command) -> (String, String) {
     let out = cmd.output().unwrap();
-    let (so, se) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
     assert!(out.status.success(), "failed: {so}\n{se}");
     (so, se)
 }
 
 fn logdet_of(stdout: &str) -> f64 {
-    let line = stdout.lines().find(|l| l.starts_with("log|det|")).expect("a log|det| line");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("log|det|"))
+        .expect("a log|det| line");
     line.split('=').nth(1).unwrap().trim().parse().unwrap()
 }
 
@@ -40,20 +49,50 @@ fn ntk_file_has_the_documented_layout_and_scale() {
     let (net, model) = lenet(dir.path());
     let out = dir.path().join("K.npy");
     let json = dir.path().join("K.json");
-    run_ok(bin().args(["ntk", "--quiet", "--model"]).arg(&model).args(["--data", "mnist", "--n", "4", "--out"]).arg(&out).arg("--json").arg(&json));
+    run_ok(
+        bin()
+            .args(["ntk", "--quiet", "--model"])
+            .arg(&model)
+            .args(["--data", "mnist", "--n", "4", "--out"])
+            .arg(&out)
+            .arg("--json")
+            .arg(&json),
+    );
     let k = NpySource::open(&out, Triangle::Full).unwrap();
     assert_eq!(k.dim(), 40);
     let mut ours = faer::Mat::zeros(40, 40);
     k.fill(0..40, 0..40, ours.as_mut()).unwrap();
     // Independent reference: brute-force autograd on the same four MNIST training images.
-    let ds = data::load("mnist", &DataOptions { split: Split::Train, data_dir: None, download: false }).unwrap();
+    let ds = data::load(
+        "mnist",
+        &DataOptions {
+            split: Split::Train,
+            data_dir: None,
+            download: false,
+        },
+    )
+    .unwrap();
     let x = ds.images(&[0, 1, 2, 3], [1, 28, 28]).unwrap();
-    let spec = KernelSpec { outputs: Outputs::Full, scale: Scale::SqrtP, precision: Precision::F64 };
+    let spec = KernelSpec {
+        outputs: Outputs::Full,
+        scale: Scale::SqrtP,
+        precision: Precision::F64,
+    };
     let reference = brute::kernel(&net, &x, &spec).unwrap();
     let err = (&ours - &reference).norm_l2() / reference.norm_l2();
     assert!(err < 1e-12, "ntk file differs from brute force by {err:e}");
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    for key in ["m", "n", "d", "p", "outputs", "scale", "precision", "wall_s"] {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for key in [
+        "m",
+        "n",
+        "d",
+        "p",
+        "outputs",
+        "scale",
+        "precision",
+        "wall_s",
+    ] {
         assert!(meta.get(key).is_some(), "metadata lacks {key}: {meta}");
     }
     assert_eq!(meta["m"], 40);
@@ -66,15 +105,27 @@ fn logdet_of_streamed_tiles_equals_logdet_of_the_written_kernel() {
     let (_, model) = lenet(dir.path());
     let out = dir.path().join("K.npy");
     let n = "12";
-    run_ok(bin().args(["ntk", "--quiet", "--model"]).arg(&model).args(["--data", "mnist", "--n", n, "--out"]).arg(&out));
+    run_ok(
+        bin()
+            .args(["ntk", "--quiet", "--model"])
+            .arg(&model)
+            .args(["--data", "mnist", "--n", n, "--out"])
+            .arg(&out),
+    );
     let (dense, _) = run_ok(bin().args(["logdet", "--quiet", "--matrix"]).arg(&out));
     let reference = logdet_of(&dense);
     for blocks in ["1", "4", "5"] {
         let (streamed, _) = run_ok(
-            bin().args(["logdet", "--quiet", "--model"]).arg(&model).args(["--data", "mnist", "--n", n, "--num-blocks", blocks]),
+            bin()
+                .args(["logdet", "--quiet", "--model"])
+                .arg(&model)
+                .args(["--data", "mnist", "--n", n, "--num-blocks", blocks]),
         );
         let got = logdet_of(&streamed);
-        assert!((got - reference).abs() <= 1e-10 * reference.abs(), "{blocks} blocks: {got} vs {reference}");
+        assert!(
+            (got - reference).abs() <= 1e-10 * reference.abs(),
+            "{blocks} blocks: {got} vs {reference}"
+        );
     }
 }
 
@@ -89,7 +140,14 @@ fn unsupported_layers_too_many_examples_and_singular_kernels_are_reported() {
             {"type": "maxpool2d", "kernel": 3, "stride": 2}, {"type": "flatten"}, {"type": "linear", "name": "fc", "out": 10}]}"#,
     )
     .unwrap();
-    let net = arch::build(spec.to_str().unwrap(), None, [1, 28, 28], 10, &mut SeededParams::new(2)).unwrap();
+    let net = arch::build(
+        spec.to_str().unwrap(),
+        None,
+        [1, 28, 28],
+        10,
+        &mut SeededParams::new(2),
+    )
+    .unwrap();
     let weights = dir.path().join("overlap.safetensors");
     save_safetensors(&net, &weights, HashMap::new()).unwrap();
     let out = bin()
@@ -103,12 +161,23 @@ fn unsupported_layers_too_many_examples_and_singular_kernels_are_reported() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("maxpool2d") && err.contains("#2") && err.contains("kernel 3 != stride 2"), "{err}");
+    assert!(
+        err.contains("maxpool2d") && err.contains("#2") && err.contains("kernel 3 != stride 2"),
+        "{err}"
+    );
     assert!(!dir.path().join("K.npy").exists());
 
     // More examples than the split has.
     let (_, model) = lenet(dir.path());
-    let out = bin().args(["ntk", "--quiet", "--model"]).arg(&model).args(["--data", "mnist", "--split", "test", "--n", "10001", "--out"]).arg(dir.path().join("K.npy")).output().unwrap();
+    let out = bin()
+        .args(["ntk", "--quiet", "--model"])
+        .arg(&model)
+        .args([
+            "--data", "mnist", "--split", "test", "--n", "10001", "--out",
+        ])
+        .arg(dir.path().join("K.npy"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("10001") && err.contains("10000"), "{err}");
@@ -117,10 +186,27 @@ fn unsupported_layers_too_many_examples_and_singular_kernels_are_reported() {
     let tiny = arch::build("mlp", Some(2), [1, 28, 28], 10, &mut SeededParams::new(3)).unwrap();
     let p = tiny.num_params();
     let path = dir.path().join("tiny.safetensors");
-    save_safetensors(&tiny, &path, HashMap::from([("arch".to_string(), "mlp".to_string()), ("width".to_string(), "2".to_string())])).unwrap();
+    save_safetensors(
+        &tiny,
+        &path,
+        HashMap::from([
+            ("arch".to_string(), "mlp".to_string()),
+            ("width".to_string(), "2".to_string()),
+        ]),
+    )
+    .unwrap();
     let n = (p / 10 + 5).to_string();
-    let out = bin().args(["ntk", "--quiet", "--model"]).arg(&path).args(["--data", "mnist", "--n", &n, "--out"]).arg(dir.path().join("T.npy")).output().unwrap();
+    let out = bin()
+        .args(["ntk", "--quiet", "--model"])
+        .arg(&path)
+        .args(["--data", "mnist", "--n", &n, "--out"])
+        .arg(dir.path().join("T.npy"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("warning") && err.contains(&format!("p = {p}")), "{err}");
+    assert!(
+        err.contains("warning") && err.contains(&format!("p = {p}")),
+        "{err}"
+    );
 }

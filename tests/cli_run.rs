@@ -15,7 +15,10 @@ fn bin() -> Command {
 fn lenet(dir: &Path) -> PathBuf {
     let net = arch::build("lenet", None, [1, 28, 28], 10, &mut SeededParams::new(7)).unwrap();
     let path = dir.join("lenet.safetensors");
-    let meta = HashMap::from([("arch".to_string(), "lenet".to_string()), ("input_shape".to_string(), "1,28,28".to_string())]);
+    let meta = HashMap::from([
+        ("arch".to_string(), "lenet".to_string()),
+        ("input_shape".to_string(), "1,28,28".to_string()),
+    ]);
     save_safetensors(&net, &path, meta).unwrap();
     path
 }
@@ -23,7 +26,11 @@ fn lenet(dir: &Path) -> PathBuf {
 fn ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     let so = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "failed: {so}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {so}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     so
 }
 
@@ -35,8 +42,16 @@ fn json(path: &Path) -> serde_json::Value {
 fn exact_by_files(dir: &Path, model: &Path, k: usize) -> f64 {
     let npy = dir.join(format!("K{k}.npy"));
     let js = dir.join(format!("ld{k}.json"));
-    ok(bin().args(["ntk", "--quiet", "--model"]).arg(model).args(["--data", "mnist", "--n", &k.to_string(), "--out"]).arg(&npy));
-    ok(bin().args(["logdet", "--quiet", "--matrix"]).arg(&npy).arg("--json").arg(&js));
+    ok(bin()
+        .args(["ntk", "--quiet", "--model"])
+        .arg(model)
+        .args(["--data", "mnist", "--n", &k.to_string(), "--out"])
+        .arg(&npy));
+    ok(bin()
+        .args(["logdet", "--quiet", "--matrix"])
+        .arg(&npy)
+        .arg("--json")
+        .arg(&js));
     json(&js)["logdet"].as_f64().unwrap()
 }
 
@@ -49,7 +64,19 @@ fn run_writes_the_documented_report_and_its_nested_logdets_are_exact() {
     let stdout = ok(bin()
         .args(["--quiet", "--model"])
         .arg(&model)
-        .args(["--data", "mnist", "--n-sample", "24", "--burn-in", "4", "--exact-n", "30", "--ensemble", "10", "--json"])
+        .args([
+            "--data",
+            "mnist",
+            "--n-sample",
+            "24",
+            "--burn-in",
+            "4",
+            "--exact-n",
+            "30",
+            "--ensemble",
+            "10",
+            "--json",
+        ])
         .arg(&out)
         .arg("--plot")
         .arg(&plot));
@@ -57,19 +84,40 @@ fn run_writes_the_documented_report_and_its_nested_logdets_are_exact() {
     let r = json(&out);
     // Schema: the stable top-level keys and their fields.
     for key in ["n", "logdet", "low", "high"] {
-        assert!(r["estimate"][key].is_number(), "estimate.{key} missing: {}", r["estimate"]);
+        assert!(
+            r["estimate"][key].is_number(),
+            "estimate.{key} missing: {}",
+            r["estimate"]
+        );
     }
-    for key in ["n0", "ns", "q", "alpha", "coefficients", "rms_residual", "rank"] {
+    for key in [
+        "n0",
+        "ns",
+        "q",
+        "alpha",
+        "coefficients",
+        "rms_residual",
+        "rank",
+    ] {
         assert!(!r["fit"][key].is_null(), "fit.{key} missing: {}", r["fit"]);
     }
     assert!(r["fit"].get("condition").is_some());
     for key in ["kernel", "sample", "exact", "timings", "memory", "memdet"] {
         assert!(r.get(key).is_some(), "{key} missing");
     }
-    assert_eq!(r["estimate"]["n"], 60000, "default target is the training set size");
+    assert_eq!(
+        r["estimate"]["n"], 60000,
+        "default target is the training set size"
+    );
     let est = r["estimate"]["logdet"].as_f64().unwrap();
-    let (low, high) = (r["estimate"]["low"].as_f64().unwrap(), r["estimate"]["high"].as_f64().unwrap());
-    assert!(est.is_finite() && low <= high, "estimate {est} in [{low}, {high}]");
+    let (low, high) = (
+        r["estimate"]["low"].as_f64().unwrap(),
+        r["estimate"]["high"].as_f64().unwrap(),
+    );
+    assert!(
+        est.is_finite() && low <= high,
+        "estimate {est} in [{low}, {high}]"
+    );
     let nested: Vec<(usize, f64)> = serde_json::from_value(r["nested"].clone()).unwrap();
     assert_eq!(nested.len(), 24);
     assert!(nested.iter().enumerate().all(|(i, p)| p.0 == i + 1));
@@ -77,7 +125,10 @@ fn run_writes_the_documented_report_and_its_nested_logdets_are_exact() {
     for k in [1, 9, 24] {
         let exact = exact_by_files(dir.path(), &model, k);
         let got = nested[k - 1].1;
-        assert!((got - exact).abs() <= 1e-10 * exact.abs(), "l_{k}: nested {got} vs exact {exact}");
+        assert!(
+            (got - exact).abs() <= 1e-10 * exact.abs(),
+            "l_{k}: nested {got} vs exact {exact}"
+        );
     }
     // --exact-n: exact ℓ_30 matches the file route too, and the reported error is consistent.
     let exact30 = exact_by_files(dir.path(), &model, 30);
@@ -86,7 +137,10 @@ fn run_writes_the_documented_report_and_its_nested_logdets_are_exact() {
     let rel = (e["predicted"].as_f64().unwrap() - exact30).abs() / exact30.abs();
     assert!((e["relative_error"].as_f64().unwrap() - rel).abs() <= 1e-9 * rel.max(1e-300));
     let svg = std::fs::read_to_string(&plot).unwrap();
-    assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "not an SVG");
+    assert!(
+        svg.starts_with("<svg") || svg.starts_with("<?xml"),
+        "not an SVG"
+    );
 }
 
 #[test]
@@ -97,8 +151,23 @@ fn compare_reports_every_method_against_the_exact_value() {
     let stdout = ok(bin()
         .args(["compare", "--quiet", "--model"])
         .arg(&model)
-        .args(["--data", "mnist", "--n", "20", "--n-sample", "10", "--burn-in", "2", "--precond-rank", "20"])
-        .args(["--methods", "exact,flodance,slq,pslq,block-diag,pseudo-ntk,f32,linear,stopped-cholesky", "--json"])
+        .args([
+            "--data",
+            "mnist",
+            "--n",
+            "20",
+            "--n-sample",
+            "10",
+            "--burn-in",
+            "2",
+            "--precond-rank",
+            "20",
+        ])
+        .args([
+            "--methods",
+            "exact,flodance,slq,pslq,block-diag,pseudo-ntk,f32,linear,stopped-cholesky",
+            "--json",
+        ])
         .arg(&out));
     let r = json(&out);
     let rows = r["methods"].as_array().unwrap();
@@ -110,17 +179,24 @@ fn compare_reports_every_method_against_the_exact_value() {
     let mut expected = 0.0;
     for i in 0..20 {
         let mut b = Mat::<f64>::zeros(10, 10);
-        k.fill(i * 10..(i + 1) * 10, i * 10..(i + 1) * 10, b.as_mut()).unwrap();
+        k.fill(i * 10..(i + 1) * 10, i * 10..(i + 1) * 10, b.as_mut())
+            .unwrap();
         let l = b.llt(faer::Side::Lower).unwrap();
         expected += (0..10).map(|j| 2.0 * l.L()[(j, j)].ln()).sum::<f64>();
     }
-    let bd = rows.iter().find(|row| row["method"] == "block-diag").unwrap();
+    let bd = rows
+        .iter()
+        .find(|row| row["method"] == "block-diag")
+        .unwrap();
     assert!((bd["logdet"].as_f64().unwrap() - expected).abs() <= 1e-10 * expected.abs());
     for row in rows {
         let est = row["logdet"].as_f64().unwrap();
         let pct = row["relative_error_pct"].as_f64().unwrap();
         assert!(est.is_finite() && pct.is_finite(), "{row}");
-        assert!((pct - 100.0 * (est - exact) / exact.abs()).abs() <= 1e-6 * pct.abs().max(1e-9), "{row}");
+        assert!(
+            (pct - 100.0 * (est - exact) / exact.abs()).abs() <= 1e-6 * pct.abs().max(1e-9),
+            "{row}"
+        );
     }
     let ex = rows.iter().find(|row| row["method"] == "exact").unwrap();
     assert!(ex["relative_error_pct"].as_f64().unwrap().abs() < 1e-12);

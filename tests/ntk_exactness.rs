@@ -11,10 +11,14 @@ use ntk_pipeline::ntk::{brute, KernelSpec, NtkTiles, Outputs, Precision, Scale};
 
 /// Deterministic pseudo-random values in (−scale, scale).
 fn values(len: usize, seed: u64, scale: f64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
         })
         .collect()
@@ -22,10 +26,21 @@ fn values(len: usize, seed: u64, scale: f64) -> Vec<f64> {
 
 fn tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
     let len = shape.iter().product();
-    Tensor::from_vec(values(len, seed, scale), shape, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap()
+    Tensor::from_vec(values(len, seed, scale), shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
 }
 
-fn conv(c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize, bias: bool, seed: u64) -> Op {
+fn conv(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    bias: bool,
+    seed: u64,
+) -> Op {
     let scale = 1.0 / ((c_in * k * k) as f64).sqrt();
     Op::Conv2d(Conv2d {
         weight: tensor(&[c_out, c_in, k, k], seed, scale * 1.5),
@@ -49,7 +64,10 @@ fn bn(c: usize, seed: u64) -> Op {
         weight: tensor(&[c], seed, 0.5).affine(1.0, 1.0).unwrap(),
         bias: tensor(&[c], seed + 1, 0.2),
         running_mean: tensor(&[c], seed + 2, 0.3),
-        running_var: Tensor::from_vec(var, c, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap(),
+        running_var: Tensor::from_vec(var, c, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap(),
         eps: 1e-5,
     })
 }
@@ -71,12 +89,24 @@ fn cnn() -> Network {
     let mut net = Network::new("test-cnn", [2, 8, 8]);
     net.then("c1", conv(2, 3, 3, 1, 1, true, 40));
     net.then("", Op::Relu);
-    net.then("", Op::MaxPool2d { kernel: 2, stride: 2 });
+    net.then(
+        "",
+        Op::MaxPool2d {
+            kernel: 2,
+            stride: 2,
+        },
+    );
     net.then("c2", conv(3, 8, 3, 2, 1, false, 50));
     net.then("", Op::Relu);
     net.then("c3", conv(8, 8, 3, 1, 1, true, 60));
     net.then("", Op::Relu);
-    net.then("", Op::AvgPool2d { kernel: 2, stride: 2 });
+    net.then(
+        "",
+        Op::AvgPool2d {
+            kernel: 2,
+            stride: 2,
+        },
+    );
     net.then("", Op::Flatten);
     net.then("fc", linear(8, 3, true, 70));
     net
@@ -93,7 +123,11 @@ fn resnet() -> Network {
     net.then("", Op::Relu);
     net.then("layer1.0.conv2", conv(6, 6, 3, 1, 1, false, 120));
     let main = net.then("layer1.0.bn2", bn(6, 130));
-    let sc = net.push("layer1.0.shortcut.0", conv(4, 6, 1, 2, 0, false, 140), vec![stem]);
+    let sc = net.push(
+        "layer1.0.shortcut.0",
+        conv(4, 6, 1, 2, 0, false, 140),
+        vec![stem],
+    );
     let sc = net.push("layer1.0.shortcut.1", bn(6, 150), vec![sc]);
     net.push("", Op::Add, vec![main, sc]);
     net.then("", Op::Relu);
@@ -121,21 +155,38 @@ fn dense_from(source: &dyn TileSource) -> Mat<f64> {
 }
 
 fn spec(outputs: Outputs) -> KernelSpec {
-    KernelSpec { outputs, scale: Scale::SqrtP, precision: Precision::F64 }
+    KernelSpec {
+        outputs,
+        scale: Scale::SqrtP,
+        precision: Precision::F64,
+    }
 }
 
 fn check_against_brute(net: &Network, n: usize, budget: usize) {
     let x = inputs(net, n, 7);
-    for outputs in [Outputs::Full, Outputs::Sum, Outputs::Trace, Outputs::Logit(1)] {
+    for outputs in [
+        Outputs::Full,
+        Outputs::Sum,
+        Outputs::Trace,
+        Outputs::Logit(1),
+    ] {
         let spec = spec(outputs);
         let tiles = NtkTiles::new(net, x.clone(), spec, budget).unwrap();
         let ours = dense_from(&tiles);
         let reference = brute::kernel(net, &x, &spec).unwrap();
         let err = rel_diff(&ours, &reference);
-        assert!(err <= 1e-12, "{} {outputs:?}: relative error {err:e}", net.arch);
+        assert!(
+            err <= 1e-12,
+            "{} {outputs:?}: relative error {err:e}",
+            net.arch
+        );
         // Symmetry of the assembled kernel.
         let asym = rel_diff(&ours.transpose().to_owned(), &ours);
-        assert!(asym <= 1e-13, "{} {outputs:?}: asymmetry {asym:e}", net.arch);
+        assert!(
+            asym <= 1e-13,
+            "{} {outputs:?}: asymmetry {asym:e}",
+            net.arch
+        );
     }
 }
 
@@ -148,7 +199,9 @@ fn mlp_tiles_equal_brute_force() {
 fn cnn_tiles_equal_brute_force_with_both_conv_routes() {
     let net = cnn();
     let x = inputs(&net, 1, 1).to_dtype(DType::F64).unwrap();
-    let plan = ntk_pipeline::ntk::features::LayerPlan::new(&net.to_dtype(DType::F64).unwrap(), &x, 3).unwrap();
+    let plan =
+        ntk_pipeline::ntk::features::LayerPlan::new(&net.to_dtype(DType::F64).unwrap(), &x, 3)
+            .unwrap();
     let routes: Vec<&str> = plan
         .layers
         .iter()
@@ -158,7 +211,10 @@ fn cnn_tiles_equal_brute_force_with_both_conv_routes() {
             _ => None,
         })
         .collect();
-    assert!(routes.contains(&"A") && routes.contains(&"B"), "routes chosen: {routes:?}");
+    assert!(
+        routes.contains(&"A") && routes.contains(&"B"),
+        "routes chosen: {routes:?}"
+    );
     check_against_brute(&net, 4, 1 << 30);
 }
 
@@ -181,7 +237,14 @@ fn spec_built_network_tiles_equal_brute_force() {
             {"type": "linear", "name": "classifier.0", "out": 3}]}"#,
     )
     .unwrap();
-    let net = ntk_pipeline::model::arch::build(spec.to_str().unwrap(), None, [2, 6, 6], 3, &mut ntk_pipeline::model::SeededParams::new(5)).unwrap();
+    let net = ntk_pipeline::model::arch::build(
+        spec.to_str().unwrap(),
+        None,
+        [2, 6, 6],
+        3,
+        &mut ntk_pipeline::model::SeededParams::new(5),
+    )
+    .unwrap();
     check_against_brute(&net, 3, 1 << 30);
 }
 
@@ -197,8 +260,13 @@ fn tiny_feature_budget_and_unaligned_tiles_give_the_same_kernel() {
     assert_eq!(tiles.stats().chunk_examples, 1);
     for (rows, cols) in [(0..20, 0..20), (3..11, 7..19), (12..20, 0..5)] {
         let mut out = Mat::zeros(rows.len(), cols.len());
-        tiles.fill(rows.clone(), cols.clone(), out.as_mut()).unwrap();
-        let want = reference.as_ref().submatrix(rows.start, cols.start, rows.len(), cols.len()).to_owned();
+        tiles
+            .fill(rows.clone(), cols.clone(), out.as_mut())
+            .unwrap();
+        let want = reference
+            .as_ref()
+            .submatrix(rows.start, cols.start, rows.len(), cols.len())
+            .to_owned();
         assert!(rel_diff(&out, &want) <= 1e-12, "tile {rows:?} x {cols:?}");
     }
 }
@@ -233,10 +301,21 @@ fn finite_differences_agree_with_the_kernel() {
                 let mut v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
                 v[e] += delta;
                 *t = Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap();
-                perturbed.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+                perturbed
+                    .forward(&x)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
             };
             let (plus, minus) = (eval(h), eval(-h));
-            columns.push(plus.iter().zip(&minus).map(|(a, b)| (a - b) / (2.0 * h)).collect());
+            columns.push(
+                plus.iter()
+                    .zip(&minus)
+                    .map(|(a, b)| (a - b) / (2.0 * h))
+                    .collect(),
+            );
         }
     }
     let p = columns.len();
@@ -253,8 +332,30 @@ fn scale_options_divide_by_the_right_constant() {
     let net = mlp();
     let x = inputs(&net, 2, 5);
     let p = net.num_params() as f64;
-    let none = dense_from(&NtkTiles::new(&net, x.clone(), KernelSpec { scale: Scale::None, ..spec(Outputs::Full) }, 1 << 30).unwrap());
-    let by_p = dense_from(&NtkTiles::new(&net, x, KernelSpec { scale: Scale::P, ..spec(Outputs::Full) }, 1 << 30).unwrap());
+    let none = dense_from(
+        &NtkTiles::new(
+            &net,
+            x.clone(),
+            KernelSpec {
+                scale: Scale::None,
+                ..spec(Outputs::Full)
+            },
+            1 << 30,
+        )
+        .unwrap(),
+    );
+    let by_p = dense_from(
+        &NtkTiles::new(
+            &net,
+            x,
+            KernelSpec {
+                scale: Scale::P,
+                ..spec(Outputs::Full)
+            },
+            1 << 30,
+        )
+        .unwrap(),
+    );
     let scaled = &by_p * faer::Scale(p);
     assert!(rel_diff(&scaled, &none) < 1e-14);
 }
@@ -264,7 +365,21 @@ fn f32_formation_is_close_but_not_identical() {
     let net = cnn();
     let x = inputs(&net, 3, 9);
     let k64 = dense_from(&NtkTiles::new(&net, x.clone(), spec(Outputs::Full), 1 << 30).unwrap());
-    let k32 = dense_from(&NtkTiles::new(&net, x, KernelSpec { precision: Precision::F32, ..spec(Outputs::Full) }, 1 << 30).unwrap());
+    let k32 = dense_from(
+        &NtkTiles::new(
+            &net,
+            x,
+            KernelSpec {
+                precision: Precision::F32,
+                ..spec(Outputs::Full)
+            },
+            1 << 30,
+        )
+        .unwrap(),
+    );
     let err = rel_diff(&k32, &k64);
-    assert!(err > 0.0 && err < 1e-5, "f32 vs f64 relative difference {err:e}");
+    assert!(
+        err > 0.0 && err < 1e-5,
+        "f32 vs f64 relative difference {err:e}"
+    );
 }

@@ -12,9 +12,11 @@ pub fn write_npy_f64(path: &Path, matrix: MatRef<'_, f64>) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("cannot create a file in", dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| Error::io("cannot create a file in", dir, e))?;
     let (rows, cols) = (matrix.nrows(), matrix.ncols());
-    let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let mut header =
+        format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     // Magic (6) + version (2) + header length (2) + header + newline must be a multiple of 64.
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat(unpadded.div_ceil(64) * 64 - unpadded));
@@ -34,6 +36,7 @@ pub fn write_npy_f64(path: &Path, matrix: MatRef<'_, f64>) -> Result<()> {
         tmp.as_file().sync_all()
     };
     write(&mut tmp).map_err(|e| Error::io("cannot write", path, e))?;
-    tmp.persist(path).map_err(|e| Error::io("cannot rename the temporary file to", path, e.error))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("cannot rename the temporary file to", path, e.error))?;
     Ok(())
 }

@@ -78,7 +78,14 @@ where
     use rayon::prelude::*;
     let (n, c_in, h, w) = x.dims4()?;
     let (c_out, _, k, _) = weight.dims4()?;
-    let g = ConvGeometry { c_in, h, w, k, stride, padding };
+    let g = ConvGeometry {
+        c_in,
+        h,
+        w,
+        k,
+        stride,
+        padding,
+    };
     let (u, kk) = (g.positions(), g.patch_len());
     let xv: Vec<T> = x.contiguous()?.flatten_all()?.to_vec1::<T>()?;
     let wv: Vec<T> = weight.to_dtype(x.dtype())?.flatten_all()?.to_vec1::<T>()?;
@@ -91,7 +98,14 @@ where
             im2col_generic(&xv[e * in_len..(e + 1) * in_len], &g, patches);
             let p = MatRef::from_row_major_slice(patches.as_slice(), u, kk);
             let dst = MatMut::from_row_major_slice_mut(y, c_out, u);
-            matmul(dst, Accum::Replace, wm, p.transpose(), T::from_f64_impl(1.0), Par::Seq);
+            matmul(
+                dst,
+                Accum::Replace,
+                wm,
+                p.transpose(),
+                T::from_f64_impl(1.0),
+                Par::Seq,
+            );
         },
     );
     candle_core::Tensor::from_vec(out, (n, c_out, g.out_h(), g.out_w()), x.device())
@@ -110,8 +124,13 @@ fn im2col_generic<T: Copy + Default>(x: &[T], g: &ConvGeometry, out: &mut [T]) {
                     let iy = (oy * g.stride + ky) as isize - g.padding as isize;
                     for kx in 0..k {
                         let ix = (ox * g.stride + kx) as isize - g.padding as isize;
-                        let inside = iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w;
-                        row[(ci * k + ky) * k + kx] = if inside { plane[iy as usize * g.w + ix as usize] } else { T::default() };
+                        let inside =
+                            iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w;
+                        row[(ci * k + ky) * k + kx] = if inside {
+                            plane[iy as usize * g.w + ix as usize]
+                        } else {
+                            T::default()
+                        };
                     }
                 }
             }
@@ -126,15 +145,28 @@ mod tests {
     #[test]
     fn patches_match_direct_convolution() {
         // A conv computed from patches must equal the direct sum for stride 2, padding 1.
-        let g = ConvGeometry { c_in: 2, h: 5, w: 4, k: 3, stride: 2, padding: 1 };
-        let x: Vec<f64> = (0..g.c_in * g.h * g.w).map(|v| (v as f64 * 0.37).sin()).collect();
-        let wt: Vec<f64> = (0..g.patch_len()).map(|v| (v as f64 * 0.11).cos()).collect();
+        let g = ConvGeometry {
+            c_in: 2,
+            h: 5,
+            w: 4,
+            k: 3,
+            stride: 2,
+            padding: 1,
+        };
+        let x: Vec<f64> = (0..g.c_in * g.h * g.w)
+            .map(|v| (v as f64 * 0.37).sin())
+            .collect();
+        let wt: Vec<f64> = (0..g.patch_len())
+            .map(|v| (v as f64 * 0.11).cos())
+            .collect();
         let mut p = vec![0.0; g.positions() * g.patch_len()];
         im2col(&x, &g, &mut p);
         for oy in 0..g.out_h() {
             for ox in 0..g.out_w() {
                 let u = oy * g.out_w() + ox;
-                let via_patch: f64 = (0..g.patch_len()).map(|q| p[u * g.patch_len() + q] * wt[q]).sum();
+                let via_patch: f64 = (0..g.patch_len())
+                    .map(|q| p[u * g.patch_len() + q] * wt[q])
+                    .sum();
                 let mut direct = 0.0;
                 for ci in 0..2 {
                     for ky in 0..3 {
@@ -142,7 +174,8 @@ mod tests {
                             let iy = (oy * 2 + ky) as isize - 1;
                             let ix = (ox * 2 + kx) as isize - 1;
                             if iy >= 0 && ix >= 0 && iy < 5 && ix < 4 {
-                                direct += x[ci * 20 + iy as usize * 4 + ix as usize] * wt[(ci * 3 + ky) * 3 + kx];
+                                direct += x[ci * 20 + iy as usize * 4 + ix as usize]
+                                    * wt[(ci * 3 + ky) * 3 + kx];
                             }
                         }
                     }

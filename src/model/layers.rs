@@ -55,7 +55,12 @@ impl BatchNorm2d {
     pub fn normalise(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.running_mean.elem_count();
         let mean = self.running_mean.reshape((1, c, 1, 1))?;
-        let inv_std = self.running_var.affine(1.0, self.eps)?.sqrt()?.recip()?.reshape((1, c, 1, 1))?;
+        let inv_std = self
+            .running_var
+            .affine(1.0, self.eps)?
+            .sqrt()?
+            .recip()?
+            .reshape((1, c, 1, 1))?;
         x.broadcast_sub(&mean)?.broadcast_mul(&inv_std)
     }
 }
@@ -199,7 +204,10 @@ impl Op {
     /// Non-trainable buffers as (name suffix, tensor): BatchNorm running statistics.
     pub fn buffers(&self) -> Vec<(&'static str, &Tensor)> {
         match self {
-            Op::BatchNorm2d(bn) => vec![("running_mean", &bn.running_mean), ("running_var", &bn.running_var)],
+            Op::BatchNorm2d(bn) => vec![
+                ("running_mean", &bn.running_mean),
+                ("running_var", &bn.running_var),
+            ],
             _ => vec![],
         }
     }
@@ -209,8 +217,15 @@ impl Op {
         let conv = |t: &Tensor| t.to_dtype(dtype);
         let conv_opt = |t: &Option<Tensor>| t.as_ref().map(|t| t.to_dtype(dtype)).transpose();
         Ok(match self {
-            Op::Conv2d(c) => Op::Conv2d(Conv2d { weight: conv(&c.weight)?, bias: conv_opt(&c.bias)?, ..c.clone() }),
-            Op::Linear(l) => Op::Linear(Linear { weight: conv(&l.weight)?, bias: conv_opt(&l.bias)? }),
+            Op::Conv2d(c) => Op::Conv2d(Conv2d {
+                weight: conv(&c.weight)?,
+                bias: conv_opt(&c.bias)?,
+                ..c.clone()
+            }),
+            Op::Linear(l) => Op::Linear(Linear {
+                weight: conv(&l.weight)?,
+                bias: conv_opt(&l.bias)?,
+            }),
             Op::BatchNorm2d(bn) => Op::BatchNorm2d(BatchNorm2d {
                 weight: conv(&bn.weight)?,
                 bias: conv(&bn.bias)?,

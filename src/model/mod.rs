@@ -10,8 +10,8 @@ pub mod layers;
 pub mod load;
 pub mod params;
 pub mod recognise;
-pub mod weights;
 pub mod train;
+pub mod weights;
 
 pub use layers::{BatchNorm2d, Conv2d, Linear, Op};
 pub use params::{Init, ParamSource, SeededParams};
@@ -44,13 +44,25 @@ pub struct Network {
 impl Network {
     /// Start a network with only its input node.
     pub fn new(arch: impl Into<String>, input_shape: [usize; 3]) -> Self {
-        let input = Node { name: String::new(), op: Op::Input, inputs: vec![] };
-        Self { arch: arch.into(), input_shape, nodes: vec![input] }
+        let input = Node {
+            name: String::new(),
+            op: Op::Input,
+            inputs: vec![],
+        };
+        Self {
+            arch: arch.into(),
+            input_shape,
+            nodes: vec![input],
+        }
     }
 
     /// Append a node fed by `inputs` and return its index.
     pub fn push(&mut self, name: impl Into<String>, op: Op, inputs: Vec<usize>) -> usize {
-        self.nodes.push(Node { name: name.into(), op, inputs });
+        self.nodes.push(Node {
+            name: name.into(),
+            op,
+            inputs,
+        });
         self.nodes.len() - 1
     }
 
@@ -83,7 +95,11 @@ impl Network {
                     let inputs = node
                         .inputs
                         .iter()
-                        .map(|&i| outs[i].as_ref().ok_or_else(|| Error::Internal(format!("node {j} reads node {i} too late"))))
+                        .map(|&i| {
+                            outs[i].as_ref().ok_or_else(|| {
+                                Error::Internal(format!("node {j} reads node {i} too late"))
+                            })
+                        })
                         .collect::<Result<Vec<&Tensor>>>()?;
                     self.apply(node, &inputs)?
                 }
@@ -95,7 +111,9 @@ impl Network {
                 }
             }
         }
-        outs.pop().flatten().ok_or_else(|| Error::Internal("empty network".into()))
+        outs.pop()
+            .flatten()
+            .ok_or_else(|| Error::Internal("empty network".into()))
     }
 
     /// Eval-mode forward pass returning every node's output (index = node index; entry 0 is `x`).
@@ -130,9 +148,13 @@ impl Network {
 
     /// One node's op on its inputs, with the node named in any error.
     fn apply(&self, node: &Node, inputs: &[&Tensor]) -> Result<Tensor> {
-        node.op
-            .forward(inputs)
-            .map_err(|e| Error::Model(format!("forward of node `{}` ({}): {e}", node.name, node.op.kind())))
+        node.op.forward(inputs).map_err(|e| {
+            Error::Model(format!(
+                "forward of node `{}` ({}): {e}",
+                node.name,
+                node.op.kind()
+            ))
+        })
     }
 
     /// Trainable parameters as (full tensor name, tensor), in node order (e.g. `conv1.weight`).
@@ -172,7 +194,10 @@ impl Network {
 
     /// Floating-point type of the parameters (F32 unless converted).
     pub fn dtype(&self) -> DType {
-        self.parameters().first().map(|(_, t)| t.dtype()).unwrap_or(DType::F32)
+        self.parameters()
+            .first()
+            .map(|(_, t)| t.dtype())
+            .unwrap_or(DType::F32)
     }
 
     /// A copy of the network with every parameter and buffer converted to `dtype`.
@@ -180,9 +205,19 @@ impl Network {
         let nodes = self
             .nodes
             .iter()
-            .map(|n| Ok(Node { name: n.name.clone(), op: n.op.to_dtype(dtype)?, inputs: n.inputs.clone() }))
+            .map(|n| {
+                Ok(Node {
+                    name: n.name.clone(),
+                    op: n.op.to_dtype(dtype)?,
+                    inputs: n.inputs.clone(),
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Network { arch: self.arch.clone(), input_shape: self.input_shape, nodes })
+        Ok(Network {
+            arch: self.arch.clone(),
+            input_shape: self.input_shape,
+            nodes,
+        })
     }
 }
 

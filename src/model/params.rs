@@ -40,7 +40,9 @@ impl SeededParams {
     /// A source seeded with `seed` (same seed, same weights, on every machine).
     pub fn new(seed: u64) -> Self {
         use rand::SeedableRng;
-        Self { rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed) }
+        Self {
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 }
 
@@ -50,11 +52,27 @@ impl ParamSource for SeededParams {
         let len: usize = shape.iter().product();
         let bound = match init {
             // Kaiming-uniform with a = sqrt(5): gain sqrt(2 / (1 + 5)), bound = gain·sqrt(3 / fan_in) = 1/sqrt(fan_in).
-            Init::KaimingUniform { fan_in } | Init::BiasUniform { fan_in } => 1.0 / (fan_in.max(1) as f32).sqrt(),
-            Init::Ones => return Ok(Tensor::ones(shape, candle_core::DType::F32, &candle_core::Device::Cpu)?),
-            Init::Zeros => return Ok(Tensor::zeros(shape, candle_core::DType::F32, &candle_core::Device::Cpu)?),
+            Init::KaimingUniform { fan_in } | Init::BiasUniform { fan_in } => {
+                1.0 / (fan_in.max(1) as f32).sqrt()
+            }
+            Init::Ones => {
+                return Ok(Tensor::ones(
+                    shape,
+                    candle_core::DType::F32,
+                    &candle_core::Device::Cpu,
+                )?)
+            }
+            Init::Zeros => {
+                return Ok(Tensor::zeros(
+                    shape,
+                    candle_core::DType::F32,
+                    &candle_core::Device::Cpu,
+                )?)
+            }
         };
-        let values: Vec<f32> = (0..len).map(|_| self.rng.gen_range(-bound..bound)).collect();
+        let values: Vec<f32> = (0..len)
+            .map(|_| self.rng.gen_range(-bound..bound))
+            .collect();
         Ok(Tensor::from_vec(values, shape, &candle_core::Device::Cpu)?)
     }
 }

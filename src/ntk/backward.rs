@@ -7,9 +7,9 @@
 //! Conv data gradients are `conv2d`s of the (zero-dilated) output gradient with the flipped, transposed kernel
 //! — candle's own `conv_transpose2d` is several times slower.
 
+use crate::model::im2col::ConvGeometry;
 use crate::model::{Conv2d, Network, Op};
 use crate::ntk::conv_grad::conv2d_input_grad_gemm;
-use crate::model::im2col::ConvGeometry;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 
@@ -23,24 +23,37 @@ pub fn repeat_rows(t: &Tensor, r: usize) -> Result<Tensor> {
     expanded.extend_from_slice(&dims[1..]);
     let mut flat = vec![dims[0] * r];
     flat.extend_from_slice(&dims[1..]);
-    Ok(t.unsqueeze(1)?.broadcast_as(expanded)?.contiguous()?.reshape(flat)?)
+    Ok(t.unsqueeze(1)?
+        .broadcast_as(expanded)?
+        .contiguous()?
+        .reshape(flat)?)
 }
 
 /// Refuse networks the NTK engine cannot differentiate, naming the first offending layer.
 pub fn check_supported(network: &Network) -> Result<()> {
     for (k, node) in network.nodes.iter().enumerate() {
         let why = match &node.op {
-            Op::MaxPool2d { kernel, stride } | Op::AvgPool2d { kernel, stride } if kernel != stride => {
-                Some(format!("kernel {kernel} != stride {stride} (overlapping windows)"))
+            Op::MaxPool2d { kernel, stride } | Op::AvgPool2d { kernel, stride }
+                if kernel != stride =>
+            {
+                Some(format!(
+                    "kernel {kernel} != stride {stride} (overlapping windows)"
+                ))
             }
-            Op::Conv2d(c) if c.weight.dims().get(2) != c.weight.dims().get(3) => Some("non-square kernel".to_string()),
+            Op::Conv2d(c) if c.weight.dims().get(2) != c.weight.dims().get(3) => {
+                Some("non-square kernel".to_string())
+            }
             Op::Conv2d(c) if c.weight.dims().get(2).is_some_and(|&k| c.padding + 1 > k) => {
                 Some(format!("padding {} not smaller than the kernel", c.padding))
             }
             _ => None,
         };
         if let Some(why) = why {
-            let name = if node.name.is_empty() { format!("#{k}") } else { node.name.clone() };
+            let name = if node.name.is_empty() {
+                format!("#{k}")
+            } else {
+                node.name.clone()
+            };
             return Err(Error::Model(format!(
                 "the NTK engine does not support layer {name} ({}): {why}",
                 node.op.kind()
@@ -85,7 +98,11 @@ pub fn backward(
         let input = &cache[node.inputs[0]];
         let output = &cache[k];
         let grad_in = vjp(&node.op, &node.name, input, output, &g, r).map_err(|e| match e {
-            Error::Candle(err) => Error::Model(format!("NTK backward of `{}` ({}): {err}", node.name, node.op.kind())),
+            Error::Candle(err) => Error::Model(format!(
+                "NTK backward of `{}` ({}): {err}",
+                node.name,
+                node.op.kind()
+            )),
             other => other,
         })?;
         for j in wanted {
@@ -100,7 +117,14 @@ pub fn backward(
 
 /// Vector–Jacobian product of one op: the gradient w.r.t. its (first) input. For `Add` the same gradient
 /// goes to every input.
-fn vjp(op: &Op, name: &str, input: &Tensor, output: &Tensor, g: &Tensor, r: usize) -> Result<Tensor> {
+fn vjp(
+    op: &Op,
+    name: &str,
+    input: &Tensor,
+    output: &Tensor,
+    g: &Tensor,
+    r: usize,
+) -> Result<Tensor> {
     let unsupported = |why: String| {
         Error::Model(format!(
             "the NTK engine does not support layer `{name}` ({}): {why}",
@@ -111,13 +135,22 @@ fn vjp(op: &Op, name: &str, input: &Tensor, output: &Tensor, g: &Tensor, r: usiz
         Op::Input | Op::Dropout | Op::Add => g.clone(),
         Op::Conv2d(c) if c.groups == 1 && c.weight.dim(2)? == c.weight.dim(3)? => {
             let (_, c_in, h, w) = input.dims4()?;
-            let geometry = ConvGeometry { c_in, h, w, k: c.weight.dim(2)?, stride: c.stride, padding: c.padding };
+            let geometry = ConvGeometry {
+                c_in,
+                h,
+                w,
+                k: c.weight.dim(2)?,
+                stride: c.stride,
+                padding: c.padding,
+            };
             conv2d_input_grad_gemm(&c.weight, g, &geometry)?
         }
-        Op::Conv2d(c) => conv2d_input_grad(c, g, input.dim(2)?, input.dim(3)?).map_err(|e| match e {
-            Error::Usage(why) => unsupported(why),
-            other => other,
-        })?,
+        Op::Conv2d(c) => {
+            conv2d_input_grad(c, g, input.dim(2)?, input.dim(3)?).map_err(|e| match e {
+                Error::Usage(why) => unsupported(why),
+                other => other,
+            })?
+        }
         Op::Linear(l) => g.matmul(&l.weight)?,
         Op::BatchNorm2d(bn) => {
             let (scale, _) = bn.affine()?;
@@ -141,21 +174,28 @@ fn vjp(op: &Op, name: &str, input: &Tensor, output: &Tensor, g: &Tensor, r: usiz
         }
         Op::MaxPool2d { kernel, stride } => {
             if kernel != stride {
-                return Err(unsupported(format!("kernel {kernel} != stride {stride} (overlapping windows)")));
+                return Err(unsupported(format!(
+                    "kernel {kernel} != stride {stride} (overlapping windows)"
+                )));
             }
             let masks = first_max_masks(input, output, *kernel)?;
             pool_spread(g, &repeat_rows(&masks, r)?, *kernel, *kernel, input)?
         }
         Op::AvgPool2d { kernel, stride } => {
             if kernel != stride {
-                return Err(unsupported(format!("kernel {kernel} != stride {stride} (overlapping windows)")));
+                return Err(unsupported(format!(
+                    "kernel {kernel} != stride {stride} (overlapping windows)"
+                )));
             }
             avg_spread(g, *kernel, *kernel, input)?
         }
         Op::AdaptiveAvgPool2d { output: out } => {
             let (h, w) = (input.dim(2)?, input.dim(3)?);
             if h % out[0] != 0 || w % out[1] != 0 {
-                return Err(unsupported(format!("input {h}x{w} not divisible by output {}x{}", out[0], out[1])));
+                return Err(unsupported(format!(
+                    "input {h}x{w} not divisible by output {}x{}",
+                    out[0], out[1]
+                )));
             }
             avg_spread(g, h / out[0], w / out[1], input)?
         }
@@ -172,7 +212,10 @@ fn vjp(op: &Op, name: &str, input: &Tensor, output: &Tensor, g: &Tensor, r: usiz
 pub fn conv2d_input_grad(c: &Conv2d, g: &Tensor, in_h: usize, in_w: usize) -> Result<Tensor> {
     let (c_out, c_in_g, kh, kw) = c.weight.dims4()?;
     if kh != kw || c.padding > kh - 1 {
-        return Err(Error::Usage(format!("kernel {kh}x{kw} with padding {}", c.padding)));
+        return Err(Error::Usage(format!(
+            "kernel {kh}x{kw} with padding {}",
+            c.padding
+        )));
     }
     let k = kh;
     let groups = c.groups;
@@ -191,9 +234,13 @@ pub fn conv2d_input_grad(c: &Conv2d, g: &Tensor, in_h: usize, in_w: usize) -> Re
     let right_h = (in_h + k - 1).checked_sub(hd + left);
     let right_w = (in_w + k - 1).checked_sub(wd + left);
     let (Some(right_h), Some(right_w)) = (right_h, right_w) else {
-        return Err(Error::Internal("conv input gradient: negative padding".into()));
+        return Err(Error::Internal(
+            "conv input gradient: negative padding".into(),
+        ));
     };
-    let g = g.pad_with_zeros(2, left, right_h)?.pad_with_zeros(3, left, right_w)?;
+    let g = g
+        .pad_with_zeros(2, left, right_h)?
+        .pad_with_zeros(3, left, right_w)?;
     Ok(g.conv2d(&flipped, 0, 1, 1, groups)?)
 }
 
@@ -203,9 +250,17 @@ fn dilate(g: &Tensor, s: usize) -> Result<Tensor> {
         return Ok(g.clone());
     }
     let (n, c, h, w) = g.dims4()?;
-    let g = g.unsqueeze(4)?.pad_with_zeros(4, 0, s - 1)?.reshape((n, c, h, w * s))?.narrow(3, 0, (w - 1) * s + 1)?;
+    let g = g
+        .unsqueeze(4)?
+        .pad_with_zeros(4, 0, s - 1)?
+        .reshape((n, c, h, w * s))?
+        .narrow(3, 0, (w - 1) * s + 1)?;
     let wd = (w - 1) * s + 1;
-    let g = g.unsqueeze(3)?.pad_with_zeros(3, 0, s - 1)?.reshape((n, c, h * s, wd))?.narrow(2, 0, (h - 1) * s + 1)?;
+    let g = g
+        .unsqueeze(3)?
+        .pad_with_zeros(3, 0, s - 1)?
+        .reshape((n, c, h * s, wd))?
+        .narrow(2, 0, (h - 1) * s + 1)?;
     Ok(g.contiguous()?)
 }
 
@@ -213,12 +268,18 @@ fn dilate(g: &Tensor, s: usize) -> Result<Tensor> {
 /// row-major window order (ties go to the first position, as in PyTorch).
 fn first_max_masks(input: &Tensor, output: &Tensor, k: usize) -> Result<Tensor> {
     let (n, c, ho, wo) = output.dims4()?;
-    let x = input.narrow(2, 0, ho * k)?.narrow(3, 0, wo * k)?.reshape((n, c, ho, k, wo, k))?;
+    let x = input
+        .narrow(2, 0, ho * k)?
+        .narrow(3, 0, wo * k)?
+        .reshape((n, c, ho, k, wo, k))?;
     let mut taken = output.zeros_like()?;
     let mut masks = Vec::with_capacity(k * k);
     for a in 0..k {
         for b in 0..k {
-            let xp = x.narrow(3, a, 1)?.narrow(5, b, 1)?.reshape((n, c, ho, wo))?;
+            let xp = x
+                .narrow(3, a, 1)?
+                .narrow(5, b, 1)?
+                .reshape((n, c, ho, wo))?;
             let hit = xp.eq(output)?.to_dtype(output.dtype())?;
             let first = (&hit * (1.0 - &taken)?)?;
             taken = (taken + &first)?;
@@ -251,8 +312,16 @@ fn avg_spread(g: &Tensor, kh: usize, kw: usize, input: &Tensor) -> Result<Tensor
 fn pad_to_input(g: Tensor, input: &Tensor) -> Result<Tensor> {
     let (h, w) = (input.dim(2)?, input.dim(3)?);
     let (gh, gw) = (g.dim(2)?, g.dim(3)?);
-    let g = if gh < h { g.pad_with_zeros(2, 0, h - gh)? } else { g };
-    Ok(if gw < w { g.pad_with_zeros(3, 0, w - gw)? } else { g })
+    let g = if gh < h {
+        g.pad_with_zeros(2, 0, h - gh)?
+    } else {
+        g
+    };
+    Ok(if gw < w {
+        g.pad_with_zeros(3, 0, w - gw)?
+    } else {
+        g
+    })
 }
 
 /// The seed rows for a kernel with `r` rows per example: row i·r + c is e_c (full/trace), all ones (sum),
@@ -268,7 +337,9 @@ pub fn seed(n: usize, d: usize, outputs: crate::ntk::Outputs, dtype: DType) -> R
         Outputs::Sum => Tensor::ones((n, d), DType::F64, &dev)?,
         Outputs::Logit(k) => {
             if k >= d {
-                return Err(Error::Usage(format!("--outputs logit:{k}: the network has only {d} logits")));
+                return Err(Error::Usage(format!(
+                    "--outputs logit:{k}: the network has only {d} logits"
+                )));
             }
             let mut v = vec![0.0f64; n * d];
             for i in 0..n {
@@ -283,5 +354,9 @@ pub fn seed(n: usize, d: usize, outputs: crate::ntk::Outputs, dtype: DType) -> R
 /// Stack `n` copies of a (d, d) block vertically.
 fn repeat_block(block: &Tensor, n: usize) -> Result<Tensor> {
     let (a, b) = block.dims2()?;
-    Ok(block.unsqueeze(0)?.broadcast_as((n, a, b))?.contiguous()?.reshape((n * a, b))?)
+    Ok(block
+        .unsqueeze(0)?
+        .broadcast_as((n, a, b))?
+        .contiguous()?
+        .reshape((n * a, b))?)
 }

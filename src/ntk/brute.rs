@@ -43,10 +43,18 @@ pub fn jacobian(network: &Network, inputs: &Tensor, spec: &KernelSpec) -> Result
                 }
                 _ => {}
             }
-            Ok(Node { name: node.name.clone(), op, inputs: node.inputs.clone() })
+            Ok(Node {
+                name: node.name.clone(),
+                op,
+                inputs: node.inputs.clone(),
+            })
         })
         .collect::<Result<_>>()?;
-    let tracked = Network { arch: net.arch.clone(), input_shape: net.input_shape, nodes };
+    let tracked = Network {
+        arch: net.arch.clone(),
+        input_shape: net.input_shape,
+        nodes,
+    };
     let p: usize = vars.iter().map(|v| v.elem_count()).sum();
     let n = inputs.dim(0)?;
     let mut rows: Vec<Vec<f64>> = Vec::new();
@@ -55,7 +63,9 @@ pub fn jacobian(network: &Network, inputs: &Tensor, spec: &KernelSpec) -> Result
         let y = reference_forward(&tracked, &x)?.squeeze(0)?;
         let d = y.dim(0)?;
         let seeds: Vec<Tensor> = match spec.outputs {
-            Outputs::Full | Outputs::Trace => (0..d).map(|c| y.narrow(0, c, 1)).collect::<candle_core::Result<_>>()?,
+            Outputs::Full | Outputs::Trace => (0..d)
+                .map(|c| y.narrow(0, c, 1))
+                .collect::<candle_core::Result<_>>()?,
             Outputs::Sum => vec![y.sum_all()?],
             Outputs::Logit(k) => vec![y.narrow(0, k, 1)?],
         };
@@ -83,7 +93,9 @@ pub fn kernel(network: &Network, inputs: &Tensor, spec: &KernelSpec) -> Result<M
         Outputs::Trace => {
             let n = inputs.dim(0)?;
             let d = full.nrows() / n;
-            Mat::from_fn(n, n, |a, b| (0..d).map(|c| full[(a * d + c, b * d + c)]).sum())
+            Mat::from_fn(n, n, |a, b| {
+                (0..d).map(|c| full[(a * d + c, b * d + c)]).sum()
+            })
         }
         _ => full,
     })

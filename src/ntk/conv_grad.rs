@@ -12,10 +12,18 @@ use rayon::prelude::*;
 
 /// Gradient w.r.t. the input (rows, C_in, H, W) of an ungrouped conv with `weight` (C_out, C_in, k, k),
 /// given the output gradient `g` (rows, C_out, Ho, Wo). F32 and F64 only.
-pub fn conv2d_input_grad_gemm(weight: &Tensor, g: &Tensor, geometry: &ConvGeometry) -> Result<Tensor> {
+pub fn conv2d_input_grad_gemm(
+    weight: &Tensor,
+    g: &Tensor,
+    geometry: &ConvGeometry,
+) -> Result<Tensor> {
     match g.dtype() {
         DType::F64 => typed::<f64>(weight, g, geometry),
-        _ => typed::<f32>(&weight.to_dtype(DType::F32)?, &g.to_dtype(DType::F32)?, geometry),
+        _ => typed::<f32>(
+            &weight.to_dtype(DType::F32)?,
+            &g.to_dtype(DType::F32)?,
+            geometry,
+        ),
     }
 }
 
@@ -34,9 +42,17 @@ where
     out.par_chunks_mut(in_len).enumerate().for_each_init(
         || vec![T::default(); u * kk],
         |dp, (r, dx)| {
-            let gr = MatRef::from_row_major_slice(&gv[r * c_out * u..(r + 1) * c_out * u], c_out, u);
+            let gr =
+                MatRef::from_row_major_slice(&gv[r * c_out * u..(r + 1) * c_out * u], c_out, u);
             let dst = MatMut::from_row_major_slice_mut(dp.as_mut_slice(), u, kk);
-            matmul(dst, Accum::Replace, gr.transpose(), wm, T::from_f64_impl(1.0), Par::Seq);
+            matmul(
+                dst,
+                Accum::Replace,
+                gr.transpose(),
+                wm,
+                T::from_f64_impl(1.0),
+                Par::Seq,
+            );
             // col2im: scatter-add each patch entry back to its input pixel.
             for pos in 0..u {
                 let (oy, ox) = (pos / ow, pos % ow);
@@ -59,5 +75,9 @@ where
             }
         },
     );
-    Ok(Tensor::from_vec(out, (rows, geo.c_in, geo.h, geo.w), &candle_core::Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        out,
+        (rows, geo.c_in, geo.h, geo.w),
+        &candle_core::Device::Cpu,
+    )?)
 }

@@ -9,9 +9,9 @@
 //! - **spatial** factors for conv route B: patches `P_i` and output gradients `G_ic`
 //!   (`K_l = Σ_{u,v} (G_ic G_jc'ᵀ)_{uv} (P_i P_jᵀ)_{uv}`), used where it needs fewer FLOPs than route A.
 
+use crate::model::im2col::{im2col, ConvGeometry};
 use crate::model::{Network, Op};
 use crate::ntk::backward::{backward, seed};
-use crate::model::im2col::{im2col, ConvGeometry};
 use crate::ntk::{KernelSpec, Precision};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
@@ -92,7 +92,8 @@ impl LayerPlan {
     pub fn new(network: &Network, probe: &Tensor, rows: usize) -> Result<Self> {
         let cache = network.forward_cached(probe)?;
         let mut layers = Vec::new();
-        let (mut explicit_cols, mut dense_slots, mut spatial_slots, mut per_example) = (0, 0, 0, 0usize);
+        let (mut explicit_cols, mut dense_slots, mut spatial_slots, mut per_example) =
+            (0, 0, 0, 0usize);
         for (k, node) in network.nodes.iter().enumerate() {
             let input = node.inputs.first().map(|&i| &cache[i]);
             match (&node.op, input) {
@@ -113,33 +114,60 @@ impl LayerPlan {
                     let rule = if c.groups == 1 && flops_b < flops_a {
                         per_example += geometry.positions() * (geometry.patch_len() + rows * c_out);
                         spatial_slots += 1;
-                        Rule::ConvSpatial { geometry, c_out, slot: spatial_slots - 1 }
+                        Rule::ConvSpatial {
+                            geometry,
+                            c_out,
+                            slot: spatial_slots - 1,
+                        }
                     } else {
                         let len = c_out * geometry.patch_len() / c.groups;
                         explicit_cols += len;
                         per_example += rows * len;
-                        Rule::ConvExplicit { geometry, c_out, groups: c.groups, offset: explicit_cols - len }
+                        Rule::ConvExplicit {
+                            geometry,
+                            c_out,
+                            groups: c.groups,
+                            offset: explicit_cols - len,
+                        }
                     };
                     let bias_offset = c.bias.as_ref().map(|_| {
                         explicit_cols += c_out;
                         per_example += rows * c_out;
                         explicit_cols - c_out
                     });
-                    layers.push(LayerRule { node: k, rule, bias_offset });
+                    layers.push(LayerRule {
+                        node: k,
+                        rule,
+                        bias_offset,
+                    });
                 }
                 (Op::Linear(l), Some(_)) => {
                     let (out_dim, in_dim) = l.weight.dims2()?;
                     per_example += in_dim + rows * out_dim;
                     dense_slots += 1;
-                    let rule = Rule::Linear { slot: dense_slots - 1, bias: l.bias.is_some() };
-                    layers.push(LayerRule { node: k, rule, bias_offset: None });
+                    let rule = Rule::Linear {
+                        slot: dense_slots - 1,
+                        bias: l.bias.is_some(),
+                    };
+                    layers.push(LayerRule {
+                        node: k,
+                        rule,
+                        bias_offset: None,
+                    });
                 }
                 (Op::BatchNorm2d(bn), Some(_)) => {
                     let channels = bn.weight.elem_count();
                     explicit_cols += 2 * channels;
                     per_example += rows * 2 * channels;
-                    let rule = Rule::BatchNorm { channels, offset: explicit_cols - 2 * channels };
-                    layers.push(LayerRule { node: k, rule, bias_offset: None });
+                    let rule = Rule::BatchNorm {
+                        channels,
+                        offset: explicit_cols - 2 * channels,
+                    };
+                    layers.push(LayerRule {
+                        node: k,
+                        rule,
+                        bias_offset: None,
+                    });
                 }
                 _ => {}
             }
@@ -203,8 +231,16 @@ pub struct Features {
 impl Features {
     /// Bytes held by these features.
     pub fn bytes(&self) -> usize {
-        let dense: usize = self.dense.iter().map(|d| d.inputs.len() + d.grads.len()).sum();
-        let spatial: usize = self.spatial.iter().map(|s| s.patches.len() + s.grads.len()).sum();
+        let dense: usize = self
+            .dense
+            .iter()
+            .map(|d| d.inputs.len() + d.grads.len())
+            .sum();
+        let spatial: usize = self
+            .spatial
+            .iter()
+            .map(|s| s.patches.len() + s.grads.len())
+            .sum();
         (self.explicit.len() + dense + spatial) * std::mem::size_of::<f64>()
     }
 
@@ -216,7 +252,13 @@ impl Features {
 
 /// Compute the features of the examples `inputs` (n, C, H, W) for `spec`, processing `micro` examples per
 /// forward/backward pass. `network` must already be in the working precision.
-pub fn compute(network: &Network, plan: &LayerPlan, inputs: &Tensor, spec: &KernelSpec, micro: usize) -> Result<Features> {
+pub fn compute(
+    network: &Network,
+    plan: &LayerPlan,
+    inputs: &Tensor,
+    spec: &KernelSpec,
+    micro: usize,
+) -> Result<Features> {
     let n = inputs.dim(0)?;
     let r = plan.rows;
     let mut feats = Features {
@@ -245,7 +287,15 @@ pub fn compute(network: &Network, plan: &LayerPlan, inputs: &Tensor, spec: &Kern
                 .find(|l| l.node == node)
                 .ok_or_else(|| Error::Internal(format!("no NTK rule for node {node}")))?;
             let input = &cache[network.nodes[node].inputs[0]];
-            extract(&mut feats, rule, &network.nodes[node].op, input, grad, start, len)
+            extract(
+                &mut feats,
+                rule,
+                &network.nodes[node].op,
+                input,
+                grad,
+                start,
+                len,
+            )
         })?;
         start += len;
     }
@@ -273,7 +323,15 @@ fn extract(
     // Explicit columns for rows (start·r ..), one slice per row.
     let row0 = start * r;
     match (&rule.rule, op) {
-        (Rule::ConvExplicit { geometry, c_out, groups, offset }, Op::Conv2d(_)) => {
+        (
+            Rule::ConvExplicit {
+                geometry,
+                c_out,
+                groups,
+                offset,
+            },
+            Op::Conv2d(_),
+        ) => {
             let x = to_f64_vec(input)?;
             let (u, plen) = (geometry.positions(), geometry.patch_len());
             let (c_out, groups, offset) = (*c_out, *groups, *offset);
@@ -282,27 +340,45 @@ fn extract(
             let ecols = feats.explicit_cols;
             let block = &mut feats.explicit[row0 * ecols..(row0 + len * r) * ecols];
             // Each example owns r consecutive rows: work on examples in parallel.
-            block.par_chunks_mut(r * ecols).enumerate().for_each(|(e, rows_e)| {
-                let mut patches = vec![0.0; u * plen];
-                im2col(&x[e * in_len..(e + 1) * in_len], geometry, &mut patches);
-                let p = MatRef::from_row_major_slice(&patches, u, plen);
-                for (c, col) in rows_e.chunks_mut(ecols).enumerate() {
-                    let row = e * r + c;
-                    let gm = MatRef::from_row_major_slice(&g[row * c_out * u..(row + 1) * c_out * u], c_out, u);
-                    let seg = &mut col[offset..offset + c_out * pg];
-                    for grp in 0..groups {
-                        let dst = MatMut::from_row_major_slice_mut(&mut seg[grp * cog * pg..(grp + 1) * cog * pg], cog, pg);
-                        let lhs = gm.subrows(grp * cog, cog);
-                        let rhs = p.subcols(grp * pg, pg);
-                        matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::Seq);
+            block
+                .par_chunks_mut(r * ecols)
+                .enumerate()
+                .for_each(|(e, rows_e)| {
+                    let mut patches = vec![0.0; u * plen];
+                    im2col(&x[e * in_len..(e + 1) * in_len], geometry, &mut patches);
+                    let p = MatRef::from_row_major_slice(&patches, u, plen);
+                    for (c, col) in rows_e.chunks_mut(ecols).enumerate() {
+                        let row = e * r + c;
+                        let gm = MatRef::from_row_major_slice(
+                            &g[row * c_out * u..(row + 1) * c_out * u],
+                            c_out,
+                            u,
+                        );
+                        let seg = &mut col[offset..offset + c_out * pg];
+                        for grp in 0..groups {
+                            let dst = MatMut::from_row_major_slice_mut(
+                                &mut seg[grp * cog * pg..(grp + 1) * cog * pg],
+                                cog,
+                                pg,
+                            );
+                            let lhs = gm.subrows(grp * cog, cog);
+                            let rhs = p.subcols(grp * pg, pg);
+                            matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::Seq);
+                        }
                     }
-                }
-            });
+                });
             if let Some(bias) = rule.bias_offset {
                 write_channel_sums(feats, row0, len * r, bias, &g, c_out, u, None)?;
             }
         }
-        (Rule::ConvSpatial { geometry, c_out, slot }, Op::Conv2d(_)) => {
+        (
+            Rule::ConvSpatial {
+                geometry,
+                c_out,
+                slot,
+            },
+            Op::Conv2d(_),
+        ) => {
             let x = to_f64_vec(input)?;
             let (u, plen) = (geometry.positions(), geometry.patch_len());
             let in_len = geometry.c_in * geometry.h * geometry.w;
@@ -340,10 +416,32 @@ fn extract(
             let xhat = to_f64_vec(&bn.normalise(input)?)?;
             let u = input.dim(2)? * input.dim(3)?;
             // γ: Σ_u g·x̂ (x̂ of the row's example), β: Σ_u g.
-            write_channel_sums(feats, row0, len * r, *offset, &g, *channels, u, Some((&xhat, r)))?;
-            write_channel_sums(feats, row0, len * r, offset + channels, &g, *channels, u, None)?;
+            write_channel_sums(
+                feats,
+                row0,
+                len * r,
+                *offset,
+                &g,
+                *channels,
+                u,
+                Some((&xhat, r)),
+            )?;
+            write_channel_sums(
+                feats,
+                row0,
+                len * r,
+                offset + channels,
+                &g,
+                *channels,
+                u,
+                None,
+            )?;
         }
-        _ => return Err(Error::Internal("NTK rule does not match the layer type".into())),
+        _ => {
+            return Err(Error::Internal(
+                "NTK rule does not match the layer type".into(),
+            ))
+        }
     }
     Ok(())
 }

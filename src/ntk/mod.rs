@@ -71,7 +71,11 @@ pub struct KernelSpec {
 
 impl Default for KernelSpec {
     fn default() -> Self {
-        Self { outputs: Outputs::Full, scale: Scale::SqrtP, precision: Precision::F64 }
+        Self {
+            outputs: Outputs::Full,
+            scale: Scale::SqrtP,
+            precision: Precision::F64,
+        }
     }
 }
 
@@ -95,14 +99,26 @@ impl KernelSpec {
             "sqrt-p" => Scale::SqrtP,
             "none" => Scale::None,
             "p" => Scale::P,
-            s => return Err(Error::Usage(format!("--scale {s}: expected sqrt-p, none or p"))),
+            s => {
+                return Err(Error::Usage(format!(
+                    "--scale {s}: expected sqrt-p, none or p"
+                )))
+            }
         };
         let precision = match precision {
             "f64" => Precision::F64,
             "f32" => Precision::F32,
-            s => return Err(Error::Usage(format!("--precision {s}: expected f64 or f32"))),
+            s => {
+                return Err(Error::Usage(format!(
+                    "--precision {s}: expected f64 or f32"
+                )))
+            }
         };
-        Ok(Self { outputs, scale, precision })
+        Ok(Self {
+            outputs,
+            scale,
+            precision,
+        })
     }
 
     /// Kernel rows per example: d for `full`, 1 otherwise.

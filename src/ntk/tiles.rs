@@ -59,7 +59,12 @@ pub struct NtkTiles {
 impl NtkTiles {
     /// The NTK of `network` on `inputs` (n, C, H, W) for `spec`, with at most `feature_budget` bytes of
     /// cached features (at least one example's features are always held).
-    pub fn new(network: &Network, inputs: Tensor, spec: KernelSpec, feature_budget: usize) -> Result<Self> {
+    pub fn new(
+        network: &Network,
+        inputs: Tensor,
+        spec: KernelSpec,
+        feature_budget: usize,
+    ) -> Result<Self> {
         let dtype = match spec.precision {
             Precision::F64 => DType::F64,
             Precision::F32 => DType::F32,
@@ -75,7 +80,9 @@ impl NtkTiles {
         let logits = cache[network.output()].dim(1)?;
         if let Outputs::Logit(k) = spec.outputs {
             if k >= logits {
-                return Err(Error::Usage(format!("--outputs logit:{k}: the network has only {logits} logits")));
+                return Err(Error::Usage(format!(
+                    "--outputs logit:{k}: the network has only {logits} logits"
+                )));
             }
         }
         let rows = match spec.outputs {
@@ -87,7 +94,11 @@ impl NtkTiles {
         let micro = ((256usize << 20) / (3 * act_bytes * rows).max(1)).clamp(1, 64);
         let chunk = (feature_budget / (2 * plan.bytes_per_example).max(1)).clamp(1, n);
         let params = network.num_params();
-        let stats = NtkStats { chunk_examples: chunk, feature_bytes_per_example: plan.bytes_per_example, ..Default::default() };
+        let stats = NtkStats {
+            chunk_examples: chunk,
+            feature_bytes_per_example: plan.bytes_per_example,
+            ..Default::default()
+        };
         Ok(Self {
             divisor: spec.divisor(params),
             network,
@@ -98,7 +109,11 @@ impl NtkTiles {
             params,
             chunk,
             micro,
-            cache: Mutex::new(FeatureCache { entries: Vec::new(), bytes: 0, budget: feature_budget }),
+            cache: Mutex::new(FeatureCache {
+                entries: Vec::new(),
+                bytes: 0,
+                budget: feature_budget,
+            }),
             stats: Mutex::new(stats),
         })
     }
@@ -146,7 +161,13 @@ impl NtkTiles {
         let start = c * self.chunk;
         let len = self.chunk.min(self.num_examples() - start);
         let t0 = Instant::now();
-        let feats = Arc::new(compute(&self.network, &self.plan, &self.inputs.narrow(0, start, len)?, &self.spec, self.micro)?);
+        let feats = Arc::new(compute(
+            &self.network,
+            &self.plan,
+            &self.inputs.narrow(0, start, len)?,
+            &self.spec,
+            self.micro,
+        )?);
         if let Ok(mut s) = self.stats.lock() {
             s.feature_seconds += t0.elapsed().as_secs_f64();
             s.feature_blocks_computed += 1;
@@ -191,7 +212,10 @@ impl TileSource for NtkTiles {
         let rf = self.plan.rows;
         let ex_rows = rows.start / g..rows.end.div_ceil(g);
         let ex_cols = cols.start / g..cols.end.div_ceil(g);
-        let (row_skip, col_skip) = (rows.start - ex_rows.start * g, cols.start - ex_cols.start * g);
+        let (row_skip, col_skip) = (
+            rows.start - ex_rows.start * g,
+            cols.start - ex_cols.start * g,
+        );
         // A tile on the diagonal (rows == cols) is symmetric: compute chunk pairs with cb >= ca only and
         // mirror the rest below.
         let diagonal = rows == cols;
@@ -205,12 +229,26 @@ impl TileSource for NtkTiles {
                 let t0 = Instant::now();
                 let mut block = Mat::<f64>::zeros(ia.len() * rf, jb.len() * rf);
                 contract(&self.plan, &fa, ia.clone(), &fb, jb.clone(), block.as_mut());
-                let block = if self.spec.outputs == Outputs::Trace { trace_reduce(&block, rf) } else { block };
+                let block = if self.spec.outputs == Outputs::Trace {
+                    trace_reduce(&block, rf)
+                } else {
+                    block
+                };
                 // Copy the part of this block that lies inside the requested tile.
                 for bc in 0..block.ncols() {
-                    let Some(oc) = (ob * g + bc).checked_sub(col_skip).filter(|&c| c < cols.len()) else { continue };
+                    let Some(oc) = (ob * g + bc)
+                        .checked_sub(col_skip)
+                        .filter(|&c| c < cols.len())
+                    else {
+                        continue;
+                    };
                     for br in 0..block.nrows() {
-                        let Some(or) = (oa * g + br).checked_sub(row_skip).filter(|&r| r < rows.len()) else { continue };
+                        let Some(or) = (oa * g + br)
+                            .checked_sub(row_skip)
+                            .filter(|&r| r < rows.len())
+                        else {
+                            continue;
+                        };
                         out[(or, oc)] = block[(br, bc)] / self.divisor;
                     }
                 }
@@ -256,5 +294,7 @@ impl TileSource for NtkTiles {
 /// Sum the diagonal (c == c') entries of each d×d block: the `trace` kernel.
 fn trace_reduce(block: &Mat<f64>, d: usize) -> Mat<f64> {
     let (ni, nj) = (block.nrows() / d, block.ncols() / d);
-    Mat::from_fn(ni, nj, |i, j| (0..d).map(|c| block[(i * d + c, j * d + c)]).sum())
+    Mat::from_fn(ni, nj, |i, j| {
+        (0..d).map(|c| block[(i * d + c, j * d + c)]).sum()
+    })
 }

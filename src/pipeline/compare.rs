@@ -5,8 +5,8 @@
 
 use crate::cli::{CompareArgs, KernelArgs};
 use crate::estimators::{
-    BlockDiagonal, Estimate, Estimator, LinearExtrapolation, PreconditionedSlq, PseudoNtk, Slq, SlqOptions, StoppedCholesky,
-    StoppedCholeskyRule,
+    BlockDiagonal, Estimate, Estimator, LinearExtrapolation, PreconditionedSlq, PseudoNtk, Slq,
+    SlqOptions, StoppedCholesky, StoppedCholeskyRule,
 };
 use crate::linalg::{memdet, parse_size, Assume, DenseSource, MemdetOptions, TileSource};
 use crate::ntk::NtkTiles;
@@ -21,23 +21,47 @@ use faer::Mat;
 use std::time::Instant;
 
 /// Every method `compare` knows.
-pub const METHODS: &[&str] =
-    &["exact", "flodance", "slq", "slq-large", "pslq", "block-diag", "pseudo-ntk", "f32", "linear", "stopped-cholesky"];
+pub const METHODS: &[&str] = &[
+    "exact",
+    "flodance",
+    "slq",
+    "slq-large",
+    "pslq",
+    "block-diag",
+    "pseudo-ntk",
+    "f32",
+    "linear",
+    "stopped-cholesky",
+];
 
 /// Execute `compare`.
 pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
-    let methods: Vec<&str> = args.methods.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let methods: Vec<&str> = args
+        .methods
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     if let Some(bad) = methods.iter().find(|m| !METHODS.contains(m)) {
-        return Err(Error::Usage(format!("--methods: unknown method `{bad}`; known: {}", METHODS.join(","))));
+        return Err(Error::Usage(format!(
+            "--methods: unknown method `{bad}`; known: {}",
+            METHODS.join(",")
+        )));
     }
     let ns = args.n_sample.unwrap_or((args.n / 10).max(2));
     let n0 = args.burn_in.unwrap_or(ns / 5);
     if ns > args.n || n0 >= ns {
-        return Err(Error::Usage(format!("need burn-in < n-sample <= n (got {n0}, {ns}, {})", args.n)));
+        return Err(Error::Usage(format!(
+            "need burn-in < n-sample <= n (got {n0}, {ns}, {})",
+            args.n
+        )));
     }
     let max_mem = parse_size(&args.mem.max_mem)?;
     let prepared = prepare(&args.md, progress)?;
-    let f64_kernel = KernelArgs { precision: "f64".into(), ..args.kernel.clone() };
+    let f64_kernel = KernelArgs {
+        precision: "f64".into(),
+        ..args.kernel.clone()
+    };
 
     // The reference kernel, formed once.
     let (k, tiles, form_s) = form_dense(&prepared, args.n, &f64_kernel, max_mem, progress)?;
@@ -48,7 +72,12 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
     let exact = memdet(&k, &opts, progress)?;
     let exact_s = t.elapsed().as_secs_f64();
     let nested = nested_logdets(&exact.pivots_logabs, &exact.pivot_signs, d)?;
-    let sample: Vec<(usize, f64)> = nested.points.iter().copied().filter(|p| p.0 <= ns).collect();
+    let sample: Vec<(usize, f64)> = nested
+        .points
+        .iter()
+        .copied()
+        .filter(|p| p.0 <= ns)
+        .collect();
     let reference = exact.logdet;
 
     // What the K_{n_s}-based methods cost: form and factor the leading n_s examples on their own.
@@ -61,7 +90,8 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
     let t = Instant::now();
     let small_factor = memdet(&small, &opts, progress)?;
     let small_factor_s = t.elapsed().as_secs_f64();
-    let drift = (small_factor.logdet - sample.last().map_or(f64::NAN, |p| p.1)).abs() / small_factor.logdet.abs();
+    let drift = (small_factor.logdet - sample.last().map_or(f64::NAN, |p| p.1)).abs()
+        / small_factor.logdet.abs();
     if drift > 1e-10 {
         eprintln!("warning: ln det K_(n_s) formed separately differs from the nested value by {drift:.1e} (relative)");
     }
@@ -71,7 +101,12 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         let r = estimates.len() as f64;
         let mean = estimates.iter().map(|e| e.logdet).sum::<f64>() / r;
         let std = (estimates.len() > 1).then(|| {
-            (estimates.iter().map(|e| (e.logdet - mean).powi(2)).sum::<f64>() / (r - 1.0)).sqrt()
+            (estimates
+                .iter()
+                .map(|e| (e.logdet - mean).powi(2))
+                .sum::<f64>()
+                / (r - 1.0))
+                .sqrt()
         });
         MethodRow {
             method: method.to_string(),
@@ -92,12 +127,25 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
     for method in &methods {
         let r = match *method {
             "exact" => {
-                let e = Estimate { logdet: exact.logdet, std_error: None, matvecs: 0, seconds: exact_s, details: serde_json::json!(exact.info) };
+                let e = Estimate {
+                    logdet: exact.logdet,
+                    std_error: None,
+                    matvecs: 0,
+                    seconds: exact_s,
+                    details: serde_json::json!(exact.info),
+                };
                 row("exact", &[e], form_s, 0.0)
             }
             "flodance" => {
                 let t = Instant::now();
-                let fopts = FitOptions { n0, q: args.q, r: 0, alpha: 0.0, ensemble: 20, seed: args.md.seed };
+                let fopts = FitOptions {
+                    n0,
+                    q: args.q,
+                    r: 0,
+                    alpha: 0.0,
+                    ensemble: 20,
+                    seed: args.md.seed,
+                };
                 let fitted = fit(&sample, &fopts)?;
                 let (low, high) = fitted.interval(args.n as f64);
                 let e = Estimate {
@@ -107,21 +155,39 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                     seconds: t.elapsed().as_secs_f64(),
                     details: serde_json::json!({"n0": n0, "ns": ns, "q": args.q, "interval": [low, high]}),
                 };
-                row(&format!("flodance({n0},{ns})"), &[e], small_form_s, small_factor_s)
+                row(
+                    &format!("flodance({n0},{ns})"),
+                    &[e],
+                    small_form_s,
+                    small_factor_s,
+                )
             }
             "linear" => {
-                let e = LinearExtrapolation { n0, target_n: args.n }.estimate(&sample)?;
+                let e = LinearExtrapolation {
+                    n0,
+                    target_n: args.n,
+                }
+                .estimate(&sample)?;
                 row("linear", &[e], small_form_s, small_factor_s)
             }
             "stopped-cholesky" => {
-                let e = StoppedCholesky { window: ns - n0, target_n: args.n, rule: StoppedCholeskyRule::Average }.estimate(&sample)?;
+                let e = StoppedCholesky {
+                    window: ns - n0,
+                    target_n: args.n,
+                    rule: StoppedCholeskyRule::Average,
+                }
+                .estimate(&sample)?;
                 row("stopped-cholesky", &[e], small_form_s, small_factor_s)
             }
             "slq" | "slq-large" => {
                 let est: Vec<Estimate> = (0..repeat)
                     .map(|i| {
                         let seed = args.md.seed + i as u64;
-                        let mut o = if *method == "slq" { SlqOptions::paper_table2(seed) } else { SlqOptions::paper_table1(seed) };
+                        let mut o = if *method == "slq" {
+                            SlqOptions::paper_table2(seed)
+                        } else {
+                            SlqOptions::paper_table1(seed)
+                        };
                         o.memory_bytes = (max_mem / 2) as usize;
                         Slq { options: o }.run(&k, progress)
                     })
@@ -154,11 +220,21 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 row("pseudo-ntk", &[e], form_s, 0.0)
             }
             "f32" => {
-                let f32_kernel = KernelArgs { precision: "f32".into(), ..args.kernel.clone() };
-                let (k32, _, form32) = form_dense(&prepared, args.n, &f32_kernel, max_mem, progress)?;
+                let f32_kernel = KernelArgs {
+                    precision: "f32".into(),
+                    ..args.kernel.clone()
+                };
+                let (k32, _, form32) =
+                    form_dense(&prepared, args.n, &f32_kernel, max_mem, progress)?;
                 let t = Instant::now();
                 let r = memdet(&k32, &opts, progress)?;
-                let e = Estimate { logdet: r.logdet, std_error: None, matvecs: 0, seconds: t.elapsed().as_secs_f64(), details: serde_json::json!({"sign": r.sign}) };
+                let e = Estimate {
+                    logdet: r.logdet,
+                    std_error: None,
+                    matvecs: 0,
+                    seconds: t.elapsed().as_secs_f64(),
+                    details: serde_json::json!({"sign": r.sign}),
+                };
                 row("f32 formation", &[e], form32, 0.0)
             }
             _ => unreachable!("checked above"),
@@ -192,7 +268,13 @@ fn memdet_options(args: &CompareArgs, max_mem: u64) -> MemdetOptions {
 }
 
 /// Form the kernel of the first n examples densely in memory; returns it, its tile source and the seconds.
-fn form_dense(prepared: &Prepared, n: usize, kernel: &KernelArgs, max_mem: u64, progress: &dyn Progress) -> Result<(DenseSource, NtkTiles, f64)> {
+fn form_dense(
+    prepared: &Prepared,
+    n: usize,
+    kernel: &KernelArgs,
+    max_mem: u64,
+    progress: &dyn Progress,
+) -> Result<(DenseSource, NtkTiles, f64)> {
     let t = Instant::now();
     let tiles = prepared.tiles(n, kernel, (max_mem / 2) as usize)?;
     let m = tiles.dim();

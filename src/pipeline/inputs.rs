@@ -25,7 +25,11 @@ pub fn prepare(md: &ModelDataArgs, progress: &dyn crate::progress::Progress) -> 
         "test" => Split::Test,
         s => return Err(Error::Usage(format!("--split {s}: expected train or test"))),
     };
-    let opts = DataOptions { split, data_dir: md.data_dir.clone(), download: md.download };
+    let opts = DataOptions {
+        split,
+        data_dir: md.data_dir.clone(),
+        download: md.download,
+    };
     let dataset = data::load_with(&md.data, &opts, &data::Locations::from_env(), progress)?;
     let model = load_model(
         &md.model,
@@ -35,7 +39,11 @@ pub fn prepare(md: &ModelDataArgs, progress: &dyn crate::progress::Progress) -> 
         Some(dataset.num_classes()),
     )?;
     let order = data::sample_order(dataset.len(), &md.order, md.seed)?;
-    Ok(Prepared { model, dataset, order })
+    Ok(Prepared {
+        model,
+        dataset,
+        order,
+    })
 }
 
 impl Prepared {
@@ -50,7 +58,8 @@ impl Prepared {
                 self.order.len()
             )));
         }
-        self.dataset.images(&self.order[..n], self.model.network.input_shape)
+        self.dataset
+            .images(&self.order[..n], self.model.network.input_shape)
     }
 
     /// The NTK of the first `n` examples as a tile source, with `feature_budget` bytes for cached features.
@@ -96,7 +105,10 @@ pub fn kernel_meta(prepared: &Prepared, tiles: &NtkTiles, n: usize) -> serde_jso
 
 /// The whole kernel as a dense symmetric matrix: upper-triangle panels of whole examples are computed (with a
 /// progress bar) and mirrored. 8·m² bytes: for kernels that fit in memory.
-pub fn dense_kernel(source: &NtkTiles, progress: &dyn crate::progress::Progress) -> Result<faer::Mat<f64>> {
+pub fn dense_kernel(
+    source: &NtkTiles,
+    progress: &dyn crate::progress::Progress,
+) -> Result<faer::Mat<f64>> {
     use crate::linalg::TileSource;
     let m = source.dim();
     let g = source.granule();
@@ -108,7 +120,9 @@ pub fn dense_kernel(source: &NtkTiles, progress: &dyn crate::progress::Progress)
         let rows = a * panel..((a + 1) * panel).min(m);
         for b in a..panels {
             let cols = b * panel..((b + 1) * panel).min(m);
-            let tile = k.as_mut().submatrix_mut(rows.start, cols.start, rows.len(), cols.len());
+            let tile = k
+                .as_mut()
+                .submatrix_mut(rows.start, cols.start, rows.len(), cols.len());
             source.fill(rows.clone(), cols.clone(), tile)?;
             progress.advance(1);
         }

@@ -9,7 +9,9 @@ use crate::pipeline::inputs::{kernel_meta, prepare, Prepared};
 use crate::progress::Progress;
 use crate::report::fit::{write_json, EstimateJson, FitJson};
 use crate::report::plot::plot_fit;
-use crate::report::run::{process_peak_rss, ExactJson, MemoryJson, RunReport, SampleJson, TimingsJson};
+use crate::report::run::{
+    process_peak_rss, ExactJson, MemoryJson, RunReport, SampleJson, TimingsJson,
+};
 use crate::scaling::{fit, nested_logdets, FitOptions};
 use crate::{Error, Result};
 use std::time::Instant;
@@ -30,7 +32,9 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     let target_n = args.target_n.unwrap_or(prepared.dataset.len());
     if let Some(exact_n) = args.exact_n {
         if exact_n <= ns {
-            return Err(Error::Usage(format!("--exact-n {exact_n} must exceed --n-sample {ns}")));
+            return Err(Error::Usage(format!(
+                "--exact-n {exact_n} must exceed --n-sample {ns}"
+            )));
         }
     }
     let load_s = t0.elapsed().as_secs_f64();
@@ -48,18 +52,30 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     let factored = factor(&tiles, args, max_mem / 2, progress)?;
     let nested = nested_logdets(&factored.pivots_logabs, &factored.pivot_signs, granule)?;
     if let Some(k) = nested.signs.iter().position(|&s| s < 0.0) {
-        return Err(Error::Input(format!("det K_{} is negative: the kernel is not positive definite", k + 1)));
+        return Err(Error::Input(format!(
+            "det K_{} is negative: the kernel is not positive definite",
+            k + 1
+        )));
     }
 
     let t_fit = Instant::now();
-    let opts = FitOptions { n0: args.burn_in, q: args.q, r: 0, alpha: args.alpha, ensemble: args.ensemble, seed: args.md.seed };
+    let opts = FitOptions {
+        n0: args.burn_in,
+        q: args.q,
+        r: 0,
+        alpha: args.alpha,
+        ensemble: args.ensemble,
+        seed: args.md.seed,
+    };
     progress.start("fit", 1);
     let fitted = fit(&nested.points, &opts)?;
     progress.finish();
     let fit_s = t_fit.elapsed().as_secs_f64();
 
     let exact = match args.exact_n {
-        Some(n) => Some(exact_logdet(&prepared, n, args, max_mem, progress, |x| fitted.predict(x))?),
+        Some(n) => Some(exact_logdet(&prepared, n, args, max_mem, progress, |x| {
+            fitted.predict(x)
+        })?),
         None => None,
     };
     let stats = tiles.stats();
@@ -69,13 +85,19 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
         fit: FitJson::from_fit(&fitted),
         nested: nested.points.clone(),
         kernel: kernel_meta(&prepared, &tiles, ns),
-        sample: SampleJson { n: ns, m: tiles.dim(), order: args.md.order.clone(), seed: args.md.seed },
+        sample: SampleJson {
+            n: ns,
+            m: tiles.dim(),
+            order: args.md.order.clone(),
+            seed: args.md.seed,
+        },
         exact: exact.clone(),
         timings: TimingsJson {
             load: load_s,
             features: stats.feature_seconds,
             contractions: stats.contract_seconds,
-            factor: (factored.info.seconds.total - stats.feature_seconds - stats.contract_seconds).max(0.0),
+            factor: (factored.info.seconds.total - stats.feature_seconds - stats.contract_seconds)
+                .max(0.0),
             fit: fit_s,
             total: t0.elapsed().as_secs_f64(),
         },
@@ -100,7 +122,12 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
 }
 
 /// Factor the kernel of the sample with nested pivots (Cholesky, no pivoting).
-fn factor(source: &dyn TileSource, args: &RunArgs, max_mem: u64, progress: &dyn Progress) -> Result<LogDet> {
+fn factor(
+    source: &dyn TileSource,
+    args: &RunArgs,
+    max_mem: u64,
+    progress: &dyn Progress,
+) -> Result<LogDet> {
     let opts = MemdetOptions {
         assume: Assume::Spd,
         num_blocks: args.mem.num_blocks,
@@ -143,10 +170,29 @@ fn print_summary(r: &RunReport, prepared: &Prepared) {
     let t = &r.timings;
     let (ns, ls) = r.nested.last().copied().unwrap_or((0, f64::NAN));
     println!("FLODANCE estimate of log det of the empirical NTK");
-    println!("  model      {} ({}), p = {}", k["model"].as_str().unwrap_or("?"), prepared.model.network.arch, k["p"]);
-    println!("  data       {} ({}), n = {} examples, d = {}", prepared.dataset.name(), prepared.dataset.split().as_str(), prepared.dataset.len(), k["d"]);
-    println!("  kernel     outputs {}, scale {}, precision {}", k["outputs"].as_str().unwrap_or("?"), k["scale"], k["precision"]);
-    println!("  sample     n_s = {ns}, m_s = {}, fit window k in [{}, {}], q = {}, alpha = {}", r.sample.m, r.fit.n0, r.fit.ns, r.fit.q, r.fit.alpha);
+    println!(
+        "  model      {} ({}), p = {}",
+        k["model"].as_str().unwrap_or("?"),
+        prepared.model.network.arch,
+        k["p"]
+    );
+    println!(
+        "  data       {} ({}), n = {} examples, d = {}",
+        prepared.dataset.name(),
+        prepared.dataset.split().as_str(),
+        prepared.dataset.len(),
+        k["d"]
+    );
+    println!(
+        "  kernel     outputs {}, scale {}, precision {}",
+        k["outputs"].as_str().unwrap_or("?"),
+        k["scale"],
+        k["precision"]
+    );
+    println!(
+        "  sample     n_s = {ns}, m_s = {}, fit window k in [{}, {}], q = {}, alpha = {}",
+        r.sample.m, r.fit.n0, r.fit.ns, r.fit.q, r.fit.alpha
+    );
     println!("  l_{ns:<8} {ls:.10e} (exact, from the factorisation)");
     println!(
         "  l_{:<8} {:.10e}  interval [{:.10e}, {:.10e}] ({} refits)",

@@ -59,7 +59,13 @@ pub fn table(report: &CompareReport) -> String {
             Some(sd) => format!("{:.6e}±{:.1e}", r.logdet, sd),
             None => format!("{:.8e}", r.logdet),
         };
-        let sign = if r.relative_error_pct > 0.0 { "+" } else if r.relative_error_pct < 0.0 { "-" } else { "0" };
+        let sign = if r.relative_error_pct > 0.0 {
+            "+"
+        } else if r.relative_error_pct < 0.0 {
+            "-"
+        } else {
+            "0"
+        };
         s += &format!(
             "{:<18} {:>18} {:>12.4} {:>12.3e} {:>6} {:>10.2} {:>10.2} {:>10.0}\n",
             r.method,
