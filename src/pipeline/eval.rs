@@ -6,7 +6,7 @@ use crate::model::layers::argmax_rows;
 use crate::model::Network;
 use crate::pipeline::inputs::prepare;
 use crate::progress::Progress;
-use crate::report::fit::write_json;
+use crate::report::write_json;
 use crate::{Error, Result};
 use serde::Serialize;
 

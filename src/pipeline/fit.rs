@@ -3,8 +3,9 @@
 
 use crate::cli::FitArgs;
 use crate::progress::Progress;
-use crate::report::fit::{write_json, EstimateJson, FitJson, FitReport};
+use crate::report::fit::{EstimateJson, FitJson, FitReport};
 use crate::report::plot::plot_fit;
+use crate::report::write_json;
 use crate::scaling::{fit, Fit, FitOptions};
 use crate::{Error, Result};
 use std::path::Path;

@@ -7,7 +7,8 @@ use crate::linalg::{
     Triangle,
 };
 use crate::progress::Progress;
-use crate::report::logdet::{write_json_atomic, LogdetReport};
+use crate::report::logdet::LogdetReport;
+use crate::report::write_json;
 use crate::{Error, Result};
 
 /// Execute `logdet`.
@@ -68,7 +69,7 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
         let mut report: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::Internal(format!("re-reading {}: {e}", path.display())))?;
         report["kernel_stats"] = serde_json::json!(stats);
-        write_json_atomic(path, &report)?;
+        write_json(path, &report)?;
     }
     println!(
         "kernel: n = {n}, d = {}, p = {}, outputs {}; forming tiles took {:.2} s (features {:.2} s, contractions {:.2} s) of {:.2} s",
@@ -134,7 +135,7 @@ pub fn factor_and_report(
         nested,
     );
     if let Some(path) = &args.json {
-        write_json_atomic(path, &report.to_json(kernel_meta)?)?;
+        write_json(path, &report.to_json(kernel_meta)?)?;
     }
     print_result(&result, &report);
     Ok(())

@@ -6,7 +6,7 @@ use crate::linalg::npy_write::write_npy_f64;
 use crate::linalg::TileSource;
 use crate::pipeline::inputs::{dense_kernel, kernel_meta, prepare};
 use crate::progress::Progress;
-use crate::report::logdet::write_json_atomic;
+use crate::report::write_json;
 use crate::{Error, Result};
 use std::time::Instant;
 
@@ -33,7 +33,7 @@ pub fn run(args: &NtkArgs, progress: &dyn Progress) -> Result<()> {
     meta["wall_s"] = serde_json::json!(wall);
     meta["out"] = serde_json::json!(args.out.display().to_string());
     if let Some(path) = &args.json {
-        write_json_atomic(path, &meta)?;
+        write_json(path, &meta)?;
     }
     let stats = tiles.stats();
     println!(

@@ -7,11 +7,12 @@ use crate::linalg::{memdet, parse_size, Assume, LogDet, MemdetOptions, TileSourc
 use crate::ntk::NtkTiles;
 use crate::pipeline::inputs::{kernel_meta, prepare, Prepared};
 use crate::progress::Progress;
-use crate::report::fit::{write_json, EstimateJson, FitJson};
+use crate::report::fit::{EstimateJson, FitJson};
 use crate::report::plot::plot_fit;
 use crate::report::run::{
     process_peak_rss, ExactJson, MemoryJson, RunReport, SampleJson, TimingsJson,
 };
+use crate::report::write_json;
 use crate::scaling::{fit, nested_logdets, FitOptions};
 use crate::{Error, Result};
 use std::time::Instant;

@@ -338,24 +338,5 @@ fn save(trainer: &Trainer, log: &TrainLog, args: &TrainArgs, log_path: &Path) ->
         meta.insert("spec".into(), text);
     }
     save_safetensors(&trainer.network, &args.out, meta)?;
-    write_json_atomic(log_path, log)
-}
-
-/// Write `value` as pretty JSON to `path` via a temporary file in the same directory.
-fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".ntk-pipeline-")
-        .suffix(".json.tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("cannot create a temporary file in", dir, e))?;
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::Internal(format!("training log: {e}")))?;
-    std::fs::write(tmp.path(), text + "\n").map_err(|e| Error::io("cannot write", path, e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("cannot write", path, e.error))?;
-    Ok(())
+    crate::report::write_json(log_path, log)
 }

@@ -4,8 +4,6 @@
 use crate::linalg::{LogDet, MemdetInfo, NestedLogdet};
 use crate::{Error, Result};
 use serde::Serialize;
-use std::io::Write;
-use std::path::Path;
 
 /// Nested log-dets ℓ_k of the leading k·granule rows.
 #[derive(Debug, Clone, Serialize)]
@@ -82,24 +80,4 @@ impl LogdetReport {
         }
         Ok(value)
     }
-}
-
-/// Write `value` as pretty JSON to `path` through a temporary file in the same directory, renamed on success.
-pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".ntk-pipeline-")
-        .suffix(".json.tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("cannot create a temporary file in", dir, e))?;
-    serde_json::to_writer_pretty(&mut tmp, value)
-        .map_err(|e| Error::io("cannot write", path, e.into()))?;
-    tmp.write_all(b"\n")
-        .map_err(|e| Error::io("cannot write", path, e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("cannot write", path, e.error))?;
-    Ok(())
 }

@@ -2,7 +2,7 @@
 //! plain ℓ_k axis the window's data would be squeezed flat by the extrapolated values), the fit window shaded, the fitted curve continued to the target n with its sensitivity band, the
 //! extrapolated value with its interval, and optional exact points.
 
-use super::fit::write_atomic;
+use super::write_atomic;
 use crate::scaling::Fit;
 use crate::{Error, Result};
 use std::fmt::Write as _;
