@@ -97,6 +97,10 @@ pub struct MemArgs {
     /// Directory for the on-disk scratch store (default: the OS temp dir).
     #[arg(long)]
     pub scratch_dir: Option<PathBuf>,
+    /// NTK subcommands: the part of --max-mem for cached per-example NTK features, e.g. 16GiB (default:
+    /// half); MEMDET gets the rest.
+    #[arg(long)]
+    pub feature_mem: Option<String>,
 }
 
 /// Arguments of `run`.

@@ -1,8 +1,15 @@
 //! [`NtkTiles`]: the empirical NTK of a network on n examples as a [`TileSource`], computed on demand.
 //!
-//! Examples are grouped into feature blocks ("chunks") sized so that two fit in the feature budget; a tile
-//! request is answered chunk pair by chunk pair from cached features (least recently used chunks are evicted
-//! when the budget is exceeded), so the kernel itself is never stored.
+//! Examples are grouped into feature blocks ("chunks") of an eighth of the feature budget; a tile request is
+//! answered chunk pair by chunk pair from cached features (least recently used chunks are evicted when the
+//! budget is exceeded), so the kernel itself is never stored.
+//!
+//! When the tile's features do not all fit, the chunk pairs are scheduled like an out-of-core matrix product:
+//! the column chunks are taken in groups that fill the cache but for two chunks, and for each group the row
+//! chunks are streamed past it, those already cached first. Every pair touches the group's chunks, so they stay
+//! the most recently used and only streamed chunks are evicted. Features are then computed about
+//! `n + n²/(2·held)` times for a whole kernel, where `held` is the number of examples a group holds, instead of
+//! `n²/chunk` with a plain row-by-row sweep.
 
 use crate::linalg::TileSource;
 use crate::model::Network;
@@ -33,6 +40,9 @@ pub struct NtkStats {
     /// Bytes of features per example.
     pub feature_bytes_per_example: usize,
 }
+
+/// Chunks per feature budget: the budget holds this many chunks.
+const CHUNKS_PER_BUDGET: usize = 8;
 
 /// LRU cache of feature chunks under a byte budget.
 struct FeatureCache {
@@ -92,7 +102,8 @@ impl NtkTiles {
         let plan = LayerPlan::new(&network, &probe, rows)?;
         let act_bytes: usize = cache.iter().map(|t| t.elem_count() * 8).sum();
         let micro = ((256usize << 20) / (3 * act_bytes * rows).max(1)).clamp(1, 64);
-        let chunk = (feature_budget / (2 * plan.bytes_per_example).max(1)).clamp(1, n);
+        let chunk =
+            (feature_budget / (CHUNKS_PER_BUDGET * plan.bytes_per_example).max(1)).clamp(1, n);
         let params = network.num_params();
         let stats = NtkStats {
             chunk_examples: chunk,
@@ -184,6 +195,35 @@ impl NtkTiles {
         Ok(feats)
     }
 
+    /// Column chunks held together while row chunks stream past them: the cache's capacity in chunks but two
+    /// (one for the streamed chunk, one of slack for a shorter last chunk), at least one.
+    fn group_chunks(&self) -> usize {
+        let chunk_bytes = (self.chunk * self.plan.bytes_per_example).max(1);
+        let budget = self.cache.lock().map(|c| c.budget).unwrap_or(0);
+        (budget / chunk_bytes).saturating_sub(2).max(1)
+    }
+
+    /// Examples whose features can stay cached while others stream past them (see the module docs).
+    pub fn held_examples(&self) -> usize {
+        (self.group_chunks() * self.chunk).min(self.num_examples())
+    }
+
+    /// Drop every cached feature block (their memory is freed once no tile request holds them).
+    pub fn clear_features(&self) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.entries.clear();
+            cache.bytes = 0;
+        }
+    }
+
+    /// Whether chunk `c`'s features are cached now.
+    fn is_cached(&self, c: usize) -> bool {
+        self.cache
+            .lock()
+            .map(|cache| cache.entries.iter().any(|(k, _)| *k == c))
+            .unwrap_or(false)
+    }
+
     /// The chunks overlapping examples `ex`, each with its local example range and its offset in `ex`.
     fn chunk_parts(&self, ex: &Range<usize>) -> Vec<(usize, Range<usize>, usize)> {
         let mut parts = Vec::new();
@@ -219,41 +259,53 @@ impl TileSource for NtkTiles {
         // A tile on the diagonal (rows == cols) is symmetric: compute chunk pairs with cb >= ca only and
         // mirror the rest below.
         let diagonal = rows == cols;
-        for (ca, ia, oa) in self.chunk_parts(&ex_rows) {
-            let fa = self.features(ca)?;
-            for (cb, jb, ob) in self.chunk_parts(&ex_cols) {
-                if diagonal && cb < ca {
+        let row_parts = self.chunk_parts(&ex_rows);
+        let col_parts = self.chunk_parts(&ex_cols);
+        for group in col_parts.chunks(self.group_chunks()) {
+            // Row chunks already cached first, so the group's arrival evicts as little as possible.
+            let mut rows_order: Vec<&(usize, Range<usize>, usize)> = row_parts.iter().collect();
+            rows_order.sort_by_key(|(ca, _, _)| !self.is_cached(*ca));
+            for (ca, ia, oa) in rows_order {
+                let (ca, oa) = (*ca, *oa);
+                if diagonal && group.iter().all(|(cb, _, _)| *cb < ca) {
                     continue;
                 }
-                let fb = self.features(cb)?;
-                let t0 = Instant::now();
-                let mut block = Mat::<f64>::zeros(ia.len() * rf, jb.len() * rf);
-                contract(&self.plan, &fa, ia.clone(), &fb, jb.clone(), block.as_mut());
-                let block = if self.spec.outputs == Outputs::Trace {
-                    trace_reduce(&block, rf)
-                } else {
-                    block
-                };
-                // Copy the part of this block that lies inside the requested tile.
-                for bc in 0..block.ncols() {
-                    let Some(oc) = (ob * g + bc)
-                        .checked_sub(col_skip)
-                        .filter(|&c| c < cols.len())
-                    else {
+                let fa = self.features(ca)?;
+                for (cb, jb, ob) in group {
+                    let (cb, ob) = (*cb, *ob);
+                    if diagonal && cb < ca {
                         continue;
+                    }
+                    let fb = self.features(cb)?;
+                    let t0 = Instant::now();
+                    let mut block = Mat::<f64>::zeros(ia.len() * rf, jb.len() * rf);
+                    contract(&self.plan, &fa, ia.clone(), &fb, jb.clone(), block.as_mut());
+                    let block = if self.spec.outputs == Outputs::Trace {
+                        trace_reduce(&block, rf)
+                    } else {
+                        block
                     };
-                    for br in 0..block.nrows() {
-                        let Some(or) = (oa * g + br)
-                            .checked_sub(row_skip)
-                            .filter(|&r| r < rows.len())
+                    // Copy the part of this block that lies inside the requested tile.
+                    for bc in 0..block.ncols() {
+                        let Some(oc) = (ob * g + bc)
+                            .checked_sub(col_skip)
+                            .filter(|&c| c < cols.len())
                         else {
                             continue;
                         };
-                        out[(or, oc)] = block[(br, bc)] / self.divisor;
+                        for br in 0..block.nrows() {
+                            let Some(or) = (oa * g + br)
+                                .checked_sub(row_skip)
+                                .filter(|&r| r < rows.len())
+                            else {
+                                continue;
+                            };
+                            out[(or, oc)] = block[(br, bc)] / self.divisor;
+                        }
                     }
-                }
-                if let Ok(mut s) = self.stats.lock() {
-                    s.contract_seconds += t0.elapsed().as_secs_f64();
+                    if let Ok(mut s) = self.stats.lock() {
+                        s.contract_seconds += t0.elapsed().as_secs_f64();
+                    }
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Shared set-up of the NTK subcommands: load the dataset and the model, order the sample, and build the
 //! kernel's tile source for the first n examples.
 
-use crate::cli::{KernelArgs, ModelDataArgs};
+use crate::cli::{KernelArgs, MemArgs, ModelDataArgs};
 use crate::data::{self, DataOptions, Dataset, Split};
 use crate::model::load::{load_model, LoadedModel};
 use crate::ntk::{KernelSpec, NtkTiles};
@@ -72,6 +72,24 @@ impl Prepared {
     }
 }
 
+/// `--max-mem` split between cached NTK features and MEMDET, in bytes: `(features, memdet)`. The features
+/// get `--feature-mem` when given, else half.
+pub fn memory_split(mem: &MemArgs) -> Result<(u64, u64)> {
+    let total = crate::linalg::parse_size(&mem.max_mem)?;
+    let features = match &mem.feature_mem {
+        Some(f) => crate::linalg::parse_size(f)?,
+        None => total / 2,
+    };
+    if features == 0 || features >= total {
+        return Err(Error::Usage(format!(
+            "--feature-mem {} must be more than 0 and less than --max-mem {}",
+            mem.feature_mem.as_deref().unwrap_or("(half)"),
+            mem.max_mem
+        )));
+    }
+    Ok((features, total - features))
+}
+
 /// Print a warning when the kernel's order m exceeds the number of parameters p (rank K ≤ p).
 pub fn warn_if_singular(tiles: &NtkTiles) {
     use crate::linalg::TileSource;
@@ -103,8 +121,12 @@ pub fn kernel_meta(prepared: &Prepared, tiles: &NtkTiles, n: usize) -> serde_jso
     })
 }
 
-/// The whole kernel as a dense symmetric matrix: upper-triangle panels of whole examples are computed (with a
-/// progress bar) and mirrored. 8·m² bytes: for kernels that fit in memory.
+/// The whole kernel as a dense symmetric matrix: upper-triangle tiles are computed (with a progress bar) and
+/// mirrored. 8·m² bytes: for kernels that fit in memory.
+///
+/// Tiles are 512 rows square when every example's features fit in the feature cache. Otherwise the columns
+/// go in panels of as many examples as the cache can hold ([`NtkTiles::held_examples`]) and the rows above
+/// each panel stream past it in 512-row pieces, so features are recomputed as little as possible.
 pub fn dense_kernel(
     source: &NtkTiles,
     progress: &dyn crate::progress::Progress,
@@ -112,19 +134,37 @@ pub fn dense_kernel(
     use crate::linalg::TileSource;
     let m = source.dim();
     let g = source.granule();
+    let piece = (512 / g).max(1) * g;
+    let held = source.held_examples() * g;
+    let panel = if held >= m { piece } else { held };
+    let pieces_above = |c0: usize| c0.div_ceil(piece);
+    let pieces_in = |w: usize| {
+        let k = w.div_ceil(piece);
+        k * (k + 1) / 2
+    };
+    let steps: usize = (0..m)
+        .step_by(panel)
+        .map(|c0| pieces_above(c0) + pieces_in(panel.min(m - c0)))
+        .sum();
     let mut k = faer::Mat::<f64>::zeros(m, m);
-    let panel = (512 / g).max(1) * g;
-    let panels = m.div_ceil(panel);
-    progress.start("NTK tiles", (panels * (panels + 1) / 2) as u64);
-    for a in 0..panels {
-        let rows = a * panel..((a + 1) * panel).min(m);
-        for b in a..panels {
-            let cols = b * panel..((b + 1) * panel).min(m);
-            let tile = k
-                .as_mut()
-                .submatrix_mut(rows.start, cols.start, rows.len(), cols.len());
-            source.fill(rows.clone(), cols.clone(), tile)?;
-            progress.advance(1);
+    let mut fill = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| -> Result<()> {
+        let tile = k
+            .as_mut()
+            .submatrix_mut(rows.start, cols.start, rows.len(), cols.len());
+        source.fill(rows, cols, tile)?;
+        progress.advance(1);
+        Ok(())
+    };
+    progress.start("NTK tiles", steps as u64);
+    for c0 in (0..m).step_by(panel) {
+        let c1 = (c0 + panel).min(m);
+        for r0 in (0..c0).step_by(piece) {
+            fill(r0..(r0 + piece).min(c0), c0..c1)?;
+        }
+        for a in (c0..c1).step_by(piece) {
+            for b in (a..c1).step_by(piece) {
+                fill(a..(a + piece).min(c1), b..(b + piece).min(c1))?;
+            }
         }
     }
     progress.finish();

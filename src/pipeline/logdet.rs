@@ -54,10 +54,10 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
         seed: args.seed,
     };
     let prepared = crate::pipeline::inputs::prepare(&md, progress)?;
-    let budget = parse_size(&args.mem.max_mem)?;
-    let tiles = prepared.tiles(n, &args.kernel, (budget / 2) as usize)?;
+    let (feature_mem, memdet_mem) = crate::pipeline::inputs::memory_split(&args.mem)?;
+    let tiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
     let mut halved = args.clone();
-    halved.mem.max_mem = (budget / 2).to_string();
+    halved.mem.max_mem = memdet_mem.to_string();
     let t0 = std::time::Instant::now();
     let meta = crate::pipeline::inputs::kernel_meta(&prepared, &tiles, n);
     factor_and_report(&tiles, &halved, Some(meta), progress)?;

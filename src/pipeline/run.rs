@@ -3,9 +3,9 @@
 //! optionally the exact ℓ_N for comparison (`--exact-n`), a JSON report and an SVG plot.
 
 use crate::cli::RunArgs;
-use crate::linalg::{memdet, parse_size, Assume, LogDet, MemdetOptions, TileSource};
+use crate::linalg::{memdet, Assume, LogDet, MemdetOptions, TileSource};
 use crate::ntk::NtkTiles;
-use crate::pipeline::inputs::{kernel_meta, prepare, Prepared};
+use crate::pipeline::inputs::{kernel_meta, memory_split, prepare, Prepared};
 use crate::progress::Progress;
 use crate::report::fit::{EstimateJson, FitJson};
 use crate::report::plot::plot_fit;
@@ -28,7 +28,8 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
             args.burn_in
         )));
     }
-    let max_mem = parse_size(&args.mem.max_mem)?;
+    let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
+    let max_mem = feature_mem + memdet_mem;
     let prepared = prepare(&args.md, progress)?;
     let target_n = args.target_n.unwrap_or(prepared.dataset.len());
     if let Some(exact_n) = args.exact_n {
@@ -40,7 +41,7 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     }
     let load_s = t0.elapsed().as_secs_f64();
 
-    let tiles = prepared.tiles(ns, &args.kernel, (max_mem / 2) as usize)?;
+    let tiles = prepared.tiles(ns, &args.kernel, feature_mem as usize)?;
     let granule = tiles.granule();
     let target_m = target_n * granule;
     if target_m > tiles.num_params() {
@@ -50,7 +51,7 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
             tiles.num_params()
         );
     }
-    let factored = factor(&tiles, args, max_mem / 2, progress)?;
+    let factored = factor(&tiles, args, memdet_mem, progress)?;
     let nested = nested_logdets(&factored.pivots_logabs, &factored.pivot_signs, granule)?;
     if let Some(k) = nested.signs.iter().position(|&s| s < 0.0) {
         return Err(Error::Input(format!(
@@ -74,7 +75,7 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     let fit_s = t_fit.elapsed().as_secs_f64();
 
     let exact = match args.exact_n {
-        Some(n) => Some(exact_logdet(&prepared, n, args, max_mem, progress, |x| {
+        Some(n) => Some(exact_logdet(&prepared, n, args, progress, |x| {
             fitted.predict(x)
         })?),
         None => None,
@@ -105,7 +106,7 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
         memory: MemoryJson {
             max_mem,
             memdet_peak_resident: factored.info.peak_resident_bytes,
-            feature_budget: max_mem / 2,
+            feature_budget: feature_mem,
             feature_bytes_per_example: stats.feature_bytes_per_example,
             process_peak_rss: process_peak_rss(),
         },
@@ -145,13 +146,13 @@ fn exact_logdet(
     prepared: &Prepared,
     n: usize,
     args: &RunArgs,
-    max_mem: u64,
     progress: &dyn Progress,
     predict: impl Fn(f64) -> f64,
 ) -> Result<ExactJson> {
     let t0 = Instant::now();
-    let tiles: NtkTiles = prepared.tiles(n, &args.kernel, (max_mem / 2) as usize)?;
-    let result = factor(&tiles, args, max_mem / 2, progress)?;
+    let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
+    let tiles: NtkTiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
+    let result = factor(&tiles, args, memdet_mem, progress)?;
     let predicted = predict(n as f64);
     let err = (predicted - result.logdet).abs();
     Ok(ExactJson {
