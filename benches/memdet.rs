@@ -4,7 +4,8 @@
 //! matrix, times faer's in-core Cholesky (`llt::factor::cholesky_in_place`, Par::rayon(0)) of a copy, then
 //! MEMDET with n_b ∈ {1, 2, 4, 8, 16} (override with `MEMDET_BENCH_BLOCKS`), scratch in the OS temp dir (or
 //! `MEMDET_BENCH_SCRATCH`). Prints wall time, GFLOP/s (m³/3), the ratio faer time / MEMDET time measured in
-//! the same run, the relative difference of the log-dets, and the transfer counts. faer and MEMDET are timed
+//! the same run, the seconds in each phase (source reads, pivot-block factorisations, updates), the relative
+//! difference of the log-dets, and the transfer counts. faer and MEMDET are timed
 //! alternately (`MEMDET_BENCH_REPS`, default 2, times each) and the best time of each is used, so that a
 //! busy machine affects both alike.
 
@@ -89,10 +90,13 @@ fn main() {
         let src = DenseSource::new(a.clone());
         println!("\nm = {m} (faer and MEMDET timed alternately, {reps} times each; best of each)");
         println!(
-            "{:>5} {:>6} {:>9} {:>8} {:>9} {:>10} {:>9} {:>7} {:>7} {:>9} {:>10}",
+            "{:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>10} {:>9} {:>7} {:>7} {:>9} {:>10}",
             "n_b",
             "b",
             "time[s]",
+            "source",
+            "factor",
+            "update",
             "GFLOP/s",
             "faer[s]",
             "faer/ours",
@@ -130,10 +134,13 @@ fn main() {
             let i = &r.info;
             let secs = i.seconds.total;
             println!(
-                "{:>5} {:>6} {:>9.3} {:>8.1} {:>9.3} {:>10.3} {:>9.1e} {:>7} {:>7} {:>9.3} {:>10.1}",
+                "{:>5} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8.1} {:>9.3} {:>10.3} {:>9.1e} {:>7} {:>7} {:>9.3} {:>10.1}",
                 nb,
                 i.block_size,
                 secs,
+                i.seconds.source,
+                i.seconds.factor,
+                i.seconds.update,
                 flops / secs / 1e9,
                 best_faer,
                 best_faer / secs,
