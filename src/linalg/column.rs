@@ -14,6 +14,7 @@ use crate::{Error, Result};
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Par};
+use rayon::prelude::*;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::time::Instant;
@@ -82,7 +83,7 @@ impl<'a> ColumnRun<'a> {
             .fill(rows.clone(), cols.clone(), tile.mat_mut())?;
         self.tiles_requested += 1;
         let nr = rows.len();
-        if let Some(pos) = tile.data().iter().position(|v| !v.is_finite()) {
+        if let Some(pos) = first_non_finite(tile.data()) {
             let value = tile.data()[pos];
             return Err(Error::NonFinite {
                 value,
@@ -94,7 +95,7 @@ impl<'a> ColumnRun<'a> {
         }
         let scale = self.opts.scale;
         if scale != 1.0 {
-            tile.data_mut().iter_mut().for_each(|v| *v *= scale);
+            tile.data_mut().par_iter_mut().for_each(|v| *v *= scale);
         }
         if i == j {
             // Diagonal tiles: only the lower triangle is used from here on (the input is symmetric).
@@ -286,6 +287,19 @@ impl<'a> ColumnRun<'a> {
         }
         Ok(())
     }
+}
+
+/// Index of the first NaN or ±Inf in `data`, searched with all rayon threads.
+fn first_non_finite(data: &[f64]) -> Option<usize> {
+    const CHUNK: usize = 1 << 15;
+    let chunk = data
+        .par_chunks(CHUNK)
+        .position_first(|c| c.iter().any(|v| !v.is_finite()))?;
+    let start = chunk * CHUNK;
+    data[start..]
+        .iter()
+        .position(|v| !v.is_finite())
+        .map(|p| start + p)
 }
 
 /// Reader thread: read the factor tiles of columns 0..j in storage order into free buffers.
