@@ -4,6 +4,7 @@
 
 use super::budget::BlockPlan;
 use super::factor::{factor_pivot, scale_rows_inv, schur_pivot_value, solve_lower, Assume};
+use super::gemm::{matmul, matmul_lower};
 use super::interrupt;
 use super::memdet::{MemdetOptions, PhaseSeconds, Shift};
 use super::scratch::ScratchStore;
@@ -11,8 +12,6 @@ use super::tile::TileSource;
 use super::tile_buf::{Ledger, Tile};
 use crate::progress::Progress;
 use crate::{Error, Result};
-use faer::linalg::matmul::matmul;
-use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Par};
 use rayon::prelude::*;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
@@ -272,17 +271,7 @@ impl<'a> ColumnRun<'a> {
                 }
                 _ => ck.mat(),
             };
-            triangular::matmul(
-                c.mat_mut(),
-                BlockStructure::TriangularLower,
-                Accum::Add,
-                ck.mat().transpose(),
-                BlockStructure::Rectangular,
-                rhs,
-                BlockStructure::Rectangular,
-                -1.0,
-                par,
-            );
+            matmul_lower(c.mat_mut(), ck.mat().transpose(), rhs, -1.0, par);
             self.seconds.update += t.elapsed().as_secs_f64();
         }
         Ok(())

@@ -1,9 +1,9 @@
-//! Factorisation of one pivot block of MEMDET with faer: Cholesky (`spd`) or LDLᵀ without pivoting (`sym`),
+//! Factorisation of one pivot block of MEMDET: Cholesky (`spd`) by the blocked routine of `gemm.rs`, LDLᵀ without pivoting (`sym`) by faer,
 //! with per-row pivot log-magnitudes and signs, and failures reported at their global row index.
 
 use crate::{Error, Result};
 use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::cholesky::{ldlt, llt};
+use faer::linalg::cholesky::ldlt;
 use faer::reborrow::ReborrowMut;
 use faer::{MatMut, MatRef, Par};
 use serde::Serialize;
@@ -61,35 +61,22 @@ pub fn factor_pivot(
     let n = block.nrows();
     let par = Par::rayon(0);
     match assume {
-        Assume::Spd => {
-            let req = llt::factor::cholesky_in_place_scratch::<f64>(n, par, Default::default());
-            let mut mem = MemBuffer::new(req);
-            let result = llt::factor::cholesky_in_place(
-                block.rb_mut(),
-                Default::default(),
-                par,
-                MemStack::new(&mut mem),
-                Default::default(),
-            );
-            match result {
-                Ok(_) => {
-                    let logabs = (0..n).map(|i| 2.0 * block[(i, i)].ln()).collect();
-                    Ok(BlockFactor {
-                        logabs,
-                        signs: vec![1.0; n],
-                        d: Vec::new(),
-                    })
-                }
-                // faer overwrites parts of the block on failure; the caller rebuilds it and asks
-                // `schur_pivot_value` for the value.
-                Err(llt::factor::LltError::NonPositivePivot { index }) => {
-                    Err(Error::NotPositiveDefinite {
-                        index: offset + index,
-                        value: f64::NAN,
-                    })
-                }
+        Assume::Spd => match super::gemm::cholesky_in_place(block.rb_mut(), par) {
+            Ok(()) => {
+                let logabs = (0..n).map(|i| 2.0 * block[(i, i)].ln()).collect();
+                Ok(BlockFactor {
+                    logabs,
+                    signs: vec![1.0; n],
+                    d: Vec::new(),
+                })
             }
-        }
+            // The block is partly overwritten on failure; the caller rebuilds it and asks
+            // `schur_pivot_value` for the value.
+            Err(index) => Err(Error::NotPositiveDefinite {
+                index: offset + index,
+                value: f64::NAN,
+            }),
+        },
         Assume::Sym => {
             let req = ldlt::factor::cholesky_in_place_scratch::<f64>(n, par, Default::default());
             let mut mem = MemBuffer::new(req);
@@ -145,15 +132,7 @@ pub fn schur_pivot_value(mut block: MatMut<'_, f64>, index: usize) -> f64 {
 
 /// Overwrite `x` with L⁻¹·x, where `factor` holds the factored pivot block (its lower triangle).
 pub fn solve_lower(factor: MatRef<'_, f64>, assume: Assume, x: MatMut<'_, f64>) {
-    let par = Par::rayon(0);
-    match assume {
-        Assume::Spd => {
-            faer::linalg::triangular_solve::solve_lower_triangular_in_place(factor, x, par)
-        }
-        Assume::Sym => {
-            faer::linalg::triangular_solve::solve_unit_lower_triangular_in_place(factor, x, par)
-        }
-    }
+    super::gemm::solve_lower_in_place(factor, assume == Assume::Sym, x, Par::rayon(0));
 }
 
 /// Divide row r of `x` by `d[r]` (applies D⁻¹ of an LDLᵀ pivot block).

@@ -4,6 +4,7 @@
 pub mod budget;
 mod column;
 pub mod factor;
+pub mod gemm;
 pub mod interrupt;
 pub mod memdet;
 pub mod npy;
