@@ -1,7 +1,7 @@
 //! NTK tile benchmark (run by hand: `cargo bench --bench ntk`). For the shipped resnet9 (or, if it is not
 //! there, a seeded resnet9 of width 32: the cost does not depend on the weights) on the first n MNIST
 //! training images at 3×32×32, prints seconds for features and contractions, the contraction's useful
-//! GFLOP/s against faer's f64 GEMM measured in the same run, the FLOP saving of the structured contraction
+//! GFLOP/s against the gemm crate's f64 GEMM (the kernel the contractions call) measured in the same run, the FLOP saving of the structured contraction
 //! against the plain Jacobian contraction (2·m²·p), and the speed-up over brute force measured at a small n.
 //!
 //! Environment: NTK_BENCH_N (default 200), NTK_BENCH_BRUTE_N (default 8).
@@ -62,29 +62,31 @@ fn structured_flops(net: &Network, x: &candle_core::Tensor, rows: usize, n: usiz
     (flops, route_b)
 }
 
-fn faer_gemm_gflops() -> f64 {
+/// f64 GEMM GFLOP/s of a 2048³ product `A·Aᵀ`, with faer's `matmul` (`ours = false`) or with the gemm-crate
+/// wrapper the contractions use (`ours = true`).
+fn gemm_gflops(ours: bool) -> f64 {
+    let matmul = |c: faer::MatMut<'_, f64>, a: faer::MatRef<'_, f64>| {
+        if ours {
+            ntk_pipeline::linalg::gemm::matmul(
+                c,
+                Accum::Replace,
+                a,
+                a.transpose(),
+                1.0,
+                Par::rayon(0),
+            )
+        } else {
+            matmul(c, Accum::Replace, a, a.transpose(), 1.0, Par::rayon(0))
+        }
+    };
     let n = 2048;
     let a = Mat::<f64>::from_fn(n, n, |i, j| ((i * 7 + j * 3) % 11) as f64);
     let mut c = Mat::<f64>::zeros(n, n);
-    matmul(
-        c.as_mut(),
-        Accum::Replace,
-        a.as_ref(),
-        a.transpose(),
-        1.0,
-        Par::rayon(0),
-    );
+    matmul(c.as_mut(), a.as_ref());
     let t = Instant::now();
     let reps = 3;
     for _ in 0..reps {
-        matmul(
-            c.as_mut(),
-            Accum::Replace,
-            a.as_ref(),
-            a.transpose(),
-            1.0,
-            Par::rayon(0),
-        );
+        matmul(c.as_mut(), a.as_ref());
     }
     2.0 * (n as f64).powi(3) * reps as f64 / t.elapsed().as_secs_f64() / 1e9
 }
@@ -131,8 +133,11 @@ fn main() {
             .unwrap_or_default()
             .trim()
     );
-    let gemm = faer_gemm_gflops();
-    println!("faer f64 GEMM (2048³) in this run: {gemm:.1} GFLOP/s");
+    let faer_gemm = gemm_gflops(false);
+    let gemm = gemm_gflops(true);
+    println!(
+        "f64 GEMM (2048³) in this run: gemm crate (x86-v4, what the contractions use) {gemm:.1} GFLOP/s, faer {faer_gemm:.1} GFLOP/s; ratios below are against the gemm crate"
+    );
     let (flops, route_b) = structured_flops(&net, &x, 10, n);
     let plain = 2.0 * (n as f64 * 10.0).powi(2) * p as f64;
     println!(

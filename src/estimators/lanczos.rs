@@ -2,8 +2,8 @@
 //! of SLQ. All active probes share each operator pass; each keeps its own Krylov basis.
 
 use super::operator::LinearOp;
+use crate::linalg::gemm::matmul;
 use crate::{Error, Result};
-use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par, Side};
 use rayon::prelude::*;
 

@@ -3,9 +3,9 @@
 //! whole matrix once and keeping it).
 
 use super::dense::check_finite;
+use crate::linalg::gemm::matmul;
 use crate::linalg::TileSource;
 use crate::Result;
-use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;

@@ -7,10 +7,10 @@ use super::dense::check_finite;
 use super::operator::{KernelOperator, LinearOp};
 use super::slq::{slq_on, SlqOptions};
 use super::{Estimate, Estimator};
+use crate::linalg::gemm::matmul;
 use crate::linalg::TileSource;
 use crate::progress::Progress;
 use crate::{Error, Result};
-use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use std::time::Instant;
 

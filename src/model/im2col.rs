@@ -71,9 +71,15 @@ fn conv2d_typed<T>(
     padding: usize,
 ) -> candle_core::Result<candle_core::Tensor>
 where
-    T: candle_core::WithDType + faer::traits::ComplexField + Copy + Default + Send + Sync,
+    T: candle_core::WithDType
+        + faer::traits::ComplexField
+        + Copy
+        + Default
+        + From<f32>
+        + Send
+        + Sync,
 {
-    use faer::linalg::matmul::matmul;
+    use crate::linalg::gemm::matmul;
     use faer::{Accum, MatMut, MatRef, Par};
     use rayon::prelude::*;
     let (n, c_in, h, w) = x.dims4()?;

@@ -1,8 +1,8 @@
 //! Per-layer tile rules: the kernel block between examples `ia` of one feature block and `jb` of another,
 //! `Σ_layers J_l(ia) J_l(jb)ᵀ` (unscaled), every product a GEMM accumulated in f64.
 
+use crate::linalg::gemm::matmul;
 use crate::ntk::features::{DenseFactors, Features, LayerPlan, Rule, SpatialFactors};
-use faer::linalg::matmul::matmul;
 use faer::reborrow::ReborrowMut;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;

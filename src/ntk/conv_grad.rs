@@ -2,10 +2,10 @@
 //! `dP_r = G_rᵀ W` (U × C_in·k·k), scattered back onto the input grid. candle 0.11's CPU `conv2d` runs at a
 //! few GFLOP/s here; faer's GEMM runs near peak.
 
+use crate::linalg::gemm::matmul;
 use crate::model::im2col::ConvGeometry;
 use crate::Result;
 use candle_core::{DType, Tensor, WithDType};
-use faer::linalg::matmul::matmul;
 use faer::traits::ComplexField;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -29,7 +29,7 @@ pub fn conv2d_input_grad_gemm(
 
 fn typed<T>(weight: &Tensor, g: &Tensor, geo: &ConvGeometry) -> Result<Tensor>
 where
-    T: WithDType + ComplexField + Copy + Default + std::ops::AddAssign + Send + Sync,
+    T: WithDType + ComplexField + Copy + Default + From<f32> + std::ops::AddAssign + Send + Sync,
 {
     let (rows, c_out, _, _) = g.dims4()?;
     let (u, kk, k) = (geo.positions(), geo.patch_len(), geo.k);

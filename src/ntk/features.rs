@@ -9,13 +9,13 @@
 //! - **spatial** factors for conv route B: patches `P_i` and output gradients `G_ic`
 //!   (`K_l = Σ_{u,v} (G_ic G_jc'ᵀ)_{uv} (P_i P_jᵀ)_{uv}`), used where it needs fewer FLOPs than route A.
 
+use crate::linalg::gemm::matmul;
 use crate::model::im2col::{im2col, ConvGeometry};
 use crate::model::{Network, Op};
 use crate::ntk::backward::{backward, seed};
 use crate::ntk::{KernelSpec, Precision};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
-use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 

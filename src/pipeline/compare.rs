@@ -249,6 +249,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         m,
         exact_logdet: reference,
         seconds_forming_kernel: form_s,
+        nested: nested.points.clone(),
         methods: rows,
     };
     if let Some(path) = &args.json {

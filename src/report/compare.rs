@@ -40,6 +40,8 @@ pub struct CompareReport {
     pub exact_logdet: f64,
     /// Seconds to form the full kernel once (f64).
     pub seconds_forming_kernel: f64,
+    /// Exact nested log-dets `[k, ℓ_k]` for k = 1..n from the reference factorisation (usable by `fit`).
+    pub nested: Vec<(usize, f64)>,
     /// One row per method.
     pub methods: Vec<MethodRow>,
 }
