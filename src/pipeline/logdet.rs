@@ -56,11 +56,11 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
     let prepared = crate::pipeline::inputs::prepare(&md, progress)?;
     let (feature_mem, memdet_mem) = crate::pipeline::inputs::memory_split(&args.mem)?;
     let tiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
-    let mut halved = args.clone();
-    halved.mem.max_mem = memdet_mem.to_string();
+    let mut memdet_args = args.clone();
+    memdet_args.mem.max_mem = memdet_mem.to_string();
     let t0 = std::time::Instant::now();
     let meta = crate::pipeline::inputs::kernel_meta(&prepared, &tiles, n);
-    factor_and_report(&tiles, &halved, Some(meta), progress)?;
+    factor_and_report(&tiles, &memdet_args, Some(meta), progress)?;
     let stats = tiles.stats();
     if let Some(path) = &args.json {
         // The tile-forming times are known only now: patch them into the report just written.
