@@ -136,6 +136,17 @@ fn run_writes_the_documented_report_and_its_nested_logdets_are_exact() {
     assert!((e["logdet"].as_f64().unwrap() - exact30).abs() <= 1e-10 * exact30.abs());
     let rel = (e["predicted"].as_f64().unwrap() - exact30).abs() / exact30.abs();
     assert!((e["relative_error"].as_f64().unwrap() - rel).abs() <= 1e-9 * rel.max(1e-300));
+    // K_N's own nested ℓ_k: its first n_s equal the sample's (the subsets are nested), its last is ℓ_N.
+    let exact_nested: Vec<(usize, f64)> = serde_json::from_value(e["nested"].clone()).unwrap();
+    assert_eq!(exact_nested.len(), 30);
+    for (got, want) in exact_nested.iter().zip(&nested) {
+        assert_eq!(got.0, want.0);
+        assert!(
+            (got.1 - want.1).abs() <= 1e-10 * want.1.abs(),
+            "{got:?} vs {want:?}"
+        );
+    }
+    assert!((exact_nested[29].1 - exact30).abs() <= 1e-10 * exact30.abs());
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(
         svg.starts_with("<svg") || svg.starts_with("<?xml"),

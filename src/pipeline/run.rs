@@ -74,13 +74,15 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     progress.finish();
     let fit_s = t_fit.elapsed().as_secs_f64();
 
+    let stats = tiles.stats();
+    // K_N's features have their own budget: free the sample's before forming it.
+    tiles.clear_features();
     let exact = match args.exact_n {
         Some(n) => Some(exact_logdet(&prepared, n, args, progress, |x| {
             fitted.predict(x)
         })?),
         None => None,
     };
-    let stats = tiles.stats();
     let estimate = EstimateJson::from_fit(&fitted, target_n);
     let report = RunReport {
         estimate: estimate.clone(),
@@ -153,6 +155,8 @@ fn exact_logdet(
     let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
     let tiles: NtkTiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
     let result = factor(&tiles, args, memdet_mem, progress)?;
+    let nested = nested_logdets(&result.pivots_logabs, &result.pivot_signs, tiles.granule())?;
+    let stats = tiles.stats();
     let predicted = predict(n as f64);
     let err = (predicted - result.logdet).abs();
     Ok(ExactJson {
@@ -163,6 +167,9 @@ fn exact_logdet(
         relative_error: err / result.logdet.abs(),
         error_per_eigenvalue: err / tiles.dim() as f64,
         seconds: t0.elapsed().as_secs_f64(),
+        features_seconds: stats.feature_seconds,
+        contractions_seconds: stats.contract_seconds,
+        nested: nested.points,
     })
 }
 

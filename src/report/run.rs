@@ -20,6 +20,12 @@ pub struct ExactJson {
     pub error_per_eigenvalue: f64,
     /// Seconds to form and factor K_N.
     pub seconds: f64,
+    /// Seconds of those spent computing per-example features.
+    pub features_seconds: f64,
+    /// Seconds of those spent contracting features into kernel tiles.
+    pub contractions_seconds: f64,
+    /// `[k, ℓ_k]` for k = 1..N from the same factorisation of K_N (the exact nested log-dets, SPEC §3).
+    pub nested: Vec<(usize, f64)>,
 }
 
 /// Wall-clock split of a run, in seconds.
