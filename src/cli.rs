@@ -103,6 +103,26 @@ pub struct MemArgs {
     pub feature_mem: Option<String>,
 }
 
+/// The scaling-law fit and its interval (SPEC §3), shared by `run` and `fit`.
+#[derive(Debug, Args, Clone)]
+pub struct FitModelArgs {
+    /// Burn-in n_0: the fit uses k in [n_0, n_s].
+    #[arg(long, default_value_t = 100)]
+    pub burn_in: usize,
+    /// Laurent order q of the scaling-law fit.
+    #[arg(long, default_value_t = 2)]
+    pub q: usize,
+    /// Number r of plain k^-i terms (i = 1..r) added to the model.
+    #[arg(long, default_value_t = 0)]
+    pub plain_terms: usize,
+    /// Fit weight exponent alpha (0 fits ℓ_k, 1 fits ℓ_k / k).
+    #[arg(long, default_value_t = 0.0)]
+    pub alpha: f64,
+    /// Number of refits on random subsamples of the window for the interval.
+    #[arg(long, default_value_t = 50)]
+    pub ensemble: usize,
+}
+
 /// Arguments of `run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -115,24 +135,14 @@ pub struct RunArgs {
     /// Sample size n_s whose kernel is factored.
     #[arg(long, default_value_t = 500)]
     pub n_sample: usize,
-    /// Burn-in n_0: the fit uses k in [n_0, n_s].
-    #[arg(long, default_value_t = 100)]
-    pub burn_in: usize,
-    /// Laurent order q of the scaling-law fit.
-    #[arg(long, default_value_t = 2)]
-    pub q: usize,
-    /// Fit weight exponent alpha (0 fits ℓ_k, 1 fits ℓ_k / k).
-    #[arg(long, default_value_t = 0.0)]
-    pub alpha: f64,
+    #[command(flatten)]
+    pub fit: FitModelArgs,
     /// Extrapolate to this n (default: the dataset's size).
     #[arg(long)]
     pub target_n: Option<usize>,
     /// Also compute ℓ_N exactly for this N > n_s and report the extrapolation's error.
     #[arg(long)]
     pub exact_n: Option<usize>,
-    /// Number of refits on random subsamples of the window for the interval.
-    #[arg(long, default_value_t = 50)]
-    pub ensemble: usize,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -228,21 +238,8 @@ pub struct FitArgs {
     /// Extrapolate to this n.
     #[arg(long)]
     pub target_n: usize,
-    /// Burn-in n_0.
-    #[arg(long, default_value_t = 100)]
-    pub burn_in: usize,
-    /// Laurent order q.
-    #[arg(long, default_value_t = 2)]
-    pub q: usize,
-    /// Number r of plain k^-i terms (i = 1..r) added to the model.
-    #[arg(long, default_value_t = 0)]
-    pub plain_terms: usize,
-    /// Fit weight exponent alpha.
-    #[arg(long, default_value_t = 0.0)]
-    pub alpha: f64,
-    /// Ensemble size for the interval.
-    #[arg(long, default_value_t = 50)]
-    pub ensemble: usize,
+    #[command(flatten)]
+    pub fit: FitModelArgs,
     /// Seed for the ensemble.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

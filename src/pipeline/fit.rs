@@ -1,7 +1,7 @@
 //! The `fit` subcommand: read nested log-dets from a JSON or CSV file, fit the FLODANCE scaling law,
 //! print a short table, and optionally write the JSON report and the SVG plot.
 
-use crate::cli::FitArgs;
+use crate::cli::{FitArgs, FitModelArgs};
 use crate::progress::Progress;
 use crate::report::fit::{EstimateJson, FitJson, FitReport};
 use crate::report::plot::plot_fit;
@@ -10,20 +10,25 @@ use crate::scaling::{fit, Fit, FitOptions};
 use crate::{Error, Result};
 use std::path::Path;
 
+/// The fit's options from its command-line arguments and the seed of its ensemble.
+pub fn fit_options(args: &FitModelArgs, seed: u64) -> FitOptions {
+    FitOptions {
+        n0: args.burn_in,
+        q: args.q,
+        r: args.plain_terms,
+        alpha: args.alpha,
+        ensemble: args.ensemble,
+        seed,
+    }
+}
+
 /// Execute `fit`.
 pub fn run(args: &FitArgs, progress: &dyn Progress) -> Result<()> {
     if args.target_n == 0 {
         return Err(Error::Usage("--target-n must be at least 1".into()));
     }
     let nested = read_nested(&args.logdets)?;
-    let opts = FitOptions {
-        n0: args.burn_in,
-        q: args.q,
-        r: args.plain_terms,
-        alpha: args.alpha,
-        ensemble: args.ensemble,
-        seed: args.seed,
-    };
+    let opts = fit_options(&args.fit, args.seed);
     progress.start("fit", 1);
     let fitted = fit(&nested, &opts)?;
     progress.finish();

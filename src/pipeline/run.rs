@@ -5,6 +5,7 @@
 use crate::cli::RunArgs;
 use crate::linalg::{memdet, Assume, LogDet, MemdetOptions, TileSource};
 use crate::ntk::NtkTiles;
+use crate::pipeline::fit::fit_options;
 use crate::pipeline::inputs::{kernel_meta, memory_split, prepare, Prepared};
 use crate::progress::Progress;
 use crate::report::fit::{EstimateJson, FitJson};
@@ -13,7 +14,7 @@ use crate::report::run::{
     process_peak_rss, ExactJson, MemoryJson, RunReport, SampleJson, TimingsJson,
 };
 use crate::report::write_json;
-use crate::scaling::{fit, nested_logdets, FitOptions};
+use crate::scaling::{fit, nested_logdets};
 use crate::{Error, Result};
 use std::time::Instant;
 
@@ -22,10 +23,10 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     crate::linalg::interrupt::install_ctrlc_handler();
     let t0 = Instant::now();
     let ns = args.n_sample;
-    if args.burn_in >= ns {
+    if args.fit.burn_in >= ns {
         return Err(Error::Usage(format!(
             "--burn-in {} must be smaller than --n-sample {ns} (the fit uses k in [burn-in, n-sample])",
-            args.burn_in
+            args.fit.burn_in
         )));
     }
     let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
@@ -61,14 +62,7 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     }
 
     let t_fit = Instant::now();
-    let opts = FitOptions {
-        n0: args.burn_in,
-        q: args.q,
-        r: 0,
-        alpha: args.alpha,
-        ensemble: args.ensemble,
-        seed: args.md.seed,
-    };
+    let opts = fit_options(&args.fit, args.md.seed);
     progress.start("fit", 1);
     let fitted = fit(&nested.points, &opts)?;
     progress.finish();
