@@ -11,7 +11,7 @@ pub mod run;
 pub mod train;
 
 use crate::cli::{Cli, Command};
-use crate::progress::{Bars, Progress, Silent};
+use crate::progress::{Progress, Silent};
 use crate::{Error, Result};
 
 /// Run the subcommand that `cli` names, with progress bars unless `--quiet`.
@@ -22,8 +22,12 @@ pub fn execute(cli: &Cli) -> Result<()> {
             .build_global()
             .map_err(|e| Error::Usage(format!("--threads {threads}: {e}")))?;
     }
-    let bars = Bars::new();
-    let progress: &dyn Progress = if cli.quiet { &Silent } else { &bars };
+    let reporter: Box<dyn Progress> = if cli.quiet {
+        Box::new(Silent)
+    } else {
+        crate::progress::for_stderr()
+    };
+    let progress = reporter.as_ref();
     match &cli.command {
         Command::Run(args) => run::run(args, progress),
         Command::Ntk(args) => ntk::run(args, progress),
