@@ -1,6 +1,10 @@
-//! im2col: the patch matrix of one example for a convolution, in the weight's (C_in, kh, kw) column order,
-//! and a convolution forward pass built on it (one faer GEMM per example; candle 0.11's CPU `conv2d` runs at
-//! a few GFLOP/s on this machine).
+//! Lowering a convolution to matrix products: the geometry of one example's convolution, its patch matrix in
+//! the two layouts the code needs, and col2im, the adjoint that scatters patch entries back onto the image.
+//!
+//! Patch entry `(c, a, b)` of output position `u = oy·W_out + ox` is `x[c, oy·s + a − p, ox·s + b − p]`
+//! (zero outside the image), in the weight's `(C_in, k, k)` order, so a convolution is `W · columns`.
+
+use std::ops::AddAssign;
 
 /// Geometry of a square-kernel 2-D convolution on one example.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,104 +43,89 @@ impl ConvGeometry {
     pub fn patch_len(&self) -> usize {
         self.c_in * self.k * self.k
     }
-}
 
-/// Write the patch matrix P (U × C_in·k·k, row-major) of one example `x` (C_in × H × W, row-major) into `out`.
-/// `P[u, (ci·k + ky)·k + kx] = x[ci, oy·s + ky − p, ox·s + kx − p]` (zero outside), u = oy·W_out + ox.
-pub fn im2col(x: &[f64], g: &ConvGeometry, out: &mut [f64]) {
-    debug_assert_eq!(x.len(), g.c_in * g.h * g.w);
-    im2col_generic(x, g, out)
-}
+    /// Elements of one input example, C_in·H·W.
+    pub fn input_len(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
 
-/// Ungrouped conv forward `y = W ∗ x (+ b)` via im2col and one GEMM per example, for tensors that do not
-/// need autograd. `x` is (n, C_in, H, W), `weight` (C_out, C_in, k, k); F32 and F64.
-pub fn conv2d_gemm(
-    x: &candle_core::Tensor,
-    weight: &candle_core::Tensor,
-    stride: usize,
-    padding: usize,
-) -> candle_core::Result<candle_core::Tensor> {
-    use candle_core::DType;
-    match x.dtype() {
-        DType::F64 => conv2d_typed::<f64>(x, weight, stride, padding),
-        DType::F32 => conv2d_typed::<f32>(x, weight, stride, padding),
-        _ => x.conv2d(weight, padding, stride, 1, 1),
+    /// Input row (or column) read by output index `o` at kernel offset `a`, if inside an image of `size`.
+    fn source(&self, o: usize, a: usize, size: usize) -> Option<usize> {
+        (o * self.stride + a)
+            .checked_sub(self.padding)
+            .filter(|&i| i < size)
     }
 }
 
-fn conv2d_typed<T>(
-    x: &candle_core::Tensor,
-    weight: &candle_core::Tensor,
-    stride: usize,
-    padding: usize,
-) -> candle_core::Result<candle_core::Tensor>
-where
-    T: candle_core::WithDType
-        + faer::traits::ComplexField
-        + Copy
-        + Default
-        + From<f32>
-        + Send
-        + Sync,
-{
-    use crate::linalg::gemm::matmul;
-    use faer::{Accum, MatMut, MatRef, Par};
-    use rayon::prelude::*;
-    let (n, c_in, h, w) = x.dims4()?;
-    let (c_out, _, k, _) = weight.dims4()?;
-    let g = ConvGeometry {
-        c_in,
-        h,
-        w,
-        k,
-        stride,
-        padding,
-    };
-    let (u, kk) = (g.positions(), g.patch_len());
-    let xv: Vec<T> = x.contiguous()?.flatten_all()?.to_vec1::<T>()?;
-    let wv: Vec<T> = weight.to_dtype(x.dtype())?.flatten_all()?.to_vec1::<T>()?;
-    let wm = MatRef::from_row_major_slice(&wv, c_out, kk);
-    let in_len = c_in * h * w;
-    let mut out = vec![T::default(); n * c_out * u];
-    out.par_chunks_mut(c_out * u).enumerate().for_each_init(
-        || vec![T::default(); u * kk],
-        |patches, (e, y)| {
-            im2col_generic(&xv[e * in_len..(e + 1) * in_len], &g, patches);
-            let p = MatRef::from_row_major_slice(patches.as_slice(), u, kk);
-            let dst = MatMut::from_row_major_slice_mut(y, c_out, u);
-            matmul(
-                dst,
-                Accum::Replace,
-                wm,
-                p.transpose(),
-                T::from_f64_impl(1.0),
-                Par::Seq,
-            );
-        },
-    );
-    candle_core::Tensor::from_vec(out, (n, c_out, g.out_h(), g.out_w()), x.device())
+/// The patch matrix of one example `x` (C_in × H × W, row-major) with one row per output position:
+/// `out` is U × C_in·k·k, row-major (the NTK keeps per-position patches as rows).
+pub fn patch_rows<T: Copy + Default>(x: &[T], g: &ConvGeometry, out: &mut [T]) {
+    debug_assert_eq!(x.len(), g.input_len());
+    let (ow, k, len) = (g.out_w(), g.k, g.patch_len());
+    for oy in 0..g.out_h() {
+        for ox in 0..ow {
+            let row = &mut out[(oy * ow + ox) * len..][..len];
+            for c in 0..g.c_in {
+                let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+                for a in 0..k {
+                    let iy = g.source(oy, a, g.h);
+                    for b in 0..k {
+                        row[(c * k + a) * k + b] = match (iy, g.source(ox, b, g.w)) {
+                            (Some(iy), Some(ix)) => plane[iy * g.w + ix],
+                            _ => T::default(),
+                        };
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// [`im2col`] for any copyable element type.
-fn im2col_generic<T: Copy + Default>(x: &[T], g: &ConvGeometry, out: &mut [T]) {
-    let (oh, ow, k) = (g.out_h(), g.out_w(), g.k);
-    let len = g.patch_len();
-    for oy in 0..oh {
-        for ox in 0..ow {
-            let row = &mut out[(oy * ow + ox) * len..(oy * ow + ox + 1) * len];
-            for ci in 0..g.c_in {
-                let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-                for ky in 0..k {
-                    let iy = (oy * g.stride + ky) as isize - g.padding as isize;
-                    for kx in 0..k {
-                        let ix = (ox * g.stride + kx) as isize - g.padding as isize;
-                        let inside =
-                            iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w;
-                        row[(ci * k + ky) * k + kx] = if inside {
-                            plane[iy as usize * g.w + ix as usize]
-                        } else {
-                            T::default()
-                        };
+/// The patch matrix of one example with one column per output position: `cols` is C_in·k·k × U,
+/// row-major, `cols[(c·k + a)·k + b, u]` (the transpose of [`patch_rows`], built row by row).
+pub fn im2col<T: Copy + Default>(x: &[T], g: &ConvGeometry, cols: &mut [T]) {
+    debug_assert_eq!(x.len(), g.input_len());
+    let (k, p, oh, ow) = (g.k, g.positions(), g.out_h(), g.out_w());
+    for c in 0..g.c_in {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for a in 0..k {
+            for b in 0..k {
+                let row = &mut cols[((c * k + a) * k + b) * p..][..p];
+                for oy in 0..oh {
+                    let dst = &mut row[oy * ow..(oy + 1) * ow];
+                    match g.source(oy, a, g.h) {
+                        None => dst.fill(T::default()),
+                        Some(iy) => {
+                            let src = &plane[iy * g.w..(iy + 1) * g.w];
+                            for (ox, d) in dst.iter_mut().enumerate() {
+                                *d = g.source(ox, b, g.w).map_or(T::default(), |ix| src[ix]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: `dx[c, iy, ix] += Σ` of the `cols` entries that were read from it.
+/// `dx` (C_in × H × W) must be zeroed by the caller.
+pub fn col2im<T: Copy + AddAssign>(cols: &[T], g: &ConvGeometry, dx: &mut [T]) {
+    let (k, p, oh, ow) = (g.k, g.positions(), g.out_h(), g.out_w());
+    for c in 0..g.c_in {
+        let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for a in 0..k {
+            for b in 0..k {
+                let row = &cols[((c * k + a) * k + b) * p..][..p];
+                for oy in 0..oh {
+                    let Some(iy) = g.source(oy, a, g.h) else {
+                        continue;
+                    };
+                    let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    for (ox, v) in row[oy * ow..(oy + 1) * ow].iter().enumerate() {
+                        if let Some(ix) = g.source(ox, b, g.w) {
+                            dst[ix] += *v;
+                        }
                     }
                 }
             }
@@ -148,30 +137,35 @@ fn im2col_generic<T: Copy + Default>(x: &[T], g: &ConvGeometry, out: &mut [T]) {
 mod tests {
     use super::*;
 
+    const G: ConvGeometry = ConvGeometry {
+        c_in: 2,
+        h: 5,
+        w: 4,
+        k: 3,
+        stride: 2,
+        padding: 1,
+    };
+
+    fn input() -> Vec<f64> {
+        (0..G.input_len())
+            .map(|v| (v as f64 * 0.37).sin())
+            .collect()
+    }
+
     #[test]
     fn patches_match_direct_convolution() {
         // A conv computed from patches must equal the direct sum for stride 2, padding 1.
-        let g = ConvGeometry {
-            c_in: 2,
-            h: 5,
-            w: 4,
-            k: 3,
-            stride: 2,
-            padding: 1,
-        };
-        let x: Vec<f64> = (0..g.c_in * g.h * g.w)
-            .map(|v| (v as f64 * 0.37).sin())
-            .collect();
-        let wt: Vec<f64> = (0..g.patch_len())
+        let x = input();
+        let wt: Vec<f64> = (0..G.patch_len())
             .map(|v| (v as f64 * 0.11).cos())
             .collect();
-        let mut p = vec![0.0; g.positions() * g.patch_len()];
-        im2col(&x, &g, &mut p);
-        for oy in 0..g.out_h() {
-            for ox in 0..g.out_w() {
-                let u = oy * g.out_w() + ox;
-                let via_patch: f64 = (0..g.patch_len())
-                    .map(|q| p[u * g.patch_len() + q] * wt[q])
+        let mut p = vec![0.0; G.positions() * G.patch_len()];
+        patch_rows(&x, &G, &mut p);
+        for oy in 0..G.out_h() {
+            for ox in 0..G.out_w() {
+                let u = oy * G.out_w() + ox;
+                let via_patch: f64 = (0..G.patch_len())
+                    .map(|q| p[u * G.patch_len() + q] * wt[q])
                     .sum();
                 let mut direct = 0.0;
                 for ci in 0..2 {
@@ -189,5 +183,30 @@ mod tests {
                 assert!((via_patch - direct).abs() < 1e-14);
             }
         }
+    }
+
+    #[test]
+    fn columns_are_the_transpose_of_rows_and_col2im_is_their_adjoint() {
+        let x = input();
+        let (u, len) = (G.positions(), G.patch_len());
+        let mut rows = vec![0.0; u * len];
+        let mut cols = vec![0.0; len * u];
+        patch_rows(&x, &G, &mut rows);
+        im2col(&x, &G, &mut cols);
+        for i in 0..u {
+            for q in 0..len {
+                assert_eq!(rows[i * len + q], cols[q * u + i]);
+            }
+        }
+        // <im2col(x), c> = <x, col2im(c)> for any c.
+        let c: Vec<f64> = (0..len * u).map(|v| (v as f64 * 0.23).cos()).collect();
+        let mut back = vec![0.0; G.input_len()];
+        col2im(&c, &G, &mut back);
+        let lhs: f64 = cols.iter().zip(&c).map(|(a, b)| a * b).sum();
+        let rhs: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
+        assert!(
+            (lhs - rhs).abs() <= 1e-13 * lhs.abs().max(1.0),
+            "{lhs} vs {rhs}"
+        );
     }
 }

@@ -135,10 +135,11 @@ impl Op {
         match self {
             Op::Input | Op::Dropout => Ok(x.clone()),
             Op::Conv2d(c) => {
-                // Without autograd (evaluation, NTK) an im2col + faer GEMM conv is several times faster.
-                let square = c.weight.dims().get(2) == c.weight.dims().get(3);
-                let y = if c.groups == 1 && square && !x.track_op() && !c.weight.track_op() {
-                    crate::model::im2col::conv2d_gemm(x, &c.weight, c.stride, c.padding)?
+                // Without autograd (evaluation, NTK features) the im2col + GEMM conv is several times
+                // faster; under autograd candle's own op is kept, so brute-force NTK references stay
+                // independent of our convolution code.
+                let y = if !x.track_op() && !c.weight.track_op() {
+                    crate::model::conv::conv2d(x, &c.weight, c.stride, c.padding, c.groups)?
                 } else {
                     x.conv2d(&c.weight, c.padding, c.stride, 1, c.groups)?
                 };

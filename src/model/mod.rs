@@ -5,6 +5,7 @@
 //! one [`Op`] to the outputs of earlier nodes; the last node's output is the logits, shape (batch, d).
 
 pub mod arch;
+pub mod conv;
 pub mod im2col;
 pub mod layers;
 pub mod load;

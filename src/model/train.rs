@@ -5,9 +5,7 @@
 //! BatchNorm buffer in the [`Network`] shares storage with a `Var`: the optimizer updates the `Var`s in
 //! place and the network sees the new values.
 
-pub mod fast_conv;
 pub mod forward;
-pub mod im2col;
 pub mod sgd;
 
 pub use forward::{batch_norm_train, forward_train, BatchStats, ConvMode};

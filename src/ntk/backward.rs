@@ -7,9 +7,9 @@
 //! Conv data gradients are `conv2d`s of the (zero-dilated) output gradient with the flipped, transposed kernel
 //! — candle's own `conv_transpose2d` is several times slower.
 
+use crate::model::conv;
 use crate::model::im2col::ConvGeometry;
 use crate::model::{Conv2d, Network, Op};
-use crate::ntk::conv_grad::conv2d_input_grad_gemm;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 
@@ -143,7 +143,7 @@ fn vjp(
                 stride: c.stride,
                 padding: c.padding,
             };
-            conv2d_input_grad_gemm(&c.weight, g, &geometry)?
+            conv::conv2d_input_grad(&c.weight, g, &geometry)?
         }
         Op::Conv2d(c) => {
             conv2d_input_grad(c, g, input.dim(2)?, input.dim(3)?).map_err(|e| match e {

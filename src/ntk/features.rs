@@ -10,7 +10,7 @@
 //!   (`K_l = Σ_{u,v} (G_ic G_jc'ᵀ)_{uv} (P_i P_jᵀ)_{uv}`), used where it needs fewer FLOPs than route A.
 
 use crate::linalg::gemm::matmul;
-use crate::model::im2col::{im2col, ConvGeometry};
+use crate::model::im2col::{patch_rows, ConvGeometry};
 use crate::model::{Network, Op};
 use crate::ntk::backward::{backward, seed};
 use crate::ntk::{KernelSpec, Precision};
@@ -345,7 +345,7 @@ fn extract(
                 .enumerate()
                 .for_each(|(e, rows_e)| {
                     let mut patches = vec![0.0; u * plen];
-                    im2col(&x[e * in_len..(e + 1) * in_len], geometry, &mut patches);
+                    patch_rows(&x[e * in_len..(e + 1) * in_len], geometry, &mut patches);
                     let p = MatRef::from_row_major_slice(&patches, u, plen);
                     for (c, col) in rows_e.chunks_mut(ecols).enumerate() {
                         let row = e * r + c;
@@ -393,7 +393,7 @@ fn extract(
             s.patches[start * u * plen..(start + len) * u * plen]
                 .par_chunks_mut(u * plen)
                 .enumerate()
-                .for_each(|(e, out)| im2col(&x[e * in_len..(e + 1) * in_len], geometry, out));
+                .for_each(|(e, out)| patch_rows(&x[e * in_len..(e + 1) * in_len], geometry, out));
             s.grads[row0 * c_out * u..(row0 + len * r) * c_out * u].copy_from_slice(&g);
             if let Some(bias) = rule.bias_offset {
                 write_channel_sums(feats, row0, len * r, bias, &g, *c_out, u, None)?;

@@ -13,7 +13,6 @@
 pub mod backward;
 pub mod brute;
 pub mod contract;
-pub mod conv_grad;
 pub mod features;
 pub mod tiles;
 

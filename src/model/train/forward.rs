@@ -1,8 +1,8 @@
 //! Train-mode forward pass: like `Network::forward_cached`, but BatchNorm normalises with the batch's own
 //! statistics (and reports them so the running statistics can be updated) and convolutions use the
-//! fast-backward convolution of [`super::fast_conv`].
+//! fast-backward convolution of [`crate::model::conv`].
 
-use super::fast_conv;
+use crate::model::conv;
 use crate::model::{Network, Op};
 use crate::{Error, Result};
 use candle_core::Tensor;
@@ -52,7 +52,7 @@ pub fn batch_norm_train(
 /// Which convolution the train-mode forward uses (its backward pass differs; the values agree).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConvMode {
-    /// [`fast_conv::conv2d`]: im2col + GEMM forward and backward.
+    /// [`conv::conv2d`]: im2col + GEMM forward and backward.
     #[default]
     Fast,
     /// candle's `conv2d` and its autograd (input gradient through `conv_transpose2d`), for comparison.
@@ -89,7 +89,7 @@ pub fn forward_train(
             Op::Input => x.clone(),
             Op::Conv2d(conv) => {
                 let y = match mode {
-                    ConvMode::Fast => fast_conv::conv2d(
+                    ConvMode::Fast => conv::conv2d(
                         inputs[0],
                         &conv.weight,
                         conv.stride,

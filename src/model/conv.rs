@@ -1,16 +1,109 @@
-//! 2-D convolution with a fast backward pass, as a candle `CustomOp2`.
+//! 2-D convolution as matrix products on the im2col lowering ([`super::im2col`]), for f32 and f64: the
+//! forward pass, the data gradient, and a candle `CustomOp2` whose backward pass uses them.
 //!
 //! candle differentiates `conv2d` with respect to its input through `conv_transpose2d`, and with respect to
 //! its kernel through a convolution whose "kernel" is the whole output gradient; on the CPU both run far
-//! below the speed of a matrix product. Here each image is lowered once to its column matrix
-//! cols = im2col(x) (C_in·k·k × Ho·Wo) and everything is a GEMM on it:
+//! below the speed of a matrix product (and its forward `conv2d` ran at 1–3 GFLOP/s here). Here each image
+//! is lowered once to its column matrix cols = im2col(x) (C_in·k·k × Ho·Wo) and everything is a GEMM on it:
 //! y = W·cols, ∂W = Σ_images ∂y·colsᵀ, ∂x = col2im(Wᵀ·∂y).
 //! (col2im(Wᵀ·∂y) is the stride-1 convolution of the zero-dilated output gradient with the flipped,
 //! in/out-transposed kernel, computed without multiplying the inserted zeros.)
+//!
+//! Users: model evaluation without autograd (`layers.rs`), training (`train::forward`), and the NTK's data
+//! gradient ([`conv2d_input_grad`]).
 
-use super::im2col::{col2im, im2col, matmul, Elem, Geometry, Operand};
+use super::im2col::{col2im, im2col, ConvGeometry};
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, WithDType};
+use gemm::Parallelism;
 use rayon::prelude::*;
+
+/// Floating-point element types the convolution supports (f32, f64).
+pub trait Elem: WithDType + Default + std::ops::AddAssign {
+    /// 1 in this type.
+    const ONE: Self;
+}
+
+impl Elem for f32 {
+    const ONE: Self = 1.0;
+}
+
+impl Elem for f64 {
+    const ONE: Self = 1.0;
+}
+
+/// A row-major matrix operand: `data` holds rows × cols, read transposed when `transposed`.
+#[derive(Clone, Copy)]
+struct Operand<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+}
+
+impl<'a, T> Operand<'a, T> {
+    /// `data` as a rows × cols row-major matrix.
+    fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            transposed: false,
+        }
+    }
+
+    /// The transpose of this operand.
+    fn t(self) -> Self {
+        Self {
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+
+    /// (rows, cols) of the operand as used, and its (row stride, column stride).
+    fn view(&self) -> ((usize, usize), (isize, isize)) {
+        let (r, c) = (self.rows, self.cols);
+        if self.transposed {
+            ((c, r), (1, c as isize))
+        } else {
+            ((r, c), (c as isize, 1))
+        }
+    }
+}
+
+/// dst (m × n, row-major) = lhs · rhs, or dst += lhs · rhs when `accumulate`; single-threaded (the callers
+/// parallelise over images).
+fn matmul<T: Elem>(dst: &mut [T], lhs: Operand<'_, T>, rhs: Operand<'_, T>, accumulate: bool) {
+    let ((m, k), (lrs, lcs)) = lhs.view();
+    let ((k2, n), (rrs, rcs)) = rhs.view();
+    assert!(k == k2, "matmul: inner dimensions {k} and {k2} differ");
+    assert!(lhs.data.len() >= lhs.rows * lhs.cols && rhs.data.len() >= rhs.rows * rhs.cols);
+    assert!(dst.len() >= m * n, "matmul: destination too small");
+    // SAFETY: the asserts above guarantee every index gemm touches (i·rs + j·cs for i < rows, j < cols of
+    // each operand as viewed) lies inside the slices; `dst` is borrowed mutably and does not alias them.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lcs,
+            lrs,
+            rhs.data.as_ptr(),
+            rcs,
+            rrs,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
 
 /// Convolution with square kernels and one group; other cases go through candle's own op.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +118,7 @@ fn geometry(
     w: &[usize],
     stride: usize,
     padding: usize,
-) -> Result<(usize, usize, Geometry)> {
+) -> Result<(usize, usize, ConvGeometry)> {
     let (&[n, c_in, h, wd], &[c_out, c_w, k, k2]) = (x, w) else {
         return Err(candle_core::Error::Msg(format!(
             "fast conv2d: shapes {x:?} and {w:?} are not 4-D"
@@ -36,26 +129,20 @@ fn geometry(
             "fast conv2d: kernel {w:?} (stride {stride}, padding {padding}) does not fit input {x:?}"
         )));
     }
-    let out = |size: usize| (size + 2 * padding - k) / stride + 1;
-    Ok((
-        n,
-        c_out,
-        Geometry {
-            c_in,
-            h,
-            w: wd,
-            k,
-            stride,
-            padding,
-            ho: out(h),
-            wo: out(wd),
-        },
-    ))
+    let g = ConvGeometry {
+        c_in,
+        h,
+        w: wd,
+        k,
+        stride,
+        padding,
+    };
+    Ok((n, c_out, g))
 }
 
-/// y = conv(x, w), batch-parallel.
-fn forward<T: Elem>(x: &[T], w: &[T], c_out: usize, g: &Geometry) -> Vec<T> {
-    let (chw, kk, p) = (g.c_in * g.h * g.w, g.rows(), g.cols());
+/// y = conv(x, w) for a batch x (n images of C_in × H × W) and w (c_out × C_in·k·k), batch-parallel.
+pub fn forward<T: Elem>(x: &[T], w: &[T], c_out: usize, g: &ConvGeometry) -> Vec<T> {
+    let (chw, kk, p) = (g.input_len(), g.patch_len(), g.positions());
     let n = x.len() / chw.max(1);
     let mut y = vec![T::default(); n * c_out * p];
     y.par_chunks_mut(c_out * p)
@@ -64,21 +151,10 @@ fn forward<T: Elem>(x: &[T], w: &[T], c_out: usize, g: &Geometry) -> Vec<T> {
             || vec![T::default(); kk * p],
             |cols, (yn, xn)| {
                 im2col(xn, g, cols);
-                let w_op = Operand {
-                    data: w,
-                    rows: c_out,
-                    cols: kk,
-                    transposed: false,
-                };
                 matmul(
                     yn,
-                    w_op,
-                    Operand {
-                        data: cols,
-                        rows: kk,
-                        cols: p,
-                        transposed: false,
-                    },
+                    Operand::new(w, c_out, kk),
+                    Operand::new(cols, kk, p),
                     false,
                 );
             },
@@ -86,50 +162,52 @@ fn forward<T: Elem>(x: &[T], w: &[T], c_out: usize, g: &Geometry) -> Vec<T> {
     y
 }
 
+/// ∂x of conv(x, w) given ∂y (n images of c_out × U): col2im(Wᵀ·∂y) per image, batch-parallel.
+pub fn input_grad<T: Elem>(w: &[T], dy: &[T], c_out: usize, g: &ConvGeometry) -> Vec<T> {
+    let (chw, kk, p) = (g.input_len(), g.patch_len(), g.positions());
+    let n = dy.len() / (c_out * p).max(1);
+    let mut dx = vec![T::default(); n * chw];
+    dx.par_chunks_mut(chw)
+        .zip(dy.par_chunks(c_out * p))
+        .for_each_init(
+            || vec![T::default(); kk * p],
+            |dcols, (dxn, dyn_)| {
+                matmul(
+                    dcols,
+                    Operand::new(w, c_out, kk).t(),
+                    Operand::new(dyn_, c_out, p),
+                    false,
+                );
+                col2im(dcols, g, dxn);
+            },
+        );
+    dx
+}
+
 /// (∂x, ∂w) of conv(x, w) given ∂y, batch-parallel with per-thread partial sums of ∂w.
-fn backward<T: Elem>(x: &[T], w: &[T], dy: &[T], c_out: usize, g: &Geometry) -> (Vec<T>, Vec<T>) {
-    let (chw, kk, p) = (g.c_in * g.h * g.w, g.rows(), g.cols());
-    let mut dx = vec![T::default(); x.len()];
-    let dw = dx
-        .par_chunks_mut(chw)
-        .zip(x.par_chunks(chw))
+fn backward<T: Elem>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    c_out: usize,
+    g: &ConvGeometry,
+) -> (Vec<T>, Vec<T>) {
+    let (chw, kk, p) = (g.input_len(), g.patch_len(), g.positions());
+    let dx = input_grad(w, dy, c_out, g);
+    let dw = x
+        .par_chunks(chw)
         .zip(dy.par_chunks(c_out * p))
         .with_min_len(4)
         .fold(
-            || {
-                (
-                    vec![T::default(); c_out * kk],
-                    vec![T::default(); kk * p],
-                    vec![T::default(); kk * p],
-                )
-            },
-            |(mut dw, mut cols, mut dcols), ((dxn, xn), dyn_)| {
+            || (vec![T::default(); c_out * kk], vec![T::default(); kk * p]),
+            |(mut dw, mut cols), (xn, dyn_)| {
                 im2col(xn, g, &mut cols);
-                let dy_op = Operand {
-                    data: dyn_,
-                    rows: c_out,
-                    cols: p,
-                    transposed: false,
-                };
-                let cols_t = Operand {
-                    data: &cols,
-                    rows: kk,
-                    cols: p,
-                    transposed: true,
-                };
-                matmul(&mut dw, dy_op, cols_t, true);
-                let w_t = Operand {
-                    data: w,
-                    rows: c_out,
-                    cols: kk,
-                    transposed: true,
-                };
-                matmul(&mut dcols, w_t, dy_op, false);
-                col2im(&dcols, g, dxn);
-                (dw, cols, dcols)
+                let dy_op = Operand::new(dyn_, c_out, p);
+                matmul(&mut dw, dy_op, Operand::new(&cols, kk, p).t(), true);
+                (dw, cols)
             },
         )
-        .map(|(dw, _, _)| dw)
+        .map(|(dw, _)| dw)
         .reduce(
             || vec![T::default(); c_out * kk],
             |mut a, b| {
@@ -138,6 +216,23 @@ fn backward<T: Elem>(x: &[T], w: &[T], dy: &[T], c_out: usize, g: &Geometry) -> 
             },
         );
     (dx, dw)
+}
+
+/// Gradient with respect to the input (rows, C_in, H, W) of an ungrouped square-kernel conv with `weight`
+/// (C_out, C_in, k, k), given the output gradient `g` (rows, C_out, Ho, Wo): f64 stays f64, any other
+/// dtype is computed in f32.
+pub fn conv2d_input_grad(weight: &Tensor, g: &Tensor, geometry: &ConvGeometry) -> Result<Tensor> {
+    fn typed<T: Elem>(weight: &Tensor, g: &Tensor, geo: &ConvGeometry) -> Result<Tensor> {
+        let (rows, c_out, _, _) = g.dims4()?;
+        let w = weight.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()?;
+        let dy = g.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()?;
+        let dx = input_grad(&w, &dy, c_out, geo);
+        Tensor::from_vec(dx, (rows, geo.c_in, geo.h, geo.w), &Device::Cpu)
+    }
+    match g.dtype() {
+        DType::F64 => typed::<f64>(weight, g, geometry),
+        _ => typed::<f32>(weight, g, geometry),
+    }
 }
 
 /// The contiguous elements of `s` viewed through `l`.
@@ -161,7 +256,7 @@ impl CustomOp2 for FastConv {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c_out, g) = geometry(l1.dims(), l2.dims(), self.stride, self.padding)?;
-        let shape = Shape::from((n, c_out, g.ho, g.wo));
+        let shape = Shape::from((n, c_out, g.out_h(), g.out_w()));
         match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(w)) => Ok((
                 CpuStorage::F32(forward(slice(x, l1)?, slice(w, l2)?, c_out, &g)),
@@ -190,7 +285,7 @@ impl CustomOp2 for FastConv {
             w: &Tensor,
             dy: &Tensor,
             c: usize,
-            g: &Geometry,
+            g: &ConvGeometry,
         ) -> Result<(Tensor, Tensor)> {
             let flat = |t: &Tensor| t.detach().flatten_all()?.to_vec1::<T>();
             let (dx, dw) = backward(&flat(x)?, &flat(w)?, &flat(&dy.to_dtype(x.dtype())?)?, c, g);
