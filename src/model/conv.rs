@@ -348,6 +348,16 @@ mod tests {
     use super::*;
     use candle_core::Var;
 
+    /// max |t| of an f64 tensor.
+    fn max_abs(t: &Tensor) -> f64 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
     /// Gradients of sum(conv(x, w) ⊙ r) through the fast op and through candle's conv2d, in f64.
     /// Arguments: [batch, C_in, C_out, H = W, k, stride, padding, groups].
     fn compare([n, c_in, c_out, hw, k, stride, padding, groups]: [usize; 8]) {
@@ -360,14 +370,7 @@ mod tests {
             .unwrap();
         let r = Tensor::randn(0f64, 1.0, y_ref.shape(), &dev).unwrap();
         let y = conv2d(x.as_tensor(), w.as_tensor(), stride, padding, groups).unwrap();
-        let diff = (&y - &y_ref)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let diff = max_abs(&(&y - &y_ref).unwrap());
         assert!(diff < 1e-10, "forward differs by {diff}");
         let g_ref = (&y_ref * &r)
             .unwrap()
@@ -379,21 +382,8 @@ mod tests {
         for v in [&x, &w] {
             let a = g.get(v.as_tensor()).unwrap();
             let b = g_ref.get(v.as_tensor()).unwrap();
-            let scale = b
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
-            let d = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let scale = max_abs(b);
+            let d = max_abs(&(a - b).unwrap());
             // f64 round-off of sums of a few hundred products: 1e-10 relative is far above it.
             assert!(
                 d <= 1e-10 * scale.max(1.0),

@@ -34,8 +34,8 @@ pub fn run(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
 }
 
 /// `logdet --model … --data … --n N`: factor the NTK of the first N examples, its tiles computed on demand
-/// and streamed into MEMDET (the kernel is never stored). Half of `--max-mem` goes to MEMDET, half to
-/// cached NTK features.
+/// and streamed into MEMDET (the kernel is never stored). `--feature-mem` (default half of `--max-mem`) goes
+/// to cached NTK features, the rest to MEMDET.
 fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
     let (Some(model), Some(data), Some(n)) = (&args.model, &args.data, args.n) else {
         return Err(Error::Usage(
