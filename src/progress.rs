@@ -4,7 +4,7 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Receives progress of one phase at a time: `start`, any number of `advance`, then `finish`.
@@ -73,7 +73,7 @@ impl Progress for Bars {
     }
 }
 
-/// The reporter the CLI uses: bars on a terminal, plain lines otherwise.
+/// The reporter the CLI uses: bars on a terminal, plain lines (a status line a minute) otherwise.
 pub fn for_stderr() -> Box<dyn Progress> {
     if std::io::stderr().is_terminal() {
         Box::new(Bars::new())
@@ -82,11 +82,19 @@ pub fn for_stderr() -> Box<dyn Progress> {
     }
 }
 
-/// One plain line per phase start and end on stderr, and one every `interval` in between
-/// (`progress: <phase> <done>/<total> (<pct> %), <elapsed> s elapsed, eta <s> s`), for logs of long jobs.
+/// One plain line per phase start and end on stderr, and a status line every `interval` while a phase runs
+/// (`progress: <phase> <done>/<total> (<pct> %), <elapsed> s elapsed, eta <s> s`), printed by a heartbeat
+/// thread so that phases whose units take many minutes (one MEMDET block of a large NTK) still show life.
 pub struct LogLines {
     interval: Duration,
-    state: Mutex<Option<Phase>>,
+    state: Arc<Mutex<Ticker>>,
+}
+
+/// What the heartbeat thread reads: the running phase, if any, and which phase number it is.
+#[derive(Default)]
+struct Ticker {
+    phase: Option<Phase>,
+    generation: u64,
 }
 
 /// The phase a [`LogLines`] is reporting.
@@ -95,15 +103,14 @@ struct Phase {
     total: u64,
     done: u64,
     started: Instant,
-    last_line: Instant,
 }
 
 impl LogLines {
-    /// Lines at most every `interval` within a phase.
+    /// Status lines every `interval` within a phase.
     pub fn new(interval: Duration) -> Self {
         Self {
             interval,
-            state: Mutex::new(None),
+            state: Arc::new(Mutex::new(Ticker::default())),
         }
     }
 }
@@ -132,36 +139,49 @@ impl Phase {
     }
 }
 
+/// Print `state`'s phase every `interval` until that phase (number `generation`) is over.
+fn heartbeat(state: Arc<Mutex<Ticker>>, generation: u64, interval: Duration) {
+    loop {
+        std::thread::sleep(interval);
+        let Ok(ticker) = state.lock() else { return };
+        match &ticker.phase {
+            Some(p) if ticker.generation == generation => eprintln!("{}", p.line()),
+            _ => return,
+        }
+    }
+}
+
 impl Progress for LogLines {
     fn start(&self, phase: &str, total: u64) {
-        let now = Instant::now();
         eprintln!("progress: {phase} started ({total} units)");
-        if let Ok(mut slot) = self.state.lock() {
-            *slot = Some(Phase {
-                name: phase.to_string(),
-                total,
-                done: 0,
-                started: now,
-                last_line: now,
-            });
-        }
+        let generation = match self.state.lock() {
+            Ok(mut ticker) => {
+                ticker.generation += 1;
+                ticker.phase = Some(Phase {
+                    name: phase.to_string(),
+                    total,
+                    done: 0,
+                    started: Instant::now(),
+                });
+                ticker.generation
+            }
+            Err(_) => return,
+        };
+        let (state, interval) = (Arc::clone(&self.state), self.interval);
+        std::thread::spawn(move || heartbeat(state, generation, interval));
     }
 
     fn advance(&self, units: u64) {
-        if let Ok(mut slot) = self.state.lock() {
-            if let Some(p) = slot.as_mut() {
+        if let Ok(mut ticker) = self.state.lock() {
+            if let Some(p) = ticker.phase.as_mut() {
                 p.done = p.done.saturating_add(units);
-                if p.last_line.elapsed() >= self.interval {
-                    p.last_line = Instant::now();
-                    eprintln!("{}", p.line());
-                }
             }
         }
     }
 
     fn finish(&self) {
-        if let Ok(mut slot) = self.state.lock() {
-            if let Some(p) = slot.take() {
+        if let Ok(mut ticker) = self.state.lock() {
+            if let Some(p) = ticker.phase.take() {
                 eprintln!(
                     "progress: {} done in {:.1} s",
                     p.name,
@@ -184,7 +204,6 @@ mod tests {
             total: 8,
             done: 2,
             started,
-            last_line: started,
         };
         let line = phase.line();
         assert!(
@@ -193,5 +212,24 @@ mod tests {
         );
         let none_done = Phase { done: 0, ..phase };
         assert!(none_done.line().ends_with("eta ?"));
+    }
+
+    #[test]
+    fn the_heartbeat_thread_stops_when_its_phase_ends() {
+        let state = Arc::new(Mutex::new(Ticker::default()));
+        let log = LogLines {
+            interval: Duration::from_millis(5),
+            state: Arc::clone(&state),
+        };
+        log.start("a", 2);
+        log.advance(1);
+        std::thread::sleep(Duration::from_millis(20));
+        log.finish();
+        log.start("b", 1);
+        log.finish();
+        // Only this test's handle and no heartbeat thread may hold the state once they have woken.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(Arc::strong_count(&state), 2);
+        assert!(state.lock().unwrap().phase.is_none());
     }
 }
