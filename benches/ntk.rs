@@ -1,8 +1,9 @@
 //! NTK tile benchmark (run by hand: `cargo bench --bench ntk`). For the shipped resnet9 (or, if it is not
 //! there, a seeded resnet9 of width 32: the cost does not depend on the weights) on the first n MNIST
 //! training images at 3×32×32, prints seconds for features and contractions, the contraction's useful
-//! GFLOP/s against the gemm crate's f64 GEMM (the kernel the contractions call) measured in the same run, the FLOP saving of the structured contraction
-//! against the plain Jacobian contraction (2·m²·p), and the speed-up over brute force measured at a small n.
+//! GFLOP/s against the gemm crate's f64 GEMM (the kernel the contractions call) measured in the same run,
+//! the FLOP saving of the structured contraction against the plain Jacobian contraction (2·m²·p), and the
+//! speed-up over brute force measured at a small n.
 //!
 //! Environment: NTK_BENCH_N (default 200), NTK_BENCH_BRUTE_N (default 8).
 

@@ -17,7 +17,7 @@ pub use dataset::{Dataset, Normalization};
 pub use resolve::{Format, Locations};
 pub use transform::{augment_crop_flip, augment_crop_flip_fill};
 
-use crate::progress::{Bars, Progress};
+use crate::progress::Progress;
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -71,10 +71,15 @@ pub struct DataOptions {
 
 /// Loads a dataset by name (`mnist`, `fashion-mnist`, `cifar10`, `cifar100`) or from a directory.
 ///
-/// Uses the locations from the environment ([`Locations::from_env`]) and draws a progress bar on stderr
-/// for downloads. See [`resolve`] for the search order.
+/// Uses the locations from the environment ([`Locations::from_env`]) and reports downloads on stderr
+/// ([`crate::progress::for_stderr`]). See [`resolve`] for the search order.
 pub fn load(name_or_dir: &str, opts: &DataOptions) -> Result<Dataset> {
-    load_with(name_or_dir, opts, &Locations::from_env(), &Bars::new())
+    load_with(
+        name_or_dir,
+        opts,
+        &Locations::from_env(),
+        crate::progress::for_stderr().as_ref(),
+    )
 }
 
 /// [`load`] with explicit search locations and progress reporting (tests, `--quiet`).

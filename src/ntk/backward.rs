@@ -4,8 +4,9 @@
 //! `i·r + c` carrying the gradient of seed `c` for example `i` (examples do not interact in eval mode), so one
 //! pass yields every layer's output gradient for every example and every logit. Forward values needed by the
 //! backward rules (ReLU and max-pool masks, tanh/GELU derivatives) are computed on the n rows and repeated.
-//! Conv data gradients are `conv2d`s of the (zero-dilated) output gradient with the flipped, transposed kernel
-//! — candle's own `conv_transpose2d` is several times slower.
+//! Conv data gradients are GEMMs plus col2im ([`crate::model::conv::conv2d_input_grad`]) for ungrouped convs,
+//! and `conv2d`s of the (zero-dilated) output gradient with the flipped, transposed kernel for grouped ones;
+//! candle's own `conv_transpose2d` is several times slower than either.
 
 use crate::model::conv;
 use crate::model::im2col::ConvGeometry;

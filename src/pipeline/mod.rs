@@ -14,7 +14,7 @@ use crate::cli::{Cli, Command};
 use crate::progress::{Progress, Silent};
 use crate::{Error, Result};
 
-/// Run the subcommand that `cli` names, with progress bars unless `--quiet`.
+/// Run the subcommand that `cli` names, reporting progress on stderr unless `--quiet`.
 pub fn execute(cli: &Cli) -> Result<()> {
     if let Some(threads) = cli.threads {
         rayon::ThreadPoolBuilder::new()

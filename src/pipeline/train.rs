@@ -99,13 +99,15 @@ pub struct TrainLog {
 pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
     check_args(args)?;
     let log_path = log_path(&args.out);
-    let data = data::load(
+    let data = data::load_with(
         &args.data,
         &DataOptions {
             split: Split::Train,
             data_dir: args.data_dir.clone(),
             download: false,
         },
+        &data::Locations::from_env(),
+        progress,
     )?;
     let n = args.limit.map_or(data.len(), |l| l.min(data.len()));
     if n < 2 {
