@@ -40,13 +40,28 @@ pub enum Error {
         cols: std::ops::Range<usize>,
     },
     /// Cholesky found a non-positive pivot: the matrix is not symmetric positive definite.
-    #[error("matrix is not positive definite: pivot {index} is {value:e} (<= 0); try --assume sym, or add a diagonal shift with --shift")]
+    #[error("matrix is not positive definite: pivot {index} is {value:e} (<= 0); {}", not_pd_hint(*.sym_pivoted))]
     NotPositiveDefinite {
         /// Global row index of the failing pivot.
         index: usize,
         /// Value of the pivot after elimination of the previous rows.
         value: f64,
+        /// True when `--assume sym` would use the pivoted (backward-stable) LDLᵀ, i.e. no nested
+        /// log-dets were asked for; only then does the message recommend it.
+        sym_pivoted: bool,
     },
+    /// Pivoted LDLᵀ found an exactly zero (or non-finite) pivot block: the matrix is singular.
+    #[error("the matrix is singular: pivoted LDL^T (Bunch-Kaufman) found a pivot of {value:e} at row {index}, so log|det| = -inf; check the input, or add a diagonal shift with --shift")]
+    Singular {
+        /// Global row index of the pivot.
+        index: usize,
+        /// The pivot (or 2×2 pivot determinant).
+        value: f64,
+    },
+    /// The factorisation cannot be trusted (element growth, or a singular leading block under pivoting
+    /// confined to blocks): refused rather than reporting an inaccurate log-determinant.
+    #[error("{0}")]
+    Unstable(String),
     /// LDLᵀ without pivoting hit an exactly zero (or non-finite) pivot.
     #[error("zero pivot at row {index} (value {value:e}) in LDL^T without pivoting: the leading {index}x{index} block is singular; the matrix may still be non-singular but needs pivoting (not available with --nested)")]
     ZeroPivot {
@@ -76,6 +91,17 @@ pub enum Error {
     /// A bug: an invariant of ours did not hold.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What to try after a failed Cholesky: `--assume sym` only where it is pivoted (backward stable).
+fn not_pd_hint(sym_pivoted: bool) -> &'static str {
+    if sym_pivoted {
+        "try --assume sym (LDL^T with Bunch-Kaufman pivoting, for indefinite matrices), or add a diagonal shift with --shift"
+    } else {
+        "nested log-dets need a factorisation without pivoting, which is not backward stable on indefinite \
+         matrices: add a diagonal shift with --shift, or compute log|det| alone without --nested \
+         (`logdet --assume sym` then pivots)"
+    }
 }
 
 impl Error {

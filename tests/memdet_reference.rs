@@ -98,7 +98,7 @@ fn reference_indefinite_r_plus_rt() {
         assert_eq!(res.sign, -1.0, "n_b={nb}");
         // Under `spd` it must be refused, naming the pivot and its value.
         match run(&c, Assume::Spd, nb) {
-            Err(Error::NotPositiveDefinite { index, value }) => {
+            Err(Error::NotPositiveDefinite { index, value, .. }) => {
                 assert_eq!(index, first_bad, "n_b={nb}");
                 assert!(
                     (value - d[first_bad]).abs() < 1e-12 * d[first_bad].abs(),

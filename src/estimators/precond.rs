@@ -56,7 +56,11 @@ pub fn pivoted_cholesky(
     let m = source.dim();
     let diag = read_diagonal(source)?;
     if let Some((i, &v)) = diag.iter().enumerate().find(|(_, v)| **v < 0.0) {
-        return Err(Error::NotPositiveDefinite { index: i, value: v });
+        return Err(Error::NotPositiveDefinite {
+            index: i,
+            value: v,
+            sym_pivoted: false,
+        });
     }
     let dmax = diag.iter().copied().fold(0.0, f64::max);
     let mut residual = diag.clone();

@@ -3,10 +3,12 @@
 //! factorisation, and write-behind of the finished tiles by a writer thread.
 
 use super::budget::BlockPlan;
-use super::factor::{factor_pivot, scale_rows_inv, schur_pivot_value, solve_lower, Assume};
+use super::factor::{factor_pivot, schur_pivot_value, solve_lower, Assume};
 use super::gemm::{matmul, matmul_lower};
+use super::growth::{GrowthMonitor, Remedy};
 use super::interrupt;
 use super::memdet::{MemdetOptions, PhaseSeconds, Shift};
+use super::pivots::Pivots;
 use super::scratch::ScratchStore;
 use super::tile::TileSource;
 use super::tile_buf::{Ledger, Tile};
@@ -32,8 +34,16 @@ pub(crate) struct ColumnRun<'a> {
     pub logabs: Vec<f64>,
     /// sign(pivot) per row.
     pub signs: Vec<f64>,
-    /// D of each finished pivot block (LDLᵀ only).
-    d: Vec<Vec<f64>>,
+    /// B and P of each finished pivot block (LDLᵀ only).
+    pivots: Vec<Pivots>,
+    /// Pivot magnitude per row (for the near-singular warning).
+    pub magnitudes: Vec<f64>,
+    /// Largest |a_ii| of the diagonal tiles requested so far (after t and D).
+    pub max_diag: f64,
+    /// Element growth of the factorisation so far (LDLᵀ only).
+    pub growth: GrowthMonitor,
+    /// `(|L||B||Lᵀ|)_rr` contributions of the finished off-diagonal tiles of the current column.
+    weights: Vec<f64>,
     /// Time per phase so far.
     pub seconds: PhaseSeconds,
     /// Tiles requested from the source so far.
@@ -49,7 +59,7 @@ impl<'a> ColumnRun<'a> {
         scratch: Option<&'a ScratchStore>,
         ledger: Arc<Ledger>,
     ) -> Self {
-        ledger.add(8 * 3 * plan.m as u64);
+        ledger.add(8 * 4 * plan.m as u64);
         Self {
             source,
             opts,
@@ -58,7 +68,11 @@ impl<'a> ColumnRun<'a> {
             ledger,
             logabs: vec![0.0; plan.m],
             signs: vec![1.0; plan.m],
-            d: Vec::new(),
+            pivots: Vec::new(),
+            magnitudes: vec![0.0; plan.m],
+            max_diag: 0.0,
+            growth: GrowthMonitor::default(),
+            weights: Vec::new(),
             seconds: PhaseSeconds::default(),
             tiles_requested: 0,
         }
@@ -105,7 +119,11 @@ impl<'a> ColumnRun<'a> {
                     Shift::Scalar(s) => *s,
                     Shift::Diagonal(v) => v[rows.start + c],
                 };
+                self.max_diag = self.max_diag.max(a[(c, c)].abs());
             }
+        }
+        if self.opts.assume == Assume::Sym {
+            self.growth.add_tile(tile.data(), i != j);
         }
         self.seconds.source += t.elapsed().as_secs_f64();
         Ok(tile)
@@ -123,6 +141,7 @@ impl<'a> ColumnRun<'a> {
         let store = j + 1 < n;
         let b = self.plan.block_size;
         let ledger = Arc::clone(&self.ledger);
+        self.weights = vec![0.0; self.plan.len(j)];
         std::thread::scope(|s| -> Result<()> {
             let (tile_tx, tile_rx) = sync_channel::<Result<Tile>>(1);
             let (free_tx, free_rx) = channel::<Tile>();
@@ -194,8 +213,8 @@ impl<'a> ColumnRun<'a> {
             self.check_interrupt()?;
             let mut u = self.next_tile(rx)?;
             let t = Instant::now();
-            if let Some(d) = self.d.get(k) {
-                scale_rows_inv(u.mat_mut(), d);
+            if let Some(p) = self.pivots.get(k) {
+                p.apply_inverse(u.mat_mut());
             }
             matmul(
                 c.mat_mut(),
@@ -211,7 +230,22 @@ impl<'a> ColumnRun<'a> {
         self.check_interrupt()?;
         let l = self.next_tile(rx)?;
         let t = Instant::now();
+        if let Some(p) = self.pivots.get(i) {
+            p.permute_rows(c.mat_mut());
+        }
         solve_lower(l.mat(), self.opts.assume, c.mat_mut());
+        if let Some(p) = self.pivots.get(i) {
+            // Row r of the factor gains Σ |l|ᵀ|B_i||l| over this tile's column r (l = B_i⁻¹ u).
+            let nr = c.nrows();
+            let added: Vec<f64> = c
+                .data()
+                .par_chunks(nr.max(1))
+                .map(|u| p.growth_of_column(u))
+                .collect();
+            for (w, a) in self.weights.iter_mut().zip(added) {
+                *w += a;
+            }
+        }
         self.seconds.update += t.elapsed().as_secs_f64();
         let _ = free.send(l);
         Ok(())
@@ -229,7 +263,12 @@ impl<'a> ColumnRun<'a> {
         self.check_interrupt()?;
         let t = Instant::now();
         let rows = self.plan.range(j);
-        let outcome = factor_pivot(c.mat_mut(), self.opts.assume, rows.start);
+        let outcome = factor_pivot(
+            c.mat_mut(),
+            self.opts.assume,
+            self.opts.pivoting,
+            rows.start,
+        );
         self.seconds.factor += t.elapsed().as_secs_f64();
         let f = match outcome {
             Ok(f) => f,
@@ -239,14 +278,43 @@ impl<'a> ColumnRun<'a> {
                 let mut fresh = self.load_source(j, j)?;
                 self.update_diagonal(&mut fresh, finished, temp)?;
                 let value = schur_pivot_value(fresh.mat_mut(), index - rows.start);
-                return Err(Error::NotPositiveDefinite { index, value });
+                return Err(Error::NotPositiveDefinite {
+                    index,
+                    value,
+                    sym_pivoted: !self.opts.nested,
+                });
+            }
+            Err(Error::Singular { index, value }) if j + 1 < self.plan.num_blocks => {
+                return Err(Error::Unstable(format!(
+                    "the leading {} rows are singular (pivoted LDL^T found a pivot of {value:e} at row {index}) \
+                     and pivoting is confined to blocks of {} rows, so the factorisation cannot continue; \
+                     use fewer blocks (--num-blocks 1, or a larger --max-mem) so that pivoting covers the \
+                     whole matrix",
+                    rows.end,
+                    self.plan.block_size
+                )));
             }
             Err(e) => return Err(e),
         };
         self.logabs[rows.clone()].copy_from_slice(&f.logabs);
-        self.signs[rows].copy_from_slice(&f.signs);
+        self.signs[rows.clone()].copy_from_slice(&f.signs);
+        self.magnitudes[rows.clone()].copy_from_slice(&f.magnitudes);
         if self.opts.assume == Assume::Sym {
-            self.d.push(f.d);
+            let within = f.pivots.growth_within(c.mat());
+            for (pos, w) in within.iter().enumerate() {
+                let orig = f.pivots.original_row(pos);
+                self.growth
+                    .add_row(w + self.weights[orig], rows.start + orig);
+            }
+            let remedy = if self.opts.nested || !self.opts.pivoting {
+                Remedy::DropNested
+            } else if self.plan.num_blocks > 1 {
+                Remedy::FewerBlocks(self.plan.block_size)
+            } else {
+                Remedy::Shift
+            };
+            self.growth.check(rows.end, remedy)?;
+            self.pivots.push(f.pivots);
         }
         Ok(())
     }
@@ -262,11 +330,11 @@ impl<'a> ColumnRun<'a> {
         for (k, ck) in finished.iter().enumerate() {
             self.check_interrupt()?;
             let t = Instant::now();
-            let rhs = match (self.d.get(k), temp.as_deref_mut()) {
-                (Some(d), Some(tmp)) => {
+            let rhs = match (self.pivots.get(k), temp.as_deref_mut()) {
+                (Some(p), Some(tmp)) => {
                     tmp.reshape(ck.nrows(), ck.ncols())?;
                     tmp.data_mut().copy_from_slice(ck.data());
-                    scale_rows_inv(tmp.mat_mut(), d);
+                    p.apply_inverse(tmp.mat_mut());
                     tmp.mat()
                 }
                 _ => ck.mat(),

@@ -9,11 +9,21 @@
 //! n(n−1)/2 tiles; source requests: n(n+1)/2 tiles (for n = n_b blocks).
 //!
 //! Only tiles (I, J) with I ≤ J are requested, and of the diagonal tiles only the lower triangle is used:
-//! the source must be symmetric (an `.npy` with one valid triangle says so with `Triangle`).
+//! the source must be symmetric (an `.npy` source checks that both triangles agree, or uses the one that
+//! `Triangle` names).
+//!
+//! `sym` (LDLᵀ) is backward stable or refuses. Without nested log-dets each pivot block is factored by
+//! Bunch–Kaufman with rook pivoting (`P S Pᵀ = L B Lᵀ`); with one block that is the whole matrix, a
+//! backward-stable factorisation. With more blocks pivoting cannot cross block boundaries, and with nested
+//! log-dets there is none at all, so in every `sym` run the element growth
+//! `g = max_r (|L||B||Lᵀ|)_rr / ‖A‖_F` is measured (cheaply, from the factor tiles as they are finished;
+//! see `growth.rs`) and the run stops with [`Error::Unstable`] once g exceeds [`GROWTH_LIMIT`] on the leading
+//! rows factored so far (Cholesky of an SPD matrix has g ≤ 1).
 
 use super::budget::{self, BlockPlan};
 use super::column::ColumnRun;
 use super::factor::Assume;
+pub use super::growth::GROWTH_LIMIT;
 use super::scratch::ScratchStore;
 use super::tile::TileSource;
 use super::tile_buf::Ledger;
@@ -24,6 +34,10 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// A pivot is near-singular (and warned about) when its magnitude is at most this fraction of the largest
+/// |diagonal entry| of M: the log-determinant then depends strongly on rounding in that direction.
+pub const NEAR_SINGULAR: f64 = 1e-12;
 
 /// The diagonal part D of `M = t·A + D`.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -40,7 +54,7 @@ pub enum Shift {
 /// How to run MEMDET.
 #[derive(Debug, Clone)]
 pub struct MemdetOptions {
-    /// Cholesky (`Spd`) or LDLᵀ without pivoting (`Sym`).
+    /// Cholesky (`Spd`) or LDLᵀ (`Sym`).
     pub assume: Assume,
     /// Blocks per side n_b (overrides the plan from `max_mem`).
     pub num_blocks: Option<usize>,
@@ -54,7 +68,7 @@ pub struct MemdetOptions {
     pub shift: Shift,
     /// Keep per-row pivots meaningful for nested log-dets (forbids pivoting).
     pub nested: bool,
-    /// Bunch–Kaufman pivoting inside pivot blocks (`Sym` only, not with `nested`). Not implemented yet.
+    /// Bunch–Kaufman (rook) pivoting inside pivot blocks (`Sym` only, not with `nested`).
     pub pivoting: bool,
     /// Cap on scratch bytes (tests use it to simulate a full disk).
     pub scratch_cap: Option<u64>,
@@ -123,6 +137,13 @@ pub struct MemdetInfo {
     pub planned_resident_bytes: u64,
     /// Size of the scratch store at its largest (bytes).
     pub scratch_bytes: u64,
+    /// True when pivot blocks were factored with Bunch–Kaufman pivoting (per-row pivots are then not
+    /// nested log-dets).
+    pub pivoted: bool,
+    /// `sym` only: the element growth `max_r (|L||B||Lᵀ|)_rr / ‖A‖_F` (at most [`GROWTH_LIMIT`]).
+    pub growth: Option<f64>,
+    /// Warnings about the result (near-singular pivots), also printed by the CLI.
+    pub warnings: Vec<String>,
 }
 
 /// The result of MEMDET: log|det M|, its sign, per-row pivots (for nested log-dets) and run statistics.
@@ -239,11 +260,26 @@ fn validate(opts: &MemdetOptions, m: usize) -> Result<()> {
                 "Bunch–Kaufman pivoting breaks nested log-dets; do not combine pivoting with nested".into(),
             ));
         }
-        return Err(Error::Usage(
-            "Bunch–Kaufman pivoting is not implemented yet; use LDLᵀ without pivoting (the default)".into(),
-        ));
     }
     Ok(())
+}
+
+/// The warning for pivots of magnitude at most [`NEAR_SINGULAR`] × the largest |diagonal entry|, if any.
+fn near_singular_warning(magnitudes: &[f64], max_diag: f64) -> Option<String> {
+    let limit = NEAR_SINGULAR * max_diag;
+    let small: Vec<(usize, f64)> = magnitudes
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, v)| *v <= limit)
+        .collect();
+    let (row, smallest) = small.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1))?;
+    Some(format!(
+        "{} pivot(s) are near-singular (|pivot| <= {NEAR_SINGULAR:e} x the largest |diagonal entry| \
+         {max_diag:.3e}); the smallest is {smallest:.3e} at row {row}: the log-determinant is sensitive to \
+         rounding in those directions",
+        small.len()
+    ))
 }
 
 /// Compute log|det(t·A + D)| and its sign with at most the planned number of blocks in RAM.
@@ -298,6 +334,10 @@ pub fn memdet(
             s.bytes_written(),
         )
     });
+    let growth = ldlt.then(|| run.growth.growth());
+    let warnings = near_singular_warning(&run.magnitudes, run.max_diag)
+        .into_iter()
+        .collect();
     let info = MemdetInfo {
         m,
         num_blocks: n,
@@ -312,6 +352,9 @@ pub fn memdet(
         peak_resident_bytes: ledger.peak(),
         planned_resident_bytes: plan.resident_bytes(ldlt),
         scratch_bytes: written,
+        pivoted: opts.pivoting,
+        growth,
+        warnings,
     };
     let (pivots_logabs, pivot_signs) = run.into_pivots();
     Ok(LogDet {

@@ -5,16 +5,21 @@ pub mod budget;
 mod column;
 pub mod factor;
 pub mod gemm;
+pub mod growth;
 pub mod interrupt;
 pub mod memdet;
 pub mod npy;
 pub mod npy_write;
+pub mod pivots;
 pub mod scratch;
 pub mod tile;
 pub mod tile_buf;
 
 pub use budget::{parse_size, BlockPlan};
 pub use factor::Assume;
-pub use memdet::{memdet, LogDet, MemdetInfo, MemdetOptions, NestedLogdet, PhaseSeconds, Shift};
+pub use memdet::{
+    memdet, LogDet, MemdetInfo, MemdetOptions, NestedLogdet, PhaseSeconds, Shift, GROWTH_LIMIT,
+    NEAR_SINGULAR,
+};
 pub use npy::{NpySource, Triangle};
 pub use tile::{DenseSource, TileSource};

@@ -93,15 +93,18 @@ pub fn memdet_options(args: &LogdetArgs) -> Result<MemdetOptions> {
     } else {
         Shift::Scalar(args.shift)
     };
+    let assume = Assume::parse(&args.assume)?;
+    // Nested log-dets need the unpivoted factorisation; otherwise `sym` pivots (Bunch–Kaufman).
+    let nested = args.nested.is_some();
     Ok(MemdetOptions {
-        assume: Assume::parse(&args.assume)?,
+        assume,
         num_blocks: args.mem.num_blocks,
         max_mem: Some(max_mem),
         scratch_dir: args.mem.scratch_dir.clone(),
         scale: args.scale_by,
         shift,
-        nested: true,
-        pivoting: false,
+        nested,
+        pivoting: assume == Assume::Sym && !nested,
         scratch_cap,
         interrupt: None,
     })
@@ -127,6 +130,9 @@ pub fn factor_and_report(
         )));
     }
     let result = memdet(source, &opts, progress)?;
+    for warning in &result.info.warnings {
+        eprintln!("warning: {warning}");
+    }
     let report = LogdetReport::new(
         &result,
         opts.assume.name(),
