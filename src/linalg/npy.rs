@@ -1,13 +1,15 @@
-//! `.npy` square matrices as a [`TileSource`]: f32/f64, either byte order, C or Fortran order, memory-mapped
-//! so that a matrix larger than RAM works, optionally with only one triangle valid.
+//! `.npy` square matrices as a [`TileSource`]: f32/f64, either byte order, C or Fortran order, read tile by
+//! tile with positioned reads (`pread`) so that a matrix larger than RAM works and a file that shrinks while
+//! it is read is an error, not a SIGBUS; either with only one triangle valid (`--triangle`), or checked to be
+//! symmetric as it is read.
 
 use super::tile::TileSource;
 use crate::{Error, Result};
-use faer::reborrow::ReborrowMut;
 use faer::MatMut;
-use memmap2::{Mmap, UncheckedAdvice};
 use std::fs::File;
+use std::io::Read;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Element type of an `.npy` array that we can read.
@@ -32,7 +34,7 @@ impl NpyDtype {
 /// Which part of a stored matrix holds valid values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Triangle {
-    /// The whole matrix (it is symmetric).
+    /// The whole matrix, checked to be symmetric (see [`NpySource`]).
     Full,
     /// Only entries with row ≤ column are valid.
     Upper,
@@ -160,14 +162,31 @@ fn dict_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     Some(value)
 }
 
-/// A square `.npy` matrix, memory-mapped, read tile by tile (values converted to f64).
+/// Relative tolerance of the symmetry check for f64 files: entries (i, j) and (j, i) may differ by at most
+/// `1e-10 · max(|a_ij|, |a_ji|, sqrt(|a_ii·a_jj|))`. The last term is the entry's natural scale (Cauchy–Schwarz
+/// for a PSD matrix) and the size of the rounding error of `J Jᵀ` formed by a non-symmetric GEMM (about
+/// √p·ε·|J_i||J_j| ≈ 3e-13 for p = 10⁷ parameters), so rounding passes while any real asymmetry stops.
+pub const SYMMETRY_TOL_F64: f64 = 1e-10;
+
+/// The same for f32 files (f32 rounding of a p-term product is about √p·6e-8).
+pub const SYMMETRY_TOL_F32: f64 = 1e-4;
+
+/// A square `.npy` matrix read tile by tile with positioned reads (values converted to f64).
+///
+/// With [`Triangle::Full`] every tile (I, J) is compared with its mirror (J, I) as it is read (MEMDET asks for
+/// each tile I ≤ J once, so the file is read once in all): the first pair of entries that differs by more than
+/// the tolerance ([`SYMMETRY_TOL_F64`], [`SYMMETRY_TOL_F32`]) stops the run naming both, a NaN or ±Inf in
+/// either triangle stops it too, and accepted pairs are averaged, so that the matrix factored (the symmetric
+/// part) is the same for every block plan. With `Upper`/`Lower` only that triangle is read, for every plan.
 pub struct NpySource {
     path: PathBuf,
-    map: Mmap,
+    file: File,
     header: NpyHeader,
     dim: usize,
     triangle: Triangle,
     granule: usize,
+    /// The diagonal (for the symmetry tolerance; `Full` only).
+    diag: Vec<f64>,
 }
 
 impl std::fmt::Debug for NpySource {
@@ -183,12 +202,17 @@ impl std::fmt::Debug for NpySource {
 impl NpySource {
     /// Open and validate `path`: a 2-D square f32/f64 array whose data are all present.
     pub fn open(path: &Path, triangle: Triangle) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
-        // SAFETY: the file is only read; if another process truncates it while mapped, reads may fault,
-        // which is the documented risk of every memory-mapped reader.
-        let map =
-            unsafe { Mmap::map(&file) }.map_err(|e| Error::io("cannot memory-map", path, e))?;
-        let header = parse_header(&map, path)?;
+        let mut file = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("cannot stat", path, e))?
+            .len();
+        let mut prefix = Vec::new();
+        (&mut file)
+            .take(1 << 20)
+            .read_to_end(&mut prefix)
+            .map_err(|e| Error::io("cannot read", path, e))?;
+        let header = parse_header(&prefix, path)?;
         if header.shape.len() != 2 || header.shape[0] != header.shape[1] {
             return Err(Error::Input(format!(
                 "{}: expected a square 2-D matrix, found shape {:?}",
@@ -213,22 +237,30 @@ impl NpySource {
                     path.display()
                 ))
             })?;
-        if map.len() < need {
+        if len < need as u64 {
             return Err(Error::Input(format!(
-                "{}: truncated: a {dim}x{dim} {:?} matrix needs {need} bytes, the file has {}",
+                "{}: truncated: a {dim}x{dim} {:?} matrix needs {need} bytes, the file has {len}",
                 path.display(),
                 header.dtype,
-                map.len()
             )));
         }
-        Ok(Self {
+        let mut source = Self {
             path: path.to_path_buf(),
-            map,
+            file,
             header,
             dim,
             triangle,
             granule: 1,
-        })
+            diag: Vec::new(),
+        };
+        if triangle == Triangle::Full {
+            let mut diag = vec![0.0; dim];
+            for (i, d) in diag.iter_mut().enumerate() {
+                source.read_run(i, i..i + 1, &mut Vec::new(), |_, v| *d = v)?;
+            }
+            source.diag = diag;
+        }
+        Ok(source)
     }
 
     /// Set the block granularity (e.g. d for an NTK saved as `.npy`).
@@ -242,141 +274,147 @@ impl NpySource {
         &self.header
     }
 
-    /// The stored element at (r, c), converted to f64.
-    #[inline]
-    fn raw(&self, r: usize, c: usize) -> f64 {
-        let idx = if self.header.fortran_order {
-            c * self.dim + r
-        } else {
-            r * self.dim + c
-        };
-        let data = &self.map[self.header.data_offset..];
+    /// The relative tolerance of the symmetry check for this file's dtype.
+    pub fn symmetry_tolerance(&self) -> f64 {
+        match self.header.dtype {
+            NpyDtype::F64 => SYMMETRY_TOL_F64,
+            NpyDtype::F32 => SYMMETRY_TOL_F32,
+        }
+    }
+
+    /// Read the stored run `major`, minor indices `minor` (contiguous in the file), calling `visit(minor
+    /// index, value)` for each; `buf` is reused between calls. A short read (the file shrank) is an error.
+    fn read_run(
+        &self,
+        major: usize,
+        minor: Range<usize>,
+        buf: &mut Vec<u8>,
+        mut visit: impl FnMut(usize, f64),
+    ) -> Result<()> {
+        let size = self.header.dtype.size();
+        buf.resize(minor.len() * size, 0);
+        let offset = (self.header.data_offset + (major * self.dim + minor.start) * size) as u64;
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::Input(format!(
+                    "{}: the file shrank while it was being read (reading {} bytes at offset {offset}); \
+                     do not modify the matrix file during a run",
+                    self.path.display(),
+                    buf.len()
+                ))
+            } else {
+                Error::io("cannot read", &self.path, e)
+            }
+        })?;
+        let le = self.header.little_endian;
         match self.header.dtype {
             NpyDtype::F64 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&data[idx * 8..idx * 8 + 8]);
-                if self.header.little_endian {
-                    f64::from_le_bytes(b)
-                } else {
-                    f64::from_be_bytes(b)
+                for (k, b) in buf.chunks_exact(8).enumerate() {
+                    let b: [u8; 8] = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]];
+                    let v = if le {
+                        f64::from_le_bytes(b)
+                    } else {
+                        f64::from_be_bytes(b)
+                    };
+                    visit(minor.start + k, v);
                 }
             }
             NpyDtype::F32 => {
-                let mut b = [0u8; 4];
-                b.copy_from_slice(&data[idx * 4..idx * 4 + 4]);
-                let v = if self.header.little_endian {
-                    f32::from_le_bytes(b)
-                } else {
-                    f32::from_be_bytes(b)
-                };
-                v as f64
-            }
-        }
-    }
-
-    /// The value of the symmetric matrix at (r, c), reading only the valid triangle.
-    #[inline]
-    fn get(&self, r: usize, c: usize) -> f64 {
-        match self.triangle {
-            Triangle::Upper if r > c => self.raw(c, r),
-            Triangle::Lower if r < c => self.raw(c, r),
-            _ => self.raw(r, c),
-        }
-    }
-
-    /// Fast path for a tile that lies wholly in the valid triangle or wholly in its mirror: copy contiguous
-    /// runs of the file. Returns false (doing nothing) for tiles that straddle the diagonal.
-    fn fill_contiguous(
-        &self,
-        rows: &Range<usize>,
-        cols: &Range<usize>,
-        mut out: MatMut<'_, f64>,
-    ) -> bool {
-        let all_upper = rows.end <= cols.start + 1; // every r ≤ c
-        let all_lower = rows.start + 1 >= cols.end; // every r ≥ c
-        let mirror = match self.triangle {
-            Triangle::Full => false,
-            Triangle::Upper if all_upper => false,
-            Triangle::Upper if rows.start >= cols.end => true,
-            Triangle::Lower if all_lower => false,
-            Triangle::Lower if rows.end <= cols.start => true,
-            _ => return false,
-        };
-        // Element (r, c) is read at (c, r) when mirrored; runs are contiguous along the file's minor index.
-        let row_runs = self.header.fortran_order == mirror;
-        let (outer, inner) = if row_runs {
-            (rows.clone(), cols.clone())
-        } else {
-            (cols.clone(), rows.clone())
-        };
-        let size = self.header.dtype.size();
-        let data = &self.map[self.header.data_offset..];
-        for (o, major) in outer.enumerate() {
-            let start = (major * self.dim + inner.start) * size;
-            let run = &data[start..start + inner.len() * size];
-            for (k, bytes) in run.chunks_exact(size).enumerate() {
-                let v = match (self.header.dtype, self.header.little_endian) {
-                    (NpyDtype::F64, le) => {
-                        let mut b = [0u8; 8];
-                        b.copy_from_slice(bytes);
-                        if le {
-                            f64::from_le_bytes(b)
-                        } else {
-                            f64::from_be_bytes(b)
-                        }
-                    }
-                    (NpyDtype::F32, le) => {
-                        let mut b = [0u8; 4];
-                        b.copy_from_slice(bytes);
-                        (if le {
-                            f32::from_le_bytes(b)
-                        } else {
-                            f32::from_be_bytes(b)
-                        }) as f64
-                    }
-                };
-                if row_runs {
-                    out[(o, k)] = v;
-                } else {
-                    out[(k, o)] = v;
+                for (k, b) in buf.chunks_exact(4).enumerate() {
+                    let b: [u8; 4] = [b[0], b[1], b[2], b[3]];
+                    let v = if le {
+                        f32::from_le_bytes(b)
+                    } else {
+                        f32::from_be_bytes(b)
+                    };
+                    visit(minor.start + k, v as f64);
                 }
             }
         }
-        true
+        Ok(())
     }
 
-    /// Tell the kernel that the pages holding A[rows, cols] (and its mirror) are no longer needed, so
-    /// that reading a matrix larger than RAM does not grow our resident set. Failures are harmless.
-    fn release(&self, rows: &Range<usize>, cols: &Range<usize>) {
-        let size = self.header.dtype.size();
-        let span = |a: &Range<usize>, b: &Range<usize>| {
-            // Byte span of the stored block with major index in `a` and minor index in `b`.
-            let first = (a.start * self.dim + b.start) * size;
-            let last = ((a.end - 1) * self.dim + b.end) * size;
-            (first, last)
-        };
-        let (outer, inner) = if self.header.fortran_order {
-            (cols, rows)
+    /// Read the stored entries (r, c), r ∈ rows, c ∈ cols, run by run in file order, calling `visit(r, c, v)`.
+    fn read_region(
+        &self,
+        rows: &Range<usize>,
+        cols: &Range<usize>,
+        mut visit: impl FnMut(usize, usize, f64) -> Result<()>,
+    ) -> Result<()> {
+        let mut buf = Vec::new();
+        let mut failed = None;
+        if self.header.fortran_order {
+            for c in cols.clone() {
+                self.read_run(c, rows.clone(), &mut buf, |r, v| {
+                    if failed.is_none() {
+                        failed = visit(r, c, v).err();
+                    }
+                })?;
+                if let Some(e) = failed.take() {
+                    return Err(e);
+                }
+            }
         } else {
-            (rows, cols)
-        };
-        let mut spans = vec![span(outer, inner)];
-        if self.triangle != Triangle::Full {
-            spans.push(span(inner, outer));
-        }
-        let page = 4096;
-        for (first, last) in spans {
-            let start = (self.header.data_offset + first) / page * page;
-            let end = (self.header.data_offset + last).min(self.map.len());
-            if end > start {
-                // SAFETY: the mapping is read-only and file-backed; MADV_DONTNEED only drops our page-table
-                // entries, and any later access re-reads identical bytes from the file.
-                let _ = unsafe {
-                    self.map
-                        .unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
-                };
+            for r in rows.clone() {
+                self.read_run(r, cols.clone(), &mut buf, |c, v| {
+                    if failed.is_none() {
+                        failed = visit(r, c, v).err();
+                    }
+                })?;
+                if let Some(e) = failed.take() {
+                    return Err(e);
+                }
             }
         }
+        Ok(())
+    }
+
+    /// True when the stored entry (r, c) is in the valid triangle.
+    fn valid(&self, r: usize, c: usize) -> bool {
+        match self.triangle {
+            Triangle::Full => true,
+            Triangle::Upper => r <= c,
+            Triangle::Lower => r >= c,
+        }
+    }
+
+    /// Compare tile entry (r, c) = `a` with its mirror `b` = stored (c, r): both finite and within the
+    /// tolerance, else the error naming them (as the upper-triangle pair i < j).
+    fn check_pair(
+        &self,
+        r: usize,
+        c: usize,
+        a: f64,
+        b: f64,
+        mirror: (&Range<usize>, &Range<usize>),
+    ) -> Result<()> {
+        if !b.is_finite() {
+            return Err(Error::NonFinite {
+                value: b,
+                row: c,
+                col: r,
+                rows: mirror.0.clone(),
+                cols: mirror.1.clone(),
+            });
+        }
+        let scale = a
+            .abs()
+            .max(b.abs())
+            .max((self.diag[r] * self.diag[c]).abs().sqrt())
+            .max(f64::MIN_POSITIVE);
+        let tol = self.symmetry_tolerance();
+        // `a` may be non-finite (MEMDET names it after the fill); then only b is checked here.
+        if a.is_finite() && (a - b).abs() > tol * scale {
+            let (i, j, upper, lower) = if r < c { (r, c, a, b) } else { (c, r, b, a) };
+            return Err(Error::Input(format!(
+                "{}: the matrix is not symmetric: A[{i},{j}] = {upper:e} but A[{j},{i}] = {lower:e} (relative \
+                 difference {:.2e} > {tol:e}); if only one triangle is valid, say which with --triangle \
+                 upper or --triangle lower",
+                self.path.display(),
+                (a - b).abs() / scale
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -405,26 +443,40 @@ impl TileSource for NpySource {
         if rows.is_empty() || cols.is_empty() {
             return Ok(());
         }
-        if self.fill_contiguous(&rows, &cols, out.rb_mut()) {
-            self.release(&rows, &cols);
-            return Ok(());
+        let (r0, c0) = (rows.start, cols.start);
+        // Which parts are needed: the tile as stored when any of it is valid; its mirror when it is checked
+        // (Full) or when some of it lies in the invalid triangle.
+        let any_valid = match self.triangle {
+            Triangle::Full => true,
+            Triangle::Upper => rows.start < cols.end,
+            Triangle::Lower => rows.end > cols.start,
+        };
+        let all_valid = match self.triangle {
+            Triangle::Full => true,
+            Triangle::Upper => rows.end <= cols.start + 1,
+            Triangle::Lower => rows.start + 1 >= cols.end,
+        };
+        if any_valid {
+            self.read_region(&rows, &cols, |r, c, v| {
+                out[(r - r0, c - c0)] = v;
+                Ok(())
+            })?;
         }
-        // Mixed tiles (straddling the diagonal with one triangle valid): element by element, walking the
-        // file in its storage order.
-        if self.header.fortran_order {
-            for (j, c) in cols.clone().enumerate() {
-                for (i, r) in rows.clone().enumerate() {
-                    out[(i, j)] = self.get(r, c);
+        if self.triangle == Triangle::Full {
+            self.read_region(&cols, &rows, |c, r, b| {
+                let a = out[(r - r0, c - c0)];
+                self.check_pair(r, c, a, b, (&cols, &rows))?;
+                out[(r - r0, c - c0)] = a + 0.5 * (b - a);
+                Ok(())
+            })?;
+        } else if !all_valid {
+            self.read_region(&cols, &rows, |c, r, b| {
+                if !self.valid(r, c) {
+                    out[(r - r0, c - c0)] = b;
                 }
-            }
-        } else {
-            for (i, r) in rows.clone().enumerate() {
-                for (j, c) in cols.clone().enumerate() {
-                    out[(i, j)] = self.get(r, c);
-                }
-            }
+                Ok(())
+            })?;
         }
-        self.release(&rows, &cols);
         Ok(())
     }
 }
