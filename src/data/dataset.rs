@@ -7,13 +7,14 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
-/// Per-channel normalisation `(x/255 − mean[c]) / std[c]`.
+/// Per-channel normalisation `(x/255 − mean[c]) / std[c]`, evaluated in f64 with the constants exactly as
+/// published (f64), then rounded once to the working precision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Normalization {
     /// Mean of the [0, 1] pixels, one per native channel.
-    pub mean: Vec<f32>,
+    pub mean: Vec<f64>,
     /// Standard deviation of the [0, 1] pixels, one per native channel (> 0).
-    pub std: Vec<f32>,
+    pub std: Vec<f64>,
 }
 
 /// One split of a dataset, held in memory.
@@ -147,16 +148,32 @@ impl Dataset {
     /// `input_shape`, normalised per channel. `input_shape` may differ from the native shape in size
     /// (bilinear resize, half-pixel centres) and, for 1-channel data, have 3 channels (replicated).
     pub fn images(&self, indices: &[usize], input_shape: [usize; 3]) -> Result<Tensor> {
+        self.images_as(indices, input_shape, |v| v as f32)
+    }
+
+    /// [`Dataset::images`] as an `f64` tensor: resized and normalised in f64 and never rounded to f32, for
+    /// f64 kernels.
+    pub fn images_f64(&self, indices: &[usize], input_shape: [usize; 3]) -> Result<Tensor> {
+        self.images_as(indices, input_shape, |v| v)
+    }
+
+    /// The test-time images with every f64 value converted by `round` to the tensor's element type.
+    fn images_as<T: candle_core::WithDType + Default + Send>(
+        &self,
+        indices: &[usize],
+        input_shape: [usize; 3],
+        round: fn(f64) -> T,
+    ) -> Result<Tensor> {
         self.check_indices(indices)?;
         self.check_input_shape(input_shape)?;
         let per_out = input_shape.iter().product::<usize>();
         let resize = transform::Resize::new(self.shape, input_shape);
-        let mut out = vec![0f32; indices.len() * per_out];
+        let mut out = vec![T::default(); indices.len() * per_out];
         out.par_chunks_mut(per_out.max(1))
             .zip(indices.par_iter())
             .for_each(|(dst, &i)| {
                 let src = self.raw_image(i).unwrap_or_default();
-                resize.apply(src, &self.norm, dst);
+                resize.apply_with(src, &self.norm, dst, round);
             });
         let [c, h, w] = input_shape;
         Ok(Tensor::from_vec(
@@ -183,7 +200,7 @@ impl Dataset {
                 } else {
                     0
                 };
-                -self.norm.mean[src] / self.norm.std[src]
+                (-self.norm.mean[src] / self.norm.std[src]) as f32
             })
             .collect();
         transform::augment_crop_flip_fill(&clean, &fill, rng)

@@ -185,14 +185,11 @@ fn own_statistics(ds: &Dataset) -> Normalization {
         .map(|ch| {
             let var = (sq[ch] / n - mean[ch] * mean[ch]).max(0.0);
             if var > 0.0 {
-                var.sqrt() as f32
+                var.sqrt()
             } else {
                 1.0
             }
         })
         .collect();
-    Normalization {
-        mean: mean.iter().map(|&m| m as f32).collect(),
-        std,
-    }
+    Normalization { mean, std }
 }

@@ -40,13 +40,13 @@ pub struct Known {
     /// Number of classes.
     pub num_classes: usize,
     /// Per-channel mean of the [0, 1] pixels.
-    pub mean: &'static [f32],
+    pub mean: &'static [f64],
     /// Per-channel standard deviation of the [0, 1] pixels.
-    pub std: &'static [f32],
+    pub std: &'static [f64],
 }
 
-const CIFAR_MEAN: &[f32] = &[0.4914, 0.4822, 0.4465];
-const CIFAR_STD: &[f32] = &[0.2023, 0.1994, 0.2010];
+const CIFAR_MEAN: &[f64] = &[0.4914, 0.4822, 0.4465];
+const CIFAR_STD: &[f64] = &[0.2023, 0.1994, 0.2010];
 
 /// The datasets known by name. CIFAR-100 uses the CIFAR-10 normalisation constants (the paper's).
 pub const KNOWN: &[Known] = &[

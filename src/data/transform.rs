@@ -60,13 +60,25 @@ impl Resize {
 
     /// Writes the transformed, normalised image `src` (CHW `u8`) into `dst` (`C'·H'·W'` values).
     pub fn apply(&self, src: &[u8], norm: &Normalization, dst: &mut [f32]) {
+        self.apply_with(src, norm, dst, |v| v as f32);
+    }
+
+    /// [`Resize::apply`] into any element type: every value is computed in f64 (resize and normalisation)
+    /// and converted once by `round` (`|v| v` keeps f64 exactly).
+    pub fn apply_with<T>(
+        &self,
+        src: &[u8],
+        norm: &Normalization,
+        dst: &mut [T],
+        round: fn(f64) -> T,
+    ) {
         let [c, h, w] = self.native;
         let [tc, th, tw] = self.target;
         let same = h == th && w == tw;
         for oc in 0..tc {
             let ic = if tc == c { oc } else { 0 };
             let plane = &src[ic * h * w..(ic + 1) * h * w];
-            let (mean, std) = (norm.mean[ic] as f64, norm.std[ic] as f64);
+            let (mean, std) = (norm.mean[ic], norm.std[ic]);
             let out = &mut dst[oc * th * tw..(oc + 1) * th * tw];
             for (y, ry) in self.rows.iter().enumerate() {
                 for (x, rx) in self.cols.iter().enumerate() {
@@ -78,7 +90,7 @@ impl Resize {
                         let bot = p(ry.i1, rx.i0) * (1.0 - rx.w) + p(ry.i1, rx.i1) * rx.w;
                         top * (1.0 - ry.w) + bot * ry.w
                     };
-                    out[y * tw + x] = ((v / 255.0 - mean) / std) as f32;
+                    out[y * tw + x] = round((v / 255.0 - mean) / std);
                 }
             }
         }

@@ -49,6 +49,13 @@ pub fn prepare(md: &ModelDataArgs, progress: &dyn crate::progress::Progress) -> 
 impl Prepared {
     /// The test-time transformed inputs of the first `n` examples of the sample, (n, C, H, W) f32.
     pub fn inputs(&self, n: usize) -> Result<Tensor> {
+        self.check_n(n)?;
+        self.dataset
+            .images(&self.order[..n], self.model.network.input_shape)
+    }
+
+    /// `n` must be 1..=the number of examples in the sample.
+    fn check_n(&self, n: usize) -> Result<()> {
         if n == 0 || n > self.order.len() {
             return Err(Error::Usage(format!(
                 "--n {n}: the {} {} split has {} examples (choose 1..={})",
@@ -58,15 +65,31 @@ impl Prepared {
                 self.order.len()
             )));
         }
+        Ok(())
+    }
+
+    /// [`Prepared::inputs`] as f64, normalised in f64 and never rounded to f32 (for f64 kernels).
+    pub fn inputs_f64(&self, n: usize) -> Result<Tensor> {
+        self.check_n(n)?;
         self.dataset
-            .images(&self.order[..n], self.model.network.input_shape)
+            .images_f64(&self.order[..n], self.model.network.input_shape)
     }
 
     /// The NTK of the first `n` examples as a tile source, with `feature_budget` bytes for cached features.
-    /// Warns on stderr when m = n·d exceeds p (the kernel is then singular, SPEC §5).
+    /// In f64 precision the inputs are f64 end to end (normalised in f64 with the exact constants); in f32
+    /// they are f32. Warns on stderr when m = n·d exceeds p (the kernel is then singular, SPEC §5).
     pub fn tiles(&self, n: usize, kernel: &KernelArgs, feature_budget: usize) -> Result<NtkTiles> {
         let spec = KernelSpec::parse(&kernel.outputs, &kernel.scale, &kernel.precision)?;
-        let tiles = NtkTiles::new(&self.model.network, self.inputs(n)?, spec, feature_budget)?;
+        self.tiles_for(n, spec, feature_budget)
+    }
+
+    /// [`Prepared::tiles`] for a parsed kernel spec.
+    pub fn tiles_for(&self, n: usize, spec: KernelSpec, feature_budget: usize) -> Result<NtkTiles> {
+        let inputs = match spec.precision {
+            crate::ntk::Precision::F64 => self.inputs_f64(n)?,
+            crate::ntk::Precision::F32 => self.inputs(n)?,
+        };
+        let tiles = NtkTiles::new(&self.model.network, inputs, spec, feature_budget)?;
         warn_if_singular(&tiles);
         Ok(tiles)
     }
