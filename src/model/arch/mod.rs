@@ -6,6 +6,7 @@ pub mod mlp;
 pub mod mobilenet;
 pub mod resnet;
 pub mod spec;
+pub mod spec_sizes;
 
 use crate::model::layers::{BatchNorm2d, Conv2d, Linear, Op};
 use crate::model::params::{Init, ParamSource};

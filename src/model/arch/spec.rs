@@ -130,8 +130,15 @@ impl Spec {
         Ok(Spec { input, layers })
     }
 
-    /// Build the network (called `arch`) with parameters from `params`, checking shapes layer by layer.
+    /// Refuse sizes that cannot be allocated (see `spec_sizes.rs`), before anything is.
+    pub fn check_sizes(&self) -> Result<()> {
+        super::spec_sizes::check_sizes(self)
+    }
+
+    /// Build the network (called `arch`) with parameters from `params`, checking sizes first, then shapes
+    /// layer by layer.
     pub fn build(&self, arch: &str, params: &mut dyn ParamSource) -> Result<Network> {
+        self.check_sizes()?;
         let mut net = Network::new(arch, self.input);
         let mut shape = Shape::Image(self.input);
         for (i, layer) in self.layers.iter().enumerate() {
