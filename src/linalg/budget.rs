@@ -133,6 +133,18 @@ pub fn plan(
 ) -> Result<BlockPlan> {
     let fmt = |bytes: u64| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0));
     if let Some(nb) = num_blocks {
+        let g = granule.max(1);
+        let most = m.div_ceil(g);
+        if nb > most {
+            let unit = if g == 1 {
+                "one row".to_string()
+            } else {
+                format!("one granule of {g} rows (one example's logits)")
+            };
+            return Err(Error::Usage(format!(
+                "--num-blocks {nb}: blocks of a {m}x{m} matrix would be smaller than {unit}; use at most {most}"
+            )));
+        }
         let p = BlockPlan::with_blocks(m, nb, granule)?;
         if let Some(limit) = max_mem.map(tile_share) {
             let need = p.resident_bytes(ldlt);
@@ -214,5 +226,15 @@ mod tests {
             plan(1000, 1, Some(1), Some(1 << 20), false),
             Err(Error::Budget(_))
         ));
+        // Blocks smaller than the granule or one row are refused, not silently merged.
+        assert!(matches!(
+            plan(10, 1, Some(11), None, false),
+            Err(Error::Usage(_))
+        ));
+        assert!(matches!(
+            plan(100, 10, Some(11), None, false),
+            Err(Error::Usage(_))
+        ));
+        assert_eq!(plan(100, 10, Some(10), None, false).unwrap().block_size, 10);
     }
 }

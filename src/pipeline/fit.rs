@@ -32,11 +32,15 @@ pub fn run(args: &FitArgs, progress: &dyn Progress) -> Result<()> {
     progress.start("fit", 1);
     let fitted = fit(&nested, &opts)?;
     progress.finish();
-    let report = FitReport {
+    let mut report = FitReport {
         estimate: EstimateJson::from_fit(&fitted, args.target_n),
         fit: FitJson::from_fit(&fitted),
         input: args.logdets.display().to_string(),
     };
+    report
+        .fit
+        .warnings
+        .extend(fitted.target_warning(args.target_n));
     if let Some(path) = &args.plot {
         plot_fit(path, &nested, &fitted, args.target_n, &[])?;
     }
@@ -73,6 +77,9 @@ pub fn table(fit: &Fit, report: &FitReport) -> String {
         e.high,
         fit.ensemble_size()
     ));
+    for w in &report.fit.warnings {
+        s.push_str(&format!("warning: {w}\n"));
+    }
     s
 }
 

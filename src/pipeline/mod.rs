@@ -14,9 +14,23 @@ use crate::cli::{Cli, Command};
 use crate::progress::{Progress, Silent};
 use crate::{Error, Result};
 
+/// `--threads N` must be 1..=min(1024, 64 × the cores available): 0 would silently mean "all cores" to
+/// rayon, and more threads than that only oversubscribe the machine (or exhaust its thread limit).
+fn check_threads(threads: usize) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = (64 * cores).min(1024);
+    if threads == 0 || threads > most {
+        return Err(Error::Usage(format!(
+            "--threads {threads}: expected 1..={most} (this machine has {cores} cores); omit it to use all cores"
+        )));
+    }
+    Ok(())
+}
+
 /// Run the subcommand that `cli` names, reporting progress on stderr unless `--quiet`.
 pub fn execute(cli: &Cli) -> Result<()> {
     if let Some(threads) = cli.threads {
+        check_threads(threads)?;
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()

@@ -78,9 +78,11 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
         None => None,
     };
     let estimate = EstimateJson::from_fit(&fitted, target_n);
+    let mut fit_json = FitJson::from_fit(&fitted);
+    fit_json.warnings.extend(fitted.target_warning(target_n));
     let report = RunReport {
         estimate: estimate.clone(),
-        fit: FitJson::from_fit(&fitted),
+        fit: fit_json,
         nested: nested.points.clone(),
         kernel: kernel_meta(&prepared, &tiles, ns),
         sample: SampleJson {
@@ -201,6 +203,9 @@ fn print_summary(r: &RunReport, prepared: &Prepared) {
         "  l_{:<8} {:.10e}  interval [{:.10e}, {:.10e}] ({} refits)",
         r.estimate.n, r.estimate.logdet, r.estimate.low, r.estimate.high, r.fit.ensemble
     );
+    for w in &r.fit.warnings {
+        println!("  warning: {w}");
+    }
     if let Some(e) = &r.exact {
         println!(
             "  exact l_{} = {:.10e}; the fit predicts {:.10e}: relative error {:.3e} ({:.3} %), {:.3e} per eigenvalue",

@@ -43,6 +43,9 @@ pub struct FitJson {
     pub rank: usize,
     /// Condition number of the column-scaled weighted design (null if rank-deficient).
     pub condition: Option<f64>,
+    /// Warnings: a degenerate fit (rank below the coefficient count), a target inside the window.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Number of half-window refits behind the interval.
     pub ensemble: usize,
 }
@@ -90,6 +93,7 @@ impl FitJson {
             max_abs_residual: fit.max_abs_residual,
             rank: fit.rank,
             condition: fit.condition.is_finite().then_some(fit.condition),
+            warnings: fit.warnings.clone(),
             ensemble: fit.ensemble_size(),
         }
     }

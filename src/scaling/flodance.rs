@@ -78,6 +78,8 @@ pub struct Fit {
     pub r: usize,
     /// Weight exponent α.
     pub alpha: f64,
+    /// Warnings about the fit (a degenerate design: numerical rank below the coefficient count).
+    pub warnings: Vec<String>,
     /// Coefficient vectors of the ensemble refits (empty without an ensemble).
     ensemble: Vec<Vec<f64>>,
 }
@@ -160,6 +162,9 @@ pub fn fit_xy(points: &[(f64, f64)], opts: &FitOptions) -> Result<Fit> {
         .filter(|&(x, _)| x >= opts.n0 as f64)
         .collect();
     window.sort_by(|a, b| a.0.total_cmp(&b.0));
+    reject_conflicting_duplicates(points)?;
+    // An identical duplicate (same k, same value) carries no new information: counted once.
+    window.dedup();
     let ncoef = 3 + opts.q + opts.r;
     if window.len() < ncoef {
         return Err(Error::Usage(format!(
@@ -173,6 +178,14 @@ pub fn fit_xy(points: &[(f64, f64)], opts: &FitOptions) -> Result<Fit> {
         )));
     }
     let (coef, rank, condition) = solve(&window, opts)?;
+    let mut warnings = Vec::new();
+    if rank < ncoef {
+        warnings.push(format!(
+            "degenerate fit: the design matrix has numerical rank {rank} but the model has {ncoef} \
+             coefficients, so the data do not determine them and the extrapolation is not trustworthy; use a \
+             wider window (lower --burn-in, more points) or a smaller --q"
+        ));
+    }
     let (mut ss, mut max_abs) = (0.0f64, 0.0f64);
     for &(x, y) in &window {
         let res = y - evaluate(&coef, x, opts.q, opts.r);
@@ -199,8 +212,42 @@ pub fn fit_xy(points: &[(f64, f64)], opts: &FitOptions) -> Result<Fit> {
         q: opts.q,
         r: opts.r,
         alpha: opts.alpha,
+        warnings,
         ensemble,
     })
+}
+
+/// The same k given twice with different values is an error (which one is right?); identical repeats are
+/// accepted.
+fn reject_conflicting_duplicates(points: &[(f64, f64)]) -> Result<()> {
+    let mut sorted = points.to_vec();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    match sorted.windows(2).find(|w| w[0].0 == w[1].0 && w[0].1 != w[1].1) {
+        Some(w) => Err(Error::Input(format!(
+            "k = {} appears more than once with different values (l_k = {:e} and {:e}); give each k once",
+            w[0].0, w[0].1, w[1].1
+        ))),
+        None => Ok(()),
+    }
+}
+
+impl Fit {
+    /// A warning when extrapolating to `n` is in fact interpolating: `n` lies inside the fitted window,
+    /// where the exact ℓ_n was (or could have been) computed.
+    pub fn target_warning(&self, n: usize) -> Option<String> {
+        let (first, last) = self.window;
+        ((n as f64) <= last).then(|| {
+            format!(
+                "--target-n {n} lies inside the fit window k in [{first}, {last}]: the fit is not an \
+                 extrapolation there, and the exact l_{n} {}",
+                if (n as f64) >= first {
+                    "is among the input's nested log-dets"
+                } else {
+                    "can be computed exactly from the same factorisation"
+                }
+            )
+        })
+    }
 }
 
 /// The ensemble: `opts.ensemble` refits, each on a uniformly random subset (without replacement) of

@@ -22,7 +22,7 @@ pub fn check_sizes(spec: &Spec) -> Result<()> {
              outputs per layer and example; check the sizes in the spec"
         ))
     };
-    let mul = |a: u64, b: u64| a.checked_mul(b).unwrap_or(u64::MAX);
+    let mul = |a: u64, b: u64| a.saturating_mul(b);
     let [c0, h0, w0] = spec.input.map(|v| v as u64);
     let input = mul(mul(c0, h0), w0);
     if input > MAX_ACTIVATIONS {
