@@ -62,7 +62,8 @@ fn ntk_file_has_the_documented_layout_and_scale() {
     assert_eq!(k.dim(), 40);
     let mut ours = faer::Mat::zeros(40, 40);
     k.fill(0..40, 0..40, ours.as_mut()).unwrap();
-    // Independent reference: brute-force autograd on the same four MNIST training images.
+    // Independent reference: brute-force autograd on the same four MNIST training images (f64 inputs, as
+    // `--precision f64` uses).
     let ds = data::load(
         "mnist",
         &DataOptions {
@@ -72,7 +73,7 @@ fn ntk_file_has_the_documented_layout_and_scale() {
         },
     )
     .unwrap();
-    let x = ds.images(&[0, 1, 2, 3], [1, 28, 28]).unwrap();
+    let x = ds.images_f64(&[0, 1, 2, 3], [1, 28, 28]).unwrap();
     let spec = KernelSpec {
         outputs: Outputs::Full,
         scale: Scale::SqrtP,
