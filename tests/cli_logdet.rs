@@ -250,3 +250,152 @@ fn ctrl_c_exits_130_and_removes_scratch() {
         "scratch left behind after Ctrl-C"
     );
 }
+
+/// `.npy` bytes of `a` in any supported layout: format `version` 1, 2 or 3 (2-byte or 4-byte header
+/// length), `descr` one of `<f8 >f8 <f4 >f4`, C or Fortran order. Written here byte by byte, independently
+/// of the crate's reader and writer.
+fn npy_bytes(a: &faer::Mat<f64>, version: u8, descr: &str, fortran: bool) -> Vec<u8> {
+    let n = a.nrows();
+    let dict = format!(
+        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': ({n}, {}), }}",
+        if fortran { "True" } else { "False" },
+        a.ncols()
+    );
+    let prefix = if version == 1 { 10 } else { 12 };
+    let mut header = dict.into_bytes();
+    header.resize(header.len() + (64 - (prefix + header.len() + 1) % 64) % 64, b' ');
+    header.push(b'\n');
+    let mut bytes = vec![0x93, b'N', b'U', b'M', b'P', b'Y', version, 0];
+    if version == 1 {
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    } else {
+        bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    }
+    bytes.extend_from_slice(&header);
+    assert_eq!(bytes.len() % 64, 0, "data must start 64-byte aligned");
+    let big = descr.starts_with('>');
+    for o in 0..n {
+        for i in 0..n {
+            let v = if fortran { a[(i, o)] } else { a[(o, i)] };
+            match (&descr[1..], big) {
+                ("f8", false) => bytes.extend_from_slice(&v.to_le_bytes()),
+                ("f8", true) => bytes.extend_from_slice(&v.to_be_bytes()),
+                ("f4", false) => bytes.extend_from_slice(&(v as f32).to_le_bytes()),
+                ("f4", true) => bytes.extend_from_slice(&(v as f32).to_be_bytes()),
+                _ => unreachable!("unknown descr {descr}"),
+            }
+        }
+    }
+    bytes
+}
+
+/// log|det| printed by `logdet` (stdout line `log|det| = …`).
+fn printed_logdet(o: &Output) -> f64 {
+    let out = String::from_utf8_lossy(&o.stdout);
+    out.lines()
+        .find_map(|l| l.strip_prefix("log|det| = "))
+        .unwrap_or_else(|| panic!("no log|det| line in {out}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn every_npy_layout_gives_the_dense_reference() {
+    // A non-symmetric-looking file would be caught by C/Fortran mix-ups only if the matrix were not
+    // symmetric; MEMDET reads the lower triangle of diagonal tiles and I <= J tiles, so an order mix-up on
+    // a symmetric matrix is invisible. Hence `--triangle upper` on a matrix whose lower triangle is junk:
+    // reading it transposed (Fortran as C) would pick the junk.
+    let dir = tempfile::tempdir().unwrap();
+    let a = random_spd(5, 24);
+    let mut junk_lower = a.clone();
+    for i in 0..24 {
+        for j in 0..i {
+            junk_lower[(i, j)] = -1e3 * (1 + i + j) as f64;
+        }
+    }
+    // References by faer's dense Cholesky of the exact values the file holds (f32 files: rounded).
+    let rounded = faer::Mat::from_fn(24, 24, |i, j| a[(i, j)] as f32 as f64);
+    let (ref64, ref32) = (llt_logdet(&a), llt_logdet(&rounded));
+    assert!(rel(ref32, ref64) > 1e-12, "f32 rounding must be visible");
+    for version in [1u8, 2, 3] {
+        for descr in ["<f8", ">f8", "<f4", ">f4"] {
+            for fortran in [false, true] {
+                let path = dir.path().join(format!("v{version}{}{fortran}.npy", &descr[1..]));
+                std::fs::write(&path, npy_bytes(&junk_lower, version, descr, fortran)).unwrap();
+                let o = logdet(&[
+                    "--matrix",
+                    path.to_str().unwrap(),
+                    "--triangle",
+                    "upper",
+                    "--num-blocks",
+                    "3",
+                ]);
+                let case = format!("version {version} {descr} fortran {fortran}");
+                assert!(o.status.success(), "{case}: {}", stderr(&o));
+                let want = if descr.ends_with("f8") { ref64 } else { ref32 };
+                let got = printed_logdet(&o);
+                // Same matrix, two Cholesky orders: rounding only (measured ≤ 1e-15; 100× margin).
+                assert!(rel(got, want) < 1e-13, "{case}: {got} vs {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn triangle_shift_and_scale_by_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = random_spd(6, 30);
+    // Upper triangle holds A, lower triangle junk (and the other way round): only the named one is read.
+    let half = |keep_upper: bool| {
+        faer::Mat::from_fn(30, 30, |i, j| {
+            if (i <= j) == keep_upper || i == j {
+                a[(i, j)]
+            } else {
+                f64::NAN
+            }
+        })
+    };
+    let (upper, lower) = (dir.path().join("u.npy"), dir.path().join("l.npy"));
+    write_npy(&upper, &half(true), false);
+    write_npy(&lower, &half(false), false);
+    let reference = llt_logdet(&a);
+    for (path, triangle) in [(&upper, "upper"), (&lower, "lower")] {
+        let p = path.to_str().unwrap();
+        let o = logdet(&["--matrix", p, "--triangle", triangle, "--num-blocks", "4"]);
+        assert!(o.status.success(), "{triangle}: {}", stderr(&o));
+        assert!(rel(printed_logdet(&o), reference) < 1e-13, "{triangle}");
+        // Without --triangle the NaNs are read and refused.
+        let o = logdet(&["--matrix", p, "--num-blocks", "4"]);
+        assert_eq!(o.status.code(), Some(2), "{triangle}: {}", stderr(&o));
+        assert!(stderr(&o).contains("non-finite value NaN"), "{}", stderr(&o));
+    }
+    // M = T·A + S·I against faer on the matrix formed here; the JSON records T and S.
+    let full = dir.path().join("a.npy");
+    write_npy(&full, &a, false);
+    for (t, s) in [(2.5, 0.0), (1.0, 0.75), (0.3, 4.0)] {
+        let m = faer::Mat::from_fn(30, 30, |i, j| t * a[(i, j)] + if i == j { s } else { 0.0 });
+        let want = llt_logdet(&m);
+        let json = dir.path().join("ts.json");
+        let (ts, ss) = (t.to_string(), s.to_string());
+        let o = logdet(&[
+            "--matrix",
+            full.to_str().unwrap(),
+            "--scale-by",
+            &ts,
+            "--shift",
+            &ss,
+            "--num-blocks",
+            "3",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "T {t} S {s}: {}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let got = v["logdet"].as_f64().unwrap();
+        assert!(rel(got, want) < 1e-13, "T {t} S {s}: {got} vs {want}");
+        assert_eq!((v["scale_by"].as_f64(), v["shift"].as_f64()), (Some(t), Some(s)));
+        assert!(v.get("scale").is_none(), "a --matrix report has no kernel scale");
+    }
+}

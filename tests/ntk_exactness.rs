@@ -41,13 +41,28 @@ fn conv(
     bias: bool,
     seed: u64,
 ) -> Op {
-    let scale = 1.0 / ((c_in * k * k) as f64).sqrt();
+    grouped_conv(c_in, c_out, k, stride, padding, 1, bias, seed)
+}
+
+/// A conv with `groups` groups (weight C_out × C_in/groups × k × k; groups = C_in is depthwise).
+#[allow(clippy::too_many_arguments)]
+fn grouped_conv(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+    bias: bool,
+    seed: u64,
+) -> Op {
+    let scale = 1.0 / ((c_in / groups * k * k) as f64).sqrt();
     Op::Conv2d(Conv2d {
-        weight: tensor(&[c_out, c_in, k, k], seed, scale * 1.5),
+        weight: tensor(&[c_out, c_in / groups, k, k], seed, scale * 1.5),
         bias: bias.then(|| tensor(&[c_out], seed + 1, 0.1)),
         stride,
         padding,
-        groups: 1,
+        groups,
     })
 }
 
@@ -137,6 +152,44 @@ fn resnet() -> Network {
     net
 }
 
+/// MobileNet-style: a stem conv, then two depthwise-separable blocks (depthwise 3×3 + BatchNorm + ReLU,
+/// pointwise 1×1 + BatchNorm + ReLU), the second depthwise conv strided, pooling and a linear head.
+fn mobilenet_block() -> Network {
+    let mut net = Network::new("test-mobilenet", [2, 6, 6]);
+    net.then("conv1", conv(2, 4, 3, 1, 1, false, 200));
+    net.then("bn1", bn(4, 210));
+    net.then("", Op::Relu);
+    net.then("layers.0.conv1", grouped_conv(4, 4, 3, 1, 1, 4, false, 220));
+    net.then("layers.0.bn1", bn(4, 230));
+    net.then("", Op::Relu);
+    net.then("layers.0.conv2", conv(4, 6, 1, 1, 0, false, 240));
+    net.then("layers.0.bn2", bn(6, 250));
+    net.then("", Op::Relu);
+    net.then("layers.1.conv1", grouped_conv(6, 6, 3, 2, 1, 6, true, 260));
+    net.then("layers.1.bn1", bn(6, 270));
+    net.then("", Op::Relu);
+    net.then("layers.1.conv2", conv(6, 8, 1, 1, 0, true, 280));
+    net.then("", Op::Relu);
+    net.then("", Op::AdaptiveAvgPool2d { output: [1, 1] });
+    net.then("", Op::Flatten);
+    net.then("linear", linear(8, 3, true, 290));
+    net
+}
+
+/// Grouped (not depthwise) convs: groups = 2 with a bias and stride 2, then groups = 4 with 2 input and
+/// 2 output channels per group.
+fn grouped() -> Network {
+    let mut net = Network::new("test-grouped", [4, 6, 6]);
+    net.then("c1", grouped_conv(4, 8, 3, 2, 1, 2, true, 300));
+    net.then("", Op::Tanh);
+    net.then("c2", grouped_conv(8, 8, 3, 1, 1, 4, false, 310));
+    net.then("bn", bn(8, 320));
+    net.then("", Op::Relu);
+    net.then("", Op::Flatten);
+    net.then("fc", linear(8 * 3 * 3, 3, true, 330));
+    net
+}
+
 fn inputs(net: &Network, n: usize, seed: u64) -> Tensor {
     let [c, h, w] = net.input_shape;
     tensor(&[n, c, h, w], seed, 1.0)
@@ -221,6 +274,38 @@ fn cnn_tiles_equal_brute_force_with_both_conv_routes() {
 #[test]
 fn resnet_tiles_equal_brute_force() {
     check_against_brute(&resnet(), 4, 1 << 30);
+}
+
+/// The groups of every conv in `net`'s route plan (grouped convs must take route A, the only grouped one).
+fn planned_conv_groups(net: &Network) -> Vec<usize> {
+    let x = inputs(net, 1, 1).to_dtype(DType::F64).unwrap();
+    let plan =
+        ntk_pipeline::ntk::features::LayerPlan::new(&net.to_dtype(DType::F64).unwrap(), &x, 3)
+            .unwrap();
+    plan.layers
+        .iter()
+        .filter_map(|l| match l.rule {
+            Rule::ConvExplicit { groups, .. } => Some(groups),
+            Rule::ConvSpatial { .. } => Some(1),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn mobilenet_depthwise_separable_tiles_equal_brute_force() {
+    let net = mobilenet_block();
+    assert_eq!(planned_conv_groups(&net), [1, 4, 1, 6, 1]);
+    check_against_brute(&net, 4, 1 << 30);
+}
+
+#[test]
+fn grouped_conv_tiles_equal_brute_force() {
+    let net = grouped();
+    assert_eq!(planned_conv_groups(&net), [2, 4]);
+    check_against_brute(&net, 4, 1 << 30);
+    // And with one-example feature chunks (the grouped feature layout sliced per example).
+    check_against_brute(&net, 3, 1);
 }
 
 #[test]
