@@ -233,7 +233,12 @@ impl Progress for LogLines {
     }
 
     fn finish(&self) {
-        let ended = self.state.ticker.lock().ok().and_then(|mut t| t.phase.take());
+        let ended = self
+            .state
+            .ticker
+            .lock()
+            .ok()
+            .and_then(|mut t| t.phase.take());
         self.stop_heartbeat();
         if let Some(p) = ended {
             (self.state.sink)(&format!(
@@ -304,7 +309,9 @@ mod tests {
         // Wait for the heartbeat's first line that has seen the advance (an event, not a sleep).
         let wait = Duration::from_secs(60);
         let status = loop {
-            let line = rx.recv_timeout(wait).expect("no heartbeat line within 60 s");
+            let line = rx
+                .recv_timeout(wait)
+                .expect("no heartbeat line within 60 s");
             if line.starts_with("progress: a 1/4") {
                 break line;
             }
@@ -316,17 +323,32 @@ mod tests {
         let rest: Vec<String> = rx.try_iter().collect();
         let done = rest.last().expect("a done line");
         assert!(done.starts_with("progress: a done in "), "{rest:?}");
-        assert!(rest[..rest.len() - 1].iter().all(|l| l.starts_with("progress: a ")));
-        assert_eq!(Arc::strong_count(&log.state), 1, "a heartbeat still holds the state");
+        assert!(rest[..rest.len() - 1]
+            .iter()
+            .all(|l| l.starts_with("progress: a ")));
+        assert_eq!(
+            Arc::strong_count(&log.state),
+            1,
+            "a heartbeat still holds the state"
+        );
         // A phase started without a finish: the next start retires its heartbeat.
         log.start("b", 1);
         log.start("c", 1);
         log.finish();
         assert_eq!(Arc::strong_count(&log.state), 1);
         let lines: Vec<String> = rx.try_iter().collect();
-        assert_eq!(lines.first().map(String::as_str), Some("progress: b started (1 units)"));
-        assert!(lines.last().unwrap().starts_with("progress: c done in "), "{lines:?}");
-        assert!(lines.iter().all(|l| !l.starts_with("progress: b done")), "{lines:?}");
+        assert_eq!(
+            lines.first().map(String::as_str),
+            Some("progress: b started (1 units)")
+        );
+        assert!(
+            lines.last().unwrap().starts_with("progress: c done in "),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().all(|l| !l.starts_with("progress: b done")),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -263,7 +263,10 @@ fn npy_bytes(a: &faer::Mat<f64>, version: u8, descr: &str, fortran: bool) -> Vec
     );
     let prefix = if version == 1 { 10 } else { 12 };
     let mut header = dict.into_bytes();
-    header.resize(header.len() + (64 - (prefix + header.len() + 1) % 64) % 64, b' ');
+    header.resize(
+        header.len() + (64 - (prefix + header.len() + 1) % 64) % 64,
+        b' ',
+    );
     header.push(b'\n');
     let mut bytes = vec![0x93, b'N', b'U', b'M', b'P', b'Y', version, 0];
     if version == 1 {
@@ -321,7 +324,9 @@ fn every_npy_layout_gives_the_dense_reference() {
     for version in [1u8, 2, 3] {
         for descr in ["<f8", ">f8", "<f4", ">f4"] {
             for fortran in [false, true] {
-                let path = dir.path().join(format!("v{version}{}{fortran}.npy", &descr[1..]));
+                let path = dir
+                    .path()
+                    .join(format!("v{version}{}{fortran}.npy", &descr[1..]));
                 std::fs::write(&path, npy_bytes(&junk_lower, version, descr, fortran)).unwrap();
                 let o = logdet(&[
                     "--matrix",
@@ -368,7 +373,11 @@ fn triangle_shift_and_scale_by_through_the_cli() {
         // Without --triangle the NaNs are read and refused.
         let o = logdet(&["--matrix", p, "--num-blocks", "4"]);
         assert_eq!(o.status.code(), Some(2), "{triangle}: {}", stderr(&o));
-        assert!(stderr(&o).contains("non-finite value NaN"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("non-finite value NaN"),
+            "{}",
+            stderr(&o)
+        );
     }
     // M = T·A + S·I against faer on the matrix formed here; the JSON records T and S.
     let full = dir.path().join("a.npy");
@@ -395,7 +404,13 @@ fn triangle_shift_and_scale_by_through_the_cli() {
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         let got = v["logdet"].as_f64().unwrap();
         assert!(rel(got, want) < 1e-13, "T {t} S {s}: {got} vs {want}");
-        assert_eq!((v["scale_by"].as_f64(), v["shift"].as_f64()), (Some(t), Some(s)));
-        assert!(v.get("scale").is_none(), "a --matrix report has no kernel scale");
+        assert_eq!(
+            (v["scale_by"].as_f64(), v["shift"].as_f64()),
+            (Some(t), Some(s))
+        );
+        assert!(
+            v.get("scale").is_none(),
+            "a --matrix report has no kernel scale"
+        );
     }
 }

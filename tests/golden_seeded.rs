@@ -81,7 +81,10 @@ fn chacha8_stream_is_the_chacha8_cipher() {
 #[test]
 fn random_order_is_a_pinned_permutation() {
     for (seed, first) in [
-        (0u64, [53500usize, 23984, 12946, 54224, 40926, 46983, 54769, 10503]),
+        (
+            0u64,
+            [53500usize, 23984, 12946, 54224, 40926, 46983, 54769, 10503],
+        ),
         (42, [48785, 3633, 31290, 50086, 53513, 21354, 43908, 21451]),
     ] {
         let order = sample_order(60_000, "random", seed).unwrap();
@@ -89,7 +92,10 @@ fn random_order_is_a_pinned_permutation() {
         assert_eq!(order[..8], first, "seed {seed}: the random order changed");
         let mut sorted = order.clone();
         sorted.sort_unstable();
-        assert!(sorted.iter().enumerate().all(|(i, &v)| i == v), "not a permutation");
+        assert!(
+            sorted.iter().enumerate().all(|(i, &v)| i == v),
+            "not a permutation"
+        );
         assert_eq!(sample_order(60_000, "random", seed).unwrap(), order);
     }
     assert_eq!(sample_order(5, "dataset", 3).unwrap(), [0, 1, 2, 3, 4]);
@@ -120,7 +126,10 @@ fn flodance_ensemble_interval_is_pinned() {
     // The subsets are drawn exactly; the refits' least squares round differently on other CPUs by about
     // 1e-13 relative, a different draw moves the interval ends by more than 1e-6: 1e-10 separates the two.
     for (got, want) in [(lo, -1.8931682118304863e4), (hi, -1.87559101489954e4)] {
-        assert!(((got - want) / want).abs() < 1e-10, "interval end {got:e}, golden {want:e}");
+        assert!(
+            ((got - want) / want).abs() < 1e-10,
+            "interval end {got:e}, golden {want:e}"
+        );
     }
 }
 
@@ -143,15 +152,25 @@ fn slq_estimate_is_pinned() {
     };
     let l = a.llt(faer::Side::Lower).unwrap();
     let exact: f64 = (0..m).map(|i| 2.0 * l.L()[(i, i)].ln()).sum();
-    let est = Slq { options: opts }.run(&DenseSource::new(a), &Silent).unwrap();
+    let est = Slq { options: opts }
+        .run(&DenseSource::new(a), &Silent)
+        .unwrap();
     eprintln!("GOLDEN slq: {:e} se {:?}", est.logdet, est.std_error);
     assert!(est.std_error.unwrap() > 1e-6, "the probes must matter");
     // Same rounding argument as above: 1e-10 relative.
     let want = 4.551914480630365e1;
     // Independently: an unbiased estimate within 3 of its standard errors of the dense value.
     let se = est.std_error.unwrap();
-    assert!((est.logdet - exact).abs() <= 3.0 * se, "{} vs {exact} (se {se})", est.logdet);
-    assert!(((est.logdet - want) / want).abs() < 1e-10, "SLQ {:e}, golden {want:e}", est.logdet);
+    assert!(
+        (est.logdet - exact).abs() <= 3.0 * se,
+        "{} vs {exact} (se {se})",
+        est.logdet
+    );
+    assert!(
+        ((est.logdet - want) / want).abs() < 1e-10,
+        "SLQ {:e}, golden {want:e}",
+        est.logdet
+    );
 }
 
 #[test]
@@ -160,9 +179,13 @@ fn initial_weights_are_pinned_and_the_same_in_every_dtype() {
     let init = Init::KaimingUniform { fan_in: 4 };
     let seeded = SeededParams::new(9).tensor("w", &shape, init).unwrap();
     let seeded: Vec<f32> = seeded.flatten_all().unwrap().to_vec1().unwrap();
-    let var64 = VarSource::new(9, DType::F64).tensor("w", &shape, init).unwrap();
+    let var64 = VarSource::new(9, DType::F64)
+        .tensor("w", &shape, init)
+        .unwrap();
     let var64: Vec<f64> = var64.flatten_all().unwrap().to_vec1().unwrap();
-    let var32 = VarSource::new(9, DType::F32).tensor("w", &shape, init).unwrap();
+    let var32 = VarSource::new(9, DType::F32)
+        .tensor("w", &shape, init)
+        .unwrap();
     let var32: Vec<f32> = var32.flatten_all().unwrap().to_vec1().unwrap();
     eprintln!("GOLDEN init: {var64:?}");
     // One implementation: the f32 weights are the f64 draws rounded, whichever source made them.
@@ -190,6 +213,10 @@ fn initial_weights_are_pinned_and_the_same_in_every_dtype() {
         .unwrap();
     let mut v = VarSource::new(9, DType::F64);
     let _ = v.tensor("w", &shape, init).unwrap();
-    let bias64: Vec<f64> = v.tensor("b", &[3], Init::BiasUniform { fan_in: 4 }).unwrap().to_vec1().unwrap();
+    let bias64: Vec<f64> = v
+        .tensor("b", &[3], Init::BiasUniform { fan_in: 4 })
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert_eq!(bias, bias64.iter().map(|&x| x as f32).collect::<Vec<_>>());
 }
