@@ -216,35 +216,73 @@ fn scratch_full_exits_2_and_cleans_up() {
 
 #[test]
 fn ctrl_c_exits_130_and_removes_scratch() {
+    // Waits on an event, not on time: the signal is sent once the process has printed that the
+    // factorisation has started (its log-line reporter, stderr being a pipe), and the job is large enough
+    // (m = 3000 in 100 × 100 blocks on one thread: 171,700 tile operations, about 4 s on the development
+    // machine) that it cannot finish between that line and the signal.
     let dir = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let npy = dir.path().join("k.npy");
-    write_npy(&npy, &random_spd(4, 1500), false);
-    let child = Command::new(env!("CARGO_BIN_EXE_ntk-pipeline"))
-        .args(["logdet", "--quiet", "--num-blocks", "40", "--matrix"])
+    let m = 3000;
+    // Strictly diagonally dominant (off-diagonal row sums < 2 ln m + 2 < 20), hence SPD; O(m²) to build.
+    let a = faer::Mat::from_fn(m, m, |i, j| {
+        if i == j {
+            20.0
+        } else {
+            1.0 / (1 + i.abs_diff(j)) as f64
+        }
+    });
+    write_npy(&npy, &a, false);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ntk-pipeline"))
+        .args([
+            "--threads",
+            "1",
+            "logdet",
+            "--num-blocks",
+            "100",
+            "--matrix",
+        ])
         .arg(&npy)
         .arg("--scratch-dir")
         .arg(scratch.path())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the scratch store exists (the factorisation is running), then press Ctrl-C.
-    let start = std::time::Instant::now();
-    while is_empty_dir(scratch.path()) && start.elapsed().as_secs() < 60 {
-        std::thread::sleep(std::time::Duration::from_millis(5));
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let started = line.starts_with("progress: memdet started");
+        seen.push(line);
+        if started {
+            break;
+        }
     }
-    let pid = child.id().to_string();
-    let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
-    assert!(sent.success());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert!(
+        seen.last()
+            .is_some_and(|l| l.starts_with("progress: memdet started")),
+        "the factorisation never reported its start: {seen:?}"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    assert!(
+        !is_empty_dir(scratch.path()),
+        "scratch store not created before the factorisation"
+    );
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
+    assert!(
+        !stdout.contains("log|det|"),
+        "a result was printed: {stdout}"
+    );
     assert!(
         is_empty_dir(scratch.path()),
         "scratch left behind after Ctrl-C"
