@@ -1,11 +1,16 @@
 //! Command-line argument structs (clap derive). Defaults are documented in each option's help text.
 //! `run` is the default subcommand: `ntk-pipeline --model M --data D` means `ntk-pipeline run --model M --data D`.
 
+mod default_run;
+mod values;
+
+pub use default_run::parse_with_default_run;
+pub use values::{CompareMethod, OutputsParser, SampleOrder};
+
 use crate::data::Split;
 use crate::linalg::{Assume, Triangle};
 use crate::ntk::{Outputs, Precision, Scale};
-use clap::builder::{PossibleValue, TypedValueParser};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Exact, memory-bounded log-determinants of empirical Neural Tangent Kernels, and FLODANCE extrapolation.
@@ -103,25 +108,6 @@ impl DataArgs {
     }
 }
 
-/// The order in which examples enter the sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SampleOrder {
-    /// The dataset's own order.
-    Dataset,
-    /// A permutation seeded by --seed.
-    Random,
-}
-
-impl SampleOrder {
-    /// The name used on the command line and in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SampleOrder::Dataset => "dataset",
-            SampleOrder::Random => "random",
-        }
-    }
-}
-
 /// How the kernel is defined.
 #[derive(Debug, Args, Clone)]
 pub struct KernelArgs {
@@ -134,63 +120,6 @@ pub struct KernelArgs {
     /// Precision of kernel formation: f64 (reference) or f32.
     #[arg(long, value_enum, default_value_t = Precision::F64)]
     pub precision: Precision,
-}
-
-/// Parses `--outputs` (full, sum, trace, logit:K) and lists those choices in `--help`.
-#[derive(Debug, Clone, Copy)]
-pub struct OutputsParser;
-
-impl TypedValueParser for OutputsParser {
-    type Value = Outputs;
-
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<Outputs, clap::Error> {
-        let text = value.to_string_lossy();
-        let parsed = match text.as_ref() {
-            "full" => Some(Outputs::Full),
-            "sum" => Some(Outputs::Sum),
-            "trace" => Some(Outputs::Trace),
-            s => s
-                .strip_prefix("logit:")
-                .and_then(|k| k.parse().ok())
-                .map(Outputs::Logit),
-        };
-        parsed.ok_or_else(|| {
-            let mut err = clap::Error::new(clap::error::ErrorKind::InvalidValue).with_cmd(cmd);
-            use clap::error::{ContextKind, ContextValue};
-            if let Some(arg) = arg {
-                err.insert(
-                    ContextKind::InvalidArg,
-                    ContextValue::String(arg.to_string()),
-                );
-            }
-            err.insert(
-                ContextKind::InvalidValue,
-                ContextValue::String(text.into_owned()),
-            );
-            err.insert(
-                ContextKind::ValidValue,
-                ContextValue::Strings(
-                    ["full", "sum", "trace", "logit:K"]
-                        .map(String::from)
-                        .to_vec(),
-                ),
-            );
-            err
-        })
-    }
-
-    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
-        Some(Box::new(
-            ["full", "sum", "trace", "logit:K"]
-                .into_iter()
-                .map(PossibleValue::new),
-        ))
-    }
 }
 
 /// Memory limit and scratch location for MEMDET.
@@ -421,39 +350,6 @@ pub struct TrainArgs {
     pub out: PathBuf,
 }
 
-/// The estimators `compare` can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CompareMethod {
-    /// MEMDET's exact log-det (the reference).
-    Exact,
-    /// FLODANCE from the nested log-dets of the first n_s examples.
-    Flodance,
-    /// Stochastic Lanczos quadrature, the paper's Table 2 preset (20 steps, 10–50 probes).
-    Slq,
-    /// SLQ, the paper's Table 1 preset (100 steps, 104 probes).
-    SlqLarge,
-    /// Preconditioned SLQ (pivoted partial Cholesky of rank --precond-rank).
-    Pslq,
-    /// Sum of the log-dets of the n diagonal d×d blocks.
-    BlockDiag,
-    /// d · ln|det| of the n×n matrix of block means.
-    PseudoNtk,
-    /// The exact log-det of the kernel formed in f32.
-    F32,
-    /// A straight line through the nested log-dets of the window.
-    Linear,
-    /// Stopped Cholesky: the mean of the last increments, extrapolated.
-    StoppedCholesky,
-}
-
-impl CompareMethod {
-    /// The name used in `--methods`.
-    pub fn name(self) -> String {
-        self.to_possible_value()
-            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
-    }
-}
-
 /// Arguments of `eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -465,54 +361,4 @@ pub struct EvalArgs {
     /// Write the JSON result here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-}
-
-/// Parse `args`, inserting `run` when no subcommand is named (so `ntk-pipeline --model M --data D` works).
-///
-/// Only the first word after the global options (`--threads N`, `--quiet`) may name a subcommand; every
-/// later word is an argument, so `--split train` or `--json run` are values, never subcommands. A first
-/// word that is an option (other than a lone `--help`/`--version`) means `run`; a first word that is
-/// neither an option nor a subcommand is left to clap, which reports it as an unknown subcommand.
-pub fn parse_with_default_run<I: IntoIterator<Item = std::ffi::OsString>>(
-    args: I,
-) -> Result<Cli, clap::Error> {
-    let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
-    if let Some(at) = default_run_position(&args) {
-        args.insert(at, "run".into());
-    }
-    Cli::try_parse_from(args)
-}
-
-/// Where `run` goes when the command line names no subcommand, or `None` when it names one (or asks for
-/// the top-level help or version, or is empty).
-fn default_run_position(args: &[std::ffi::OsString]) -> Option<usize> {
-    use clap::CommandFactory;
-    let command = Cli::command();
-    let globals: Vec<(String, bool)> = command
-        .get_arguments()
-        .filter(|a| a.is_global_set())
-        .filter_map(|a| {
-            let long = a.get_long()?;
-            Some((format!("--{long}"), a.get_action().takes_values()))
-        })
-        .collect();
-    let mut i = 1;
-    while let Some(word) = args.get(i).map(|a| a.to_string_lossy()) {
-        let global = globals
-            .iter()
-            .find(|(long, _)| word == long.as_str() || word.starts_with(&format!("{long}=")));
-        match global {
-            Some((long, true)) if word == long.as_str() => i += 2,
-            Some(_) => i += 1,
-            None => break,
-        }
-    }
-    let first = args.get(i)?.to_string_lossy();
-    let names_subcommand = command
-        .get_subcommands()
-        .any(|c| c.get_name() == first || c.get_all_aliases().any(|a| a == first))
-        || first == "help";
-    let top_level = matches!(first.as_ref(), "-h" | "--help" | "-V" | "--version");
-    let stray_word = !first.starts_with('-');
-    (!names_subcommand && !top_level && !stray_word).then_some(i.min(args.len()))
 }
