@@ -271,6 +271,13 @@ fn output_path_errors_stop_run_before_any_work() {
     );
     // The fit window [2998, 3000]: 3 points for a q = 2 model's 5 coefficients.
     run_must_stop_at_once(&model, &["--burn-in", "2998"], "coefficients");
+    // So is a scratch directory that does not exist.
+    let no_scratch = dir.path().join("no-scratch");
+    run_must_stop_at_once(
+        &model,
+        &["--scratch-dir", no_scratch.to_str().unwrap()],
+        "--scratch-dir",
+    );
     // `--exact-n` below the sample is known to be wrong before anything is loaded.
     run_must_stop_at_once(&model, &["--exact-n", "10"], "--exact-n");
 }

@@ -11,7 +11,9 @@ use crate::estimators::{
 use crate::linalg::{memdet, Assume, DenseSource, MemdetOptions, TileSource};
 use crate::ntk::{NtkTiles, Precision};
 use crate::pipeline::fit::check_window;
-use crate::pipeline::inputs::{dense_kernel, kernel_meta, memory_split, prepare, Prepared};
+use crate::pipeline::inputs::{
+    check_scratch_dir, dense_kernel, kernel_meta, memory_split, prepare, Prepared,
+};
 use crate::progress::Progress;
 use crate::report::compare::{table, CompareReport, MethodRow};
 use crate::report::run::process_peak_rss;
@@ -41,6 +43,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         check_window(ns, &window)?;
     }
     let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
+    check_scratch_dir(&args.mem)?;
     let prepared = prepare(&args.md, progress)?;
     let f64_kernel = KernelArgs {
         precision: Precision::F64,

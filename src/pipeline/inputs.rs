@@ -106,6 +106,30 @@ pub fn memory_split(mem: &MemArgs) -> Result<(u64, u64)> {
     Ok((features, total - features))
 }
 
+/// Check before any work that `--scratch-dir`, when given, is a directory MEMDET can create its private
+/// scratch directory in (the same test MEMDET makes later, made first).
+pub fn check_scratch_dir(mem: &MemArgs) -> Result<()> {
+    let Some(dir) = &mem.scratch_dir else {
+        return Ok(());
+    };
+    if !dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "--scratch-dir {}: no such directory; create it or choose another",
+            dir.display()
+        )));
+    }
+    tempfile::Builder::new()
+        .prefix("ntk-memdet-probe-")
+        .tempdir_in(dir)
+        .map(drop)
+        .map_err(|e| {
+            Error::Usage(format!(
+                "--scratch-dir {}: cannot create a directory there ({e}); choose a writable directory",
+                dir.display()
+            ))
+        })
+}
+
 /// Print a warning when the kernel's order m exceeds the number of parameters p (rank K ≤ p).
 pub fn warn_if_singular(tiles: &NtkTiles) {
     use crate::linalg::TileSource;

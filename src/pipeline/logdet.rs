@@ -21,6 +21,7 @@ pub fn run(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
         ));
     }
     memdet_options(args)?;
+    crate::pipeline::inputs::check_scratch_dir(&args.mem)?;
     match (&args.matrix, &args.md.model) {
         (Some(path), None) => {
             let triangle = args.triangle.unwrap_or(Triangle::Full);

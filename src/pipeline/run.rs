@@ -6,7 +6,7 @@ use crate::cli::RunArgs;
 use crate::linalg::{memdet, Assume, LogDet, MemdetOptions, TileSource};
 use crate::ntk::NtkTiles;
 use crate::pipeline::fit::{check_window, fit_options};
-use crate::pipeline::inputs::{kernel_meta, memory_split, prepare, Prepared};
+use crate::pipeline::inputs::{check_scratch_dir, kernel_meta, memory_split, prepare, Prepared};
 use crate::progress::Progress;
 use crate::report::fit::{EstimateJson, FitJson};
 use crate::report::plot::plot_fit;
@@ -42,6 +42,7 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     check_window(ns, &opts)?;
     let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
     let max_mem = feature_mem + memdet_mem;
+    check_scratch_dir(&args.mem)?;
     let prepared = prepare(&args.md, progress)?;
     if ns == 0 || ns > prepared.order.len() {
         return Err(Error::Usage(format!(
