@@ -113,7 +113,7 @@ pub fn check_scratch_dir(mem: &MemArgs) -> Result<()> {
         return Ok(());
     };
     if !dir.is_dir() {
-        return Err(Error::Usage(format!(
+        return Err(Error::Scratch(format!(
             "--scratch-dir {}: no such directory; create it or choose another",
             dir.display()
         )));
@@ -123,7 +123,7 @@ pub fn check_scratch_dir(mem: &MemArgs) -> Result<()> {
         .tempdir_in(dir)
         .map(drop)
         .map_err(|e| {
-            Error::Usage(format!(
+            Error::Scratch(format!(
                 "--scratch-dir {}: cannot create a directory there ({e}); choose a writable directory",
                 dir.display()
             ))
