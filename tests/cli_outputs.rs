@@ -210,6 +210,35 @@ fn created_files_get_0666_reduced_by_the_umask() {
     }
 }
 
+#[test]
+fn train_writes_its_weights_and_log_with_the_umask_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_within(
+        Command::new("sh")
+            .args([
+                "-c",
+                "umask 022 && exec \"$0\" \"$@\"",
+                env!("CARGO_BIN_EXE_ntk-pipeline"),
+            ])
+            .args([
+                "train", "--quiet", "--arch", "lenet", "--data", "mnist", "--limit", "64",
+            ])
+            .args(["--epochs", "1", "--out"])
+            .arg(dir.path().join("w.safetensors")),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in ["w.safetensors", "w.log.json"] {
+        let mode = std::fs::metadata(dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o644, "{name}: mode {mode:o}");
+    }
+    no_temp_files_in(dir.path());
+}
+
 /// A seeded LeNet for MNIST (the kernel of many examples takes minutes, the checks must take less).
 fn lenet(dir: &Path) -> PathBuf {
     let net = arch::build("lenet", None, [1, 28, 28], 10, &mut SeededParams::new(3)).unwrap();

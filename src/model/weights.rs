@@ -245,10 +245,11 @@ pub fn save_safetensors(
                 .map_err(|e| Error::Internal(format!("tensor `{n}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let out = crate::report::AtomicFile::create(path)?;
-    safetensors::serialize_to_file(views, Some(metadata), out.temp_path())
-        .map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
-    out.commit()
+    // In memory first: `serialize_to_file` renames its own 0600 temporary file over the path it is given,
+    // which would bypass the atomic writer's rules (symlinks, device nodes, mode from the umask).
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::Internal(format!("cannot serialise {}: {e}", path.display())))?;
+    crate::report::write_atomic(path, &bytes)
 }
 
 /// The Hugging Face hub cache directory: `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.

@@ -51,11 +51,6 @@ impl AtomicFile {
         self.tmp.as_file_mut()
     }
 
-    /// The temporary file's path (for writers that take a path).
-    pub fn temp_path(&self) -> &Path {
-        self.tmp.path()
-    }
-
     /// Flush to disk and rename onto the target. The target is checked again, since it may have changed
     /// since [`AtomicFile::create`]; an existing regular file's permission bits are kept.
     pub fn commit(self) -> Result<()> {
