@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 /// Flags README shows that belong to other programs (cargo, tar, pip, huggingface-cli, ...).
 const OTHER_TOOLS: &[&str] = &[
+    // cargo
     "release",
     "locked",
     "test",
@@ -16,6 +17,11 @@ const OTHER_TOOLS: &[&str] = &[
     "features",
     "all-targets",
     "check",
+    // the test harness, after `cargo test --`
+    "nocapture",
+    "ignored",
+    "include-ignored",
+    "exact",
 ];
 
 /// Every long flag of the top-level command and of each subcommand, as `--help` shows them (hidden ones
