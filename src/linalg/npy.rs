@@ -32,9 +32,10 @@ impl NpyDtype {
 }
 
 /// Which part of a stored matrix holds valid values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Triangle {
     /// The whole matrix, checked to be symmetric (see [`NpySource`]).
+    #[value(skip)]
     Full,
     /// Only entries with row ≤ column are valid.
     Upper,
@@ -203,10 +204,16 @@ impl NpySource {
     /// Open and validate `path`: a 2-D square f32/f64 array whose data are all present.
     pub fn open(path: &Path, triangle: Triangle) -> Result<Self> {
         let mut file = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
-        let len = file
+        let meta = file
             .metadata()
-            .map_err(|e| Error::io("cannot stat", path, e))?
-            .len();
+            .map_err(|e| Error::io("cannot stat", path, e))?;
+        if meta.is_dir() {
+            return Err(Error::Input(format!(
+                "{} is a directory; give a .npy file",
+                path.display()
+            )));
+        }
+        let len = meta.len();
         let mut prefix = Vec::new();
         (&mut file)
             .take(1 << 20)
