@@ -109,18 +109,51 @@ pub struct FitModelArgs {
     /// Burn-in n_0: the fit uses k in [n_0, n_s].
     #[arg(long, default_value_t = 100)]
     pub burn_in: usize,
-    /// Laurent order q of the scaling-law fit.
-    #[arg(long, default_value_t = 2)]
-    pub q: usize,
+    /// Laurent order q of the scaling-law fit, or `auto`: the q in 1..4 whose backtests (sub-windows
+    /// predicting ℓ_{n_s}) err least.
+    #[arg(long, default_value = "2")]
+    pub q: Auto<usize>,
     /// Number r of plain k^-i terms (i = 1..r) added to the model.
     #[arg(long, default_value_t = 0)]
     pub plain_terms: usize,
-    /// Fit weight exponent alpha (0 fits ℓ_k, 1 fits ℓ_k / k).
-    #[arg(long, default_value_t = 0.0)]
-    pub alpha: f64,
+    /// Fit weight exponent alpha (0 fits ℓ_k, 1 fits ℓ_k / k), or `auto`: 0 or 1, whichever backtests
+    /// better.
+    #[arg(long, default_value = "0")]
+    pub alpha: Auto<f64>,
+    /// Constrain the fitted law's per-example increments ℓ_k − ℓ_{k−1} to be non-increasing on
+    /// [n_0, target n] (constrained least squares; equal to the plain fit when that already has the shape).
+    #[arg(long)]
+    pub shape_constrained: bool,
+    /// Nominal level of the calibrated interval (the quantile of the backtests' normalised errors).
+    #[arg(long, default_value_t = 0.9)]
+    pub interval_level: f64,
     /// Number of refits on random subsamples of the window for the interval.
     #[arg(long, default_value_t = 50)]
     pub ensemble: usize,
+}
+
+/// A value, or `auto` (chosen by the program; see the option's help).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Auto<T> {
+    /// Let the program choose.
+    Auto,
+    /// This value.
+    Value(T),
+}
+
+impl<T: std::str::FromStr> std::str::FromStr for Auto<T>
+where
+    T::Err: std::fmt::Display,
+{
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Auto::Auto);
+        }
+        s.parse()
+            .map(Auto::Value)
+            .map_err(|e| format!("expected `auto` or a number: {e}"))
+    }
 }
 
 /// Arguments of `run`.
