@@ -74,7 +74,7 @@ pub struct ModelDataArgs {
 /// How the kernel is defined.
 #[derive(Debug, Args, Clone)]
 pub struct KernelArgs {
-    /// Network outputs: full (all d logits), sum, trace, or logit:K.
+    /// Network outputs: full (all d logits), centered (the d−1 logit contrasts), sum, trace, or logit:K.
     #[arg(long, default_value = "full")]
     pub outputs: String,
     /// Kernel scale s in J Jᵀ / s: sqrt-p, none, or p.

@@ -72,7 +72,11 @@ pub fn table(est: &Estimate) -> String {
         fit.window.1,
         fit.q,
         fit.alpha,
-        if fit.concave_to.is_some() { ", shape-constrained" } else { "" }
+        if fit.concave_to.is_some() {
+            ", shape-constrained"
+        } else {
+            ""
+        }
     );
     for c in &est.candidates {
         s.push_str(&format!(

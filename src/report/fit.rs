@@ -112,15 +112,17 @@ impl EstimateJson {
                 high,
                 refits: e.fit.ensemble_size(),
             },
-            calibrated: e.calibration.as_ref().zip(e.calibrated).map(|(cal, (low, high))| {
-                CalibratedJson {
+            calibrated: e
+                .calibration
+                .as_ref()
+                .zip(e.calibrated)
+                .map(|(cal, (low, high))| CalibratedJson {
                     low,
                     high,
                     level: cal.level,
                     ratio: e.target_n as f64 / e.fit.ns as f64,
                     model: cal.clone(),
-                }
-            }),
+                }),
             shape: e.shape.clone(),
             warnings: e.warnings.clone(),
         }

@@ -67,7 +67,11 @@ pub struct Estimate {
 }
 
 /// Fit `nested` (k, ℓ_k), k = 1..n_s, by the chosen method and estimate ℓ_n at `target_n`.
-pub fn estimate(nested: &[(usize, f64)], opts: &EstimateOptions, target_n: usize) -> Result<Estimate> {
+pub fn estimate(
+    nested: &[(usize, f64)],
+    opts: &EstimateOptions,
+    target_n: usize,
+) -> Result<Estimate> {
     let ns = nested.iter().map(|p| p.0).max().unwrap_or(0);
     let method = |points: &[(usize, f64)], o: &FitOptions, upto: usize| -> Result<Fit> {
         if opts.shape_constrained {
@@ -77,27 +81,51 @@ pub fn estimate(nested: &[(usize, f64)], opts: &EstimateOptions, target_n: usize
         }
     };
     let score = |o: &FitOptions| -> Result<Option<(f64, Vec<super::calibrate::Backtest>)>> {
-        let quiet = FitOptions { ensemble: 0, ..o.clone() };
+        let quiet = FitOptions {
+            ensemble: 0,
+            ..o.clone()
+        };
         let ncoef = 3 + o.q + o.r;
         let tests = backtests(nested, o.n0, ncoef, |p, t| method(p, &quiet, t))?;
         if tests.is_empty() {
             return Ok(None);
         }
-        let ms = tests.iter().map(|b| b.relative_error * b.relative_error).sum::<f64>() / tests.len() as f64;
+        let ms = tests
+            .iter()
+            .map(|b| b.relative_error * b.relative_error)
+            .sum::<f64>()
+            / tests.len() as f64;
         Ok(Some((ms.sqrt(), tests)))
     };
 
     let mut chosen = opts.fit.clone();
     let mut candidates = Vec::new();
     if opts.auto_q || opts.auto_alpha {
-        let qs: Vec<usize> = if opts.auto_q { AUTO_Q.to_vec() } else { vec![opts.fit.q] };
-        let alphas: Vec<f64> = if opts.auto_alpha { AUTO_ALPHA.to_vec() } else { vec![opts.fit.alpha] };
+        let qs: Vec<usize> = if opts.auto_q {
+            AUTO_Q.to_vec()
+        } else {
+            vec![opts.fit.q]
+        };
+        let alphas: Vec<f64> = if opts.auto_alpha {
+            AUTO_ALPHA.to_vec()
+        } else {
+            vec![opts.fit.alpha]
+        };
         let mut best: Option<(f64, FitOptions)> = None;
         for &q in &qs {
             for &alpha in &alphas {
-                let o = FitOptions { q, alpha, ..opts.fit.clone() };
+                let o = FitOptions {
+                    q,
+                    alpha,
+                    ..opts.fit.clone()
+                };
                 if let Some((rms, _)) = score(&o)? {
-                    candidates.push(Candidate { q, alpha, backtest_rms: rms, chosen: false });
+                    candidates.push(Candidate {
+                        q,
+                        alpha,
+                        backtest_rms: rms,
+                        chosen: false,
+                    });
                     if best.as_ref().is_none_or(|(b, _)| rms < *b) {
                         best = Some((rms, o));
                     }
@@ -123,7 +151,7 @@ pub fn estimate(nested: &[(usize, f64)], opts: &EstimateOptions, target_n: usize
     let shape = fitted.check_shape(ns, target_n.max(ns));
     let mut warnings: Vec<String> = shape.warning().into_iter().collect();
     let (calibration, calibrated, calibration_note) = match score(&chosen)? {
-        Some((_, tests)) => match calibrate(tests, opts.level) {
+        Some((_, tests)) => match calibrate(tests, ns, opts.level) {
             Ok(cal) => {
                 let ratio = target_n as f64 / ns as f64;
                 let iv = cal.interval(logdet, ratio);

@@ -5,9 +5,9 @@
 //! (row weights k^{-α}), extrapolate to the full size n, and measure how sensitive the extrapolation is to
 //! which window points were fitted (the ensemble interval).
 
-use super::lstsq::lstsq;
 use super::constrained::lstsq_nonpositive;
 use super::law::{basis, evaluate, names};
+use super::lstsq::lstsq;
 use super::shape::{check_increments, concavity_rows, ShapeCheck};
 use crate::{Error, Result};
 use rand::seq::index::sample;

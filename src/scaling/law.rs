@@ -84,7 +84,10 @@ mod tests {
             let (b1, b0) = (basis(x, 3, 2), basis(x - 1.0, 3, 2));
             for (j, inc) in increment_basis(x, 3, 2).iter().enumerate() {
                 let want = b1[j] - b0[j];
-                assert!((inc - want).abs() <= 1e-13 * want.abs().max(1.0), "x {x}, term {j}: {inc} vs {want}");
+                assert!(
+                    (inc - want).abs() <= 1e-13 * want.abs().max(1.0),
+                    "x {x}, term {j}: {inc} vs {want}"
+                );
             }
         }
     }

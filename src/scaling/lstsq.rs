@@ -40,7 +40,12 @@ impl ScaledSvd {
                 "least squares needs at least as many points as coefficients: {n} point(s) for {p} coefficient(s)"
             )));
         }
-        if let Some((i, v)) = rows.iter().flatten().enumerate().find(|(_, v)| !v.is_finite()) {
+        if let Some((i, v)) = rows
+            .iter()
+            .flatten()
+            .enumerate()
+            .find(|(_, v)| !v.is_finite())
+        {
             return Err(Error::Input(format!(
                 "least squares: non-finite value {v} (entry {i}) in the design"
             )));

@@ -11,7 +11,7 @@ pub mod nnls;
 pub mod shape;
 pub mod special;
 
-pub use flodance::{fit, fit_concave, fit_xy, Fit, FitOptions};
 pub use estimate::{estimate, Estimate, EstimateOptions};
-pub use shape::ShapeCheck;
+pub use flodance::{fit, fit_concave, fit_xy, Fit, FitOptions};
 pub use nested::{nested_logdets, Nested};
+pub use shape::ShapeCheck;

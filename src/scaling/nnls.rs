@@ -110,7 +110,8 @@ pub fn ldp(e: &Mat<f64>, f: &[f64]) -> Result<Vec<f64>> {
     let norm = resid.iter().map(|r| r * r).sum::<f64>().sqrt();
     if norm <= 1e3 * f64::EPSILON {
         return Err(Error::Input(
-            "the shape constraints cannot all hold at once (least-distance problem infeasible)".into(),
+            "the shape constraints cannot all hold at once (least-distance problem infeasible)"
+                .into(),
         ));
     }
     Ok((0..n).map(|i| -resid[i] / resid[n]).collect())
@@ -133,7 +134,10 @@ mod tests {
         // min ‖z‖ with z₀ + z₁ ≥ 2 is z = (1, 1); with z₀ ≥ −1 (already true at 0) it is z = 0 exactly.
         let e = Mat::from_fn(1, 2, |_, _| 1.0);
         let z = ldp(&e, &[2.0]).unwrap();
-        assert!((z[0] - 1.0).abs() < 1e-14 && (z[1] - 1.0).abs() < 1e-14, "{z:?}");
+        assert!(
+            (z[0] - 1.0).abs() < 1e-14 && (z[1] - 1.0).abs() < 1e-14,
+            "{z:?}"
+        );
         let e = Mat::from_fn(1, 2, |_, j| if j == 0 { 1.0 } else { 0.0 });
         assert_eq!(ldp(&e, &[-1.0]).unwrap(), vec![0.0, 0.0]);
         // z₀ ≥ 1 and −z₀ ≥ 0 cannot both hold.

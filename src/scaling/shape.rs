@@ -8,6 +8,8 @@ use serde::Serialize;
 
 /// The check samples at most this many k (every integer when the range is shorter).
 const MAX_GRID: usize = 4000;
+/// Rises of the increments below this fraction of their size count as flat.
+const RISE_TOLERANCE: f64 = 1e-9;
 /// The constrained fit imposes concavity at most at this many k.
 const MAX_CONSTRAINTS: usize = 400;
 
@@ -59,8 +61,9 @@ pub fn grid(from: usize, to: usize, max: usize) -> Vec<usize> {
 }
 
 /// Check that the increments of the curve with coefficients `coef` (model order q, r) do not increase on
-/// [from, to]. A rise counts only beyond the rounding of the increments themselves (64 ε times the sum of
-/// the absolute terms of both increments).
+/// [from, to]. A rise counts only beyond 1e-9 of the sum of the absolute terms of both increments: far above
+/// their rounding (≈ 1e-15 of it), far below any rise that matters; a constrained fit that is exactly flat
+/// at its constraint points may rise by ≈ 1e-12 of that between them.
 pub fn check_increments(coef: &[f64], q: usize, r: usize, from: usize, to: usize) -> ShapeCheck {
     let mut check = ShapeCheck {
         from,
@@ -77,7 +80,7 @@ pub fn check_increments(coef: &[f64], q: usize, r: usize, from: usize, to: usize
         let inc = increment(coef, x, q, r);
         if let Some((p, psize)) = prev {
             let rise = inc - p;
-            if rise > 64.0 * f64::EPSILON * (size + psize) {
+            if rise > RISE_TOLERANCE * (size + psize) {
                 check.ok = false;
                 check.first_increase_at.get_or_insert(k);
                 check.max_rise = check.max_rise.max(rise);
