@@ -36,6 +36,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a model's accuracy on a dataset split.
     Eval(EvalArgs),
+    /// Score FLODANCE and the naive extrapolations on exact nested log-dets (docs/results) and print tables.
+    Report(ReportArgs),
 }
 
 /// Which network and which data.
@@ -130,6 +132,32 @@ pub struct FitModelArgs {
     /// Number of refits on random subsamples of the window for the interval.
     #[arg(long, default_value_t = 50)]
     pub ensemble: usize,
+}
+
+/// Arguments of `report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Results files or directories of them (every *.json): run --exact-n or logdet --nested output, or
+    /// any JSON object with `nested: [[k, l_k], ...]`.
+    #[arg(long, num_args = 1.., default_value = "docs/results")]
+    pub results: Vec<PathBuf>,
+    /// Fit windows as N0:NS pairs, comma-separated.
+    #[arg(long, default_value = "1:100,100:500,300:500")]
+    pub windows: String,
+    /// Target sizes n, comma-separated (cells whose n exceeds a file's largest k are skipped).
+    #[arg(long, value_delimiter = ',', default_value = "1000,2500")]
+    pub targets: Vec<usize>,
+    #[command(flatten)]
+    pub fit: FitModelArgs,
+    /// Seed of the refit ensembles.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write every cell and the coverage summary as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the SVG of relative error against extrapolation ratio here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 /// A value, or `auto` (chosen by the program; see the option's help).
@@ -378,7 +406,7 @@ pub struct EvalArgs {
 
 /// The subcommand names, used to make `run` the default.
 pub const SUBCOMMANDS: &[&str] = &[
-    "run", "ntk", "logdet", "fit", "compare", "train", "eval", "help",
+    "run", "ntk", "logdet", "fit", "compare", "train", "eval", "report", "help",
 ];
 
 /// Parse `args`, inserting `run` when no subcommand is named (so `ntk-pipeline --model M --data D` works).

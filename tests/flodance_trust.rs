@@ -91,7 +91,7 @@ fn calibrated_interval_covers_a_growing_model_error() {
     assert!(
         cal.backtests
             .iter()
-            .all(|b| b.ratio >= 1.25 && b.end >= 300),
+            .all(|b| b.ratio >= 1.25 && b.end >= 233),
         "{cal:?}"
     );
     assert!(

@@ -7,6 +7,7 @@ pub mod fit;
 pub mod inputs;
 pub mod logdet;
 pub mod ntk;
+pub mod report;
 pub mod run;
 pub mod train;
 
@@ -36,5 +37,6 @@ pub fn execute(cli: &Cli) -> Result<()> {
         Command::Compare(args) => compare::run(args, progress),
         Command::Train(args) => train::run(args, progress),
         Command::Eval(args) => eval::run(args, progress),
+        Command::Report(args) => report::run(args, progress),
     }
 }

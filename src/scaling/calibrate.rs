@@ -2,7 +2,7 @@
 //! nested log-dets.
 //!
 //! Backtest: fit the same model on sub-windows [n₀, e] that end well before n_s (e ≤ n_s / 1.25) but hold at
-//! least half as many points as the real window (shorter windows are much worse conditioned than the real
+//! least a third as many points as the real window (shorter windows are much worse conditioned than the real
 //! fit and would measure their own noise amplification, not the real fit's error), predict ℓ_t at a few
 //! t ∈ [1.25·e, n_s], and record the relative error r against the extrapolation ratio ρ = t / e and the scale
 //! t / n_s. Error growth model: `|r| ≈ c · (ρ − 1)^γ · (t / n_s)^δ`, fitted by least squares on logarithms,
@@ -68,12 +68,12 @@ pub struct Calibration {
 }
 
 /// The sub-window ends for a window k ∈ [n₀, n_s] and a model of `ncoef` coefficients: a geometric grid from
-/// the first end whose window holds max(half the real window, 2·ncoef, 10) points to ⌊n_s / [`MIN_RATIO`]⌋,
+/// the first end whose window holds max(a third of the real window, 2·ncoef, 10) points to ⌊n_s / [`MIN_RATIO`]⌋,
 /// at most [`MAX_BACKTESTS`] distinct ends.
 pub fn backtest_ends(n0: usize, ns: usize, ncoef: usize) -> Vec<usize> {
     let n0 = n0.max(1);
-    let half = (ns.saturating_sub(n0) + 1).div_ceil(2);
-    let first = n0 + half.max(2 * ncoef).max(10) - 1;
+    let third = (ns.saturating_sub(n0) + 1).div_ceil(3);
+    let first = n0 + third.max(2 * ncoef).max(10) - 1;
     let last = (ns as f64 / MIN_RATIO).floor() as usize;
     if last < first {
         return Vec::new();
@@ -292,11 +292,11 @@ mod tests {
     #[test]
     fn ends_leave_room_for_the_model_and_stop_before_ns() {
         let ends = backtest_ends(100, 500, 5);
-        assert_eq!(ends.first(), Some(&300));
+        assert_eq!(ends.first(), Some(&233));
         assert_eq!(ends.last(), Some(&400));
         assert!(ends.len() == MAX_BACKTESTS && ends.windows(2).all(|w| w[0] < w[1]));
         assert!(backtest_ends(100, 120, 5).is_empty());
-        assert_eq!(backtest_ends(1, 100, 5).first(), Some(&50));
+        assert_eq!(backtest_ends(1, 100, 5).first(), Some(&34));
         assert!(calibrate(synthetic(|_| 0.1), 100, 1.0).is_err());
     }
 }
