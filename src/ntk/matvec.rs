@@ -319,3 +319,25 @@ fn dtype(spec: &KernelSpec) -> DType {
         Precision::F32 => DType::F32,
     }
 }
+
+impl crate::estimators::one_sided::Factored for NtkOperator {
+    fn order(&self) -> usize {
+        NtkOperator::order(self)
+    }
+
+    fn factor_dim(&self) -> usize {
+        NtkOperator::factor_dim(self)
+    }
+
+    fn divisor(&self) -> f64 {
+        self.divisor
+    }
+
+    fn jt(&self, v: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        NtkOperator::jt(self, v)
+    }
+
+    fn j(&self, w: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        NtkOperator::j(self, w)
+    }
+}

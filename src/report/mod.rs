@@ -6,5 +6,6 @@ pub mod fit;
 pub mod logdet;
 pub mod plot;
 pub mod run;
+pub mod stats;
 
 pub use atomic::{write_atomic, write_json};

@@ -1,0 +1,427 @@
+//! The `stats` subcommand: trace, Frobenius norm, effective rank and alignments of the NTK (SPEC §6),
+//! exact in one streamed pass over the tiles (each upper-triangle tile formed once and dropped), or
+//! matrix-free from NTK–vector products with the trace estimators (`--estimate`).
+
+use crate::cli::{MemArgs, StatsArgs};
+use crate::estimators::kernel_stats::{
+    label_targets, probe_columns, KernelStatistics, TargetTerms,
+};
+use crate::estimators::one_sided::{one_sided, Side};
+use crate::estimators::operator::LinearOp;
+use crate::estimators::tile_moments::stream_moments;
+use crate::estimators::trace::{hutchinson, hutchpp, rademacher, Estimated, TraceMoments};
+use crate::linalg::TileSource;
+use crate::model::load::load_model;
+use crate::ntk::{KernelSpec, NtkOperator, NtkTiles};
+use crate::pipeline::inputs::{kernel_meta, memory_split, prepare, upper_tile_plan, Prepared};
+use crate::progress::Progress;
+use crate::report::stats::{table, AgainstStats, EstimateRow, ExactStats, StatsReport};
+use crate::report::write_json;
+use crate::{Error, Result};
+use faer::Mat;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::time::Instant;
+
+/// The matrix-free estimators `--estimate` accepts.
+pub const ESTIMATORS: &[&str] = &[
+    "hutchinson",
+    "hutchpp",
+    "one-sided-reverse",
+    "one-sided-forward",
+];
+
+/// Execute `stats`.
+pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
+    // Every check that can be made before the work.
+    let methods = parse_methods(args.estimate.as_deref())?;
+    let probes = parse_probes(&args.probes)?;
+    if methods.contains(&"hutchpp") {
+        if let Some(&s) = probes.iter().find(|&&s| s < 3) {
+            return Err(Error::Usage(format!(
+                "--probes {s}: hutchpp needs at least 3 probes"
+            )));
+        }
+    }
+    if methods.iter().any(|m| m.starts_with("one-sided")) {
+        if let Some(&s) = probes.iter().find(|&&s| s < 2) {
+            return Err(Error::Usage(format!(
+                "--probes {s}: the one-sided estimators need at least 2 probes"
+            )));
+        }
+    }
+    let spec = KernelSpec::parse(
+        &args.kernel.outputs,
+        &args.kernel.scale,
+        &args.kernel.precision,
+    )?;
+    let mem = MemArgs {
+        max_mem: args.max_mem.clone(),
+        num_blocks: None,
+        scratch_dir: None,
+        feature_mem: args.feature_mem.clone(),
+    };
+    let (feature_mem, rest_mem) = memory_split(&mem)?;
+    let prepared = prepare(&args.md, progress)?;
+    let inputs = prepared.inputs(args.n)?;
+    let against = match &args.against {
+        Some(path) => Some(load_model(
+            path,
+            args.against_arch.as_deref(),
+            args.md.width,
+            Some(prepared.dataset.image_shape()),
+            Some(prepared.dataset.num_classes()),
+        )?),
+        None => None,
+    };
+    let labels: Vec<usize> = prepared.order[..args.n]
+        .iter()
+        .map(|&i| prepared.dataset.labels()[i] as usize)
+        .collect();
+
+    let tiles = prepared.tiles(
+        args.n,
+        &args.kernel,
+        feature_mem as usize / against.as_ref().map_or(1, |_| 2),
+    )?;
+    let m = tiles.dim();
+    let rows = tiles.rows_per_example();
+    let y = label_targets(&labels, tiles.num_logits(), rows);
+    if tiles.spec().outputs == crate::ntk::Outputs::Full
+        && prepared.dataset.num_classes() != tiles.num_logits()
+    {
+        return Err(Error::Usage(format!(
+            "the network has {} logits but the dataset {} classes: the one-hot targets need one logit per class",
+            tiles.num_logits(),
+            prepared.dataset.num_classes()
+        )));
+    }
+    let x = probe_columns(y.as_ref());
+
+    let exact = if methods.is_empty() || args.exact {
+        let second = match &against {
+            Some(model) => Some(NtkTiles::new(
+                &model.network,
+                inputs.clone(),
+                spec,
+                feature_mem as usize / 2,
+            )?),
+            None => None,
+        };
+        Some(exact_pass(
+            &tiles,
+            second.as_ref(),
+            args,
+            x.as_ref(),
+            y.as_ref(),
+            rest_mem,
+            progress,
+        )?)
+    } else {
+        None
+    };
+    tiles.clear_features();
+    drop(tiles);
+
+    let mut report = StatsReport {
+        kernel: kernel_meta_for(&prepared, args, spec)?,
+        n: args.n,
+        m,
+        target_terms: None,
+        target_products: 0,
+        target_seconds: 0.0,
+        exact,
+        estimates: Vec::new(),
+    };
+    if !methods.is_empty() {
+        let op = NtkOperator::new(
+            &prepared.model.network,
+            inputs.clone(),
+            spec,
+            rest_mem as usize,
+        )?;
+        let op2 = match &against {
+            Some(model) => Some(NtkOperator::new(
+                &model.network,
+                inputs.clone(),
+                spec,
+                rest_mem as usize,
+            )?),
+            None => None,
+        };
+        // The alignment numerators: K [1, Y], exact.
+        let t = Instant::now();
+        progress.start("NTK products K [1, Y]", 1);
+        let mut kx = Mat::<f64>::zeros(m, x.ncols());
+        op.apply(x.as_ref(), kx.as_mut())?;
+        progress.finish();
+        let terms = TargetTerms::new(kx.as_ref(), y.as_ref());
+        report.target_terms = Some(terms);
+        report.target_products = x.ncols();
+        report.target_seconds = t.elapsed().as_secs_f64();
+        for &s in &probes {
+            for (k, method) in methods.iter().enumerate() {
+                let mut row = estimate(
+                    &op,
+                    method,
+                    s,
+                    args.md.seed,
+                    rest_mem as usize,
+                    &terms,
+                    progress,
+                )?;
+                if k == 0 {
+                    if let (Some(op2), Some(path)) = (&op2, &args.against) {
+                        row.against =
+                            Some(against_estimate(&op, op2, s, args.md.seed, path, progress)?);
+                    }
+                }
+                if let Some(e) = &report.exact {
+                    row.speedup_vs_exact = Some(e.seconds / row.seconds);
+                    row.relative_error = Some(relative_errors(&row.statistics, &e.statistics));
+                }
+                report.estimates.push(row);
+            }
+        }
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    print!("{}", table(&report));
+    Ok(())
+}
+
+/// `--estimate` as a list of known estimators (`all` = every one); empty without the flag.
+fn parse_methods(arg: Option<&str>) -> Result<Vec<&'static str>> {
+    let Some(arg) = arg else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for name in arg.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if name == "all" {
+            out.extend_from_slice(ESTIMATORS);
+            continue;
+        }
+        match ESTIMATORS.iter().find(|&&e| e == name) {
+            Some(&e) => out.push(e),
+            None => {
+                return Err(Error::Usage(format!(
+                    "--estimate: unknown estimator `{name}`; known: {}, all",
+                    ESTIMATORS.join(", ")
+                )))
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Usage(
+            "--estimate: name at least one estimator".into(),
+        ));
+    }
+    out.dedup();
+    Ok(out)
+}
+
+/// `--probes` as positive integers.
+fn parse_probes(arg: &str) -> Result<Vec<usize>> {
+    let probes: Vec<usize> =
+        arg.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<usize>().ok().filter(|&v| v > 0).ok_or_else(|| {
+                    Error::Usage(format!("--probes: `{s}` is not a positive integer"))
+                })
+            })
+            .collect::<Result<_>>()?;
+    if probes.is_empty() {
+        return Err(Error::Usage(
+            "--probes: give at least one probe count".into(),
+        ));
+    }
+    Ok(probes)
+}
+
+fn kernel_meta_for(
+    prepared: &Prepared,
+    args: &StatsArgs,
+    spec: KernelSpec,
+) -> Result<serde_json::Value> {
+    // Metadata from a one-example tile source (cheap; the real one is gone by now).
+    let tiles = NtkTiles::new(&prepared.model.network, prepared.inputs(1)?, spec, 1)?;
+    let mut meta = kernel_meta(prepared, &tiles, args.n);
+    meta["m"] = serde_json::json!(args.n * tiles.rows_per_example());
+    meta["against"] = serde_json::json!(args.against);
+    if let Some(obj) = meta.as_object_mut() {
+        obj.remove("kernel_stats");
+    }
+    Ok(meta)
+}
+
+/// The exact statistics in one pass over the upper-triangle tiles, with tiles of at most a quarter of
+/// the non-feature memory each (two kernels: each gets half of that).
+fn exact_pass(
+    tiles: &NtkTiles,
+    second: Option<&NtkTiles>,
+    args: &StatsArgs,
+    x: faer::MatRef<'_, f64>,
+    y: faer::MatRef<'_, f64>,
+    rest_mem: u64,
+    progress: &dyn Progress,
+) -> Result<ExactStats> {
+    let t0 = Instant::now();
+    let g = tiles.granule();
+    let held = second.map_or(tiles.held_examples(), |b| {
+        tiles.held_examples().min(b.held_examples())
+    });
+    let kernels = if second.is_some() { 2 } else { 1 };
+    let m = tiles.dim();
+    let panel = (held * g).min(m).max(g);
+    // A tile is at most piece × panel values; keep it (and its product scratch) within the memory left.
+    let budget_values = (rest_mem as usize / 4 / 8 / kernels).max(g * g);
+    let piece = (budget_values / panel).clamp(g, 512);
+    let plan = upper_tile_plan(tiles, held, piece);
+    let moments = stream_moments(
+        tiles,
+        second.map(|b| b as &dyn TileSource),
+        x,
+        &plan,
+        progress,
+    )?;
+    let terms = TargetTerms::new(moments.kx.as_ref(), y);
+    let statistics = KernelStatistics::new(
+        Estimated::exact(moments.trace),
+        Estimated::exact(moments.frob_sq),
+        &terms,
+    );
+    let per_example_trace: Vec<f64> = moments.diag.chunks(g).map(|c| c.iter().sum()).collect();
+    let against = match (&moments.cross, &args.against) {
+        (Some(c), Some(path)) => Some(AgainstStats {
+            model: path.clone(),
+            alignment: Estimated::exact(c.inner / (moments.frob_sq.sqrt() * c.frob_sq.sqrt())),
+            inner: Estimated::exact(c.inner),
+            trace_other: Estimated::exact(c.trace),
+            frobenius_other: Estimated::exact(c.frob_sq.sqrt()),
+        }),
+        _ => None,
+    };
+    Ok(ExactStats {
+        statistics,
+        frobenius_sq: moments.frob_sq,
+        per_example_trace,
+        against,
+        tiles: moments.tiles,
+        seconds: t0.elapsed().as_secs_f64(),
+        kernel_stats: serde_json::json!(tiles.stats()),
+    })
+}
+
+/// One estimator at one probe count.
+fn estimate(
+    op: &NtkOperator,
+    method: &str,
+    probes: usize,
+    seed: u64,
+    memory: usize,
+    terms: &TargetTerms,
+    progress: &dyn Progress,
+) -> Result<EstimateRow> {
+    let t = Instant::now();
+    progress.start(&format!("{method}, {probes} probes"), 1);
+    let moments: TraceMoments = match method {
+        "hutchinson" => hutchinson(op, probes, seed)?,
+        "hutchpp" => hutchpp(op, probes, seed)?,
+        "one-sided-reverse" => one_sided(op, Side::Reverse, probes, seed, memory)?,
+        "one-sided-forward" => one_sided(op, Side::Forward, probes, seed, memory)?,
+        other => return Err(Error::Internal(format!("unknown estimator {other}"))),
+    };
+    progress.finish();
+    Ok(EstimateRow {
+        method: method.to_string(),
+        probes,
+        seed,
+        statistics: KernelStatistics::new(moments.trace, moments.trace_sq, terms),
+        frobenius_sq: moments.trace_sq,
+        products: moments.products,
+        reverse_products: moments.reverse_products,
+        forward_products: moments.forward_products,
+        seconds: t.elapsed().as_secs_f64(),
+        speedup_vs_exact: None,
+        relative_error: None,
+        against: None,
+    })
+}
+
+/// A(K, K2) by Hutchinson on both kernels with the same S probes: `⟨K, K2⟩ ≈ mean (K z)·(K2 z)`,
+/// `‖K‖_F² ≈ mean ‖K z‖²`, the ratio's standard error by the jackknife over probes.
+fn against_estimate(
+    op: &NtkOperator,
+    op2: &NtkOperator,
+    probes: usize,
+    seed: u64,
+    path: &str,
+    progress: &dyn Progress,
+) -> Result<AgainstStats> {
+    progress.start(&format!("kernel-kernel alignment, {probes} probes"), 1);
+    let m = op.order();
+    let z = rademacher(&mut ChaCha8Rng::seed_from_u64(seed), m, probes);
+    let mut k1 = Mat::<f64>::zeros(m, probes);
+    let mut k2 = Mat::<f64>::zeros(m, probes);
+    op.apply(z.as_ref(), k1.as_mut())?;
+    op2.apply(z.as_ref(), k2.as_mut())?;
+    progress.finish();
+    let dot =
+        |a: &Mat<f64>, b: &Mat<f64>, c: usize| (0..m).map(|r| a[(r, c)] * b[(r, c)]).sum::<f64>();
+    let c: Vec<f64> = (0..probes).map(|j| dot(&k1, &k2, j)).collect();
+    let a: Vec<f64> = (0..probes).map(|j| dot(&k1, &k1, j)).collect();
+    let b: Vec<f64> = (0..probes).map(|j| dot(&k2, &k2, j)).collect();
+    let ratio = |skip: Option<usize>| {
+        let keep = |v: &[f64]| {
+            let s: f64 = v
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| Some(*j) != skip)
+                .map(|(_, x)| x)
+                .sum();
+            s / (probes - usize::from(skip.is_some())) as f64
+        };
+        keep(&c) / (keep(&a) * keep(&b)).sqrt()
+    };
+    let value = ratio(None);
+    let std_error = if probes > 1 {
+        let loo: Vec<f64> = (0..probes).map(|j| ratio(Some(j))).collect();
+        let mean = loo.iter().sum::<f64>() / probes as f64;
+        ((probes - 1) as f64 / probes as f64 * loo.iter().map(|v| (v - mean).powi(2)).sum::<f64>())
+            .sqrt()
+    } else {
+        0.0
+    };
+    let tr2: Vec<f64> = (0..probes).map(|j| dot(&z, &k2, j)).collect();
+    Ok(AgainstStats {
+        model: path.to_string(),
+        alignment: Estimated { value, std_error },
+        inner: Estimated::from_samples(&c, 0.0),
+        trace_other: Estimated::from_samples(&tr2, 0.0),
+        frobenius_other: {
+            let f = Estimated::from_samples(&b, 0.0);
+            Estimated {
+                value: f.value.sqrt(),
+                std_error: f.std_error / (2.0 * f.value.sqrt()),
+            }
+        },
+    })
+}
+
+/// |estimate − exact| / |exact| for each statistic.
+fn relative_errors(est: &KernelStatistics, exact: &KernelStatistics) -> serde_json::Value {
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
+    serde_json::json!({
+        "trace": rel(est.trace.value, exact.trace.value),
+        "frobenius": rel(est.frobenius.value, exact.frobenius.value),
+        "effective_rank": rel(est.effective_rank.value, exact.effective_rank.value),
+        "alignment": rel(est.alignment.value, exact.alignment.value),
+        "centred_alignment": match (&est.centred_alignment, &exact.centred_alignment) {
+            (Some(a), Some(b)) => serde_json::json!(rel(a.value, b.value)),
+            _ => serde_json::Value::Null,
+        },
+    })
+}
