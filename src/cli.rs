@@ -266,7 +266,7 @@ pub struct CompareArgs {
     /// Number of examples n.
     #[arg(long)]
     pub n: usize,
-    /// Methods, comma separated: exact,flodance,slq,slq-large,pslq,block-diag,pseudo-ntk,f32,linear,stopped-cholesky.
+    /// Methods, comma separated: exact,flodance,slq,slq-large,slq-matvec (SLQ on matrix-free NTK products),pslq,block-diag,pseudo-ntk,f32,linear,stopped-cholesky.
     #[arg(
         long,
         default_value = "exact,flodance,slq,pslq,block-diag,pseudo-ntk,f32,linear,stopped-cholesky"
