@@ -11,7 +11,7 @@
 //! The vectors v_j are held in batches that fit `memory_bytes` (reverse: factor-dim values each); pairs are
 //! formed within a batch, so a smaller budget means fewer pairs (still unbiased, larger standard error).
 
-use super::trace::{mean_se, rademacher, Estimated, TraceMoments};
+use super::trace::{rademacher, Estimated, TraceMoments};
 use crate::{Error, Result};
 use faer::{Mat, MatRef};
 use rand::SeedableRng;
@@ -103,34 +103,29 @@ pub fn one_sided(
     })
 }
 
-/// The U-statistic `mean_{j<k} G_jk²` of one batch, its estimated variance and its pair count.
-/// Var U = 4(S−2)/(S(S−1)) ζ₁ + 2/(S(S−1)) ζ₂ (Hoeffding), with ζ₂ the variance of a pair value and ζ₁ that
-/// of its conditional mean given one probe (estimated from the per-probe means, less their own noise).
+/// The U-statistic `mean_{j<k} G_jk²` of one batch, its jackknife variance (leave one probe out:
+/// `U_(j)` averages the pairs without probe j; conservative for U-statistics) and its pair count.
 fn pair_statistic(g: &Mat<f64>) -> (f64, f64, f64) {
     let s = g.nrows();
-    let mut pairs = Vec::with_capacity(s * (s - 1) / 2);
+    let mut total = 0.0;
     let mut per_probe = vec![0.0; s];
     for j in 0..s {
         for k in (j + 1)..s {
             let h = g[(j, k)] * g[(j, k)];
-            pairs.push(h);
-            per_probe[j] += h / (s - 1) as f64;
-            per_probe[k] += h / (s - 1) as f64;
+            total += h;
+            per_probe[j] += h;
+            per_probe[k] += h;
         }
     }
-    let (u, _) = mean_se(&pairs);
+    let pairs = (s * (s - 1) / 2) as f64;
+    let u = total / pairs;
+    if s < 3 {
+        return (u, 0.0, pairs);
+    }
+    let loo_pairs = ((s - 1) * (s - 2) / 2) as f64;
+    let loo: Vec<f64> = per_probe.iter().map(|r| (total - r) / loo_pairs).collect();
+    let mean = loo.iter().sum::<f64>() / s as f64;
     let sf = s as f64;
-    let zeta2 = if pairs.len() > 1 {
-        pairs.iter().map(|h| (h - u).powi(2)).sum::<f64>() / (pairs.len() - 1) as f64
-    } else {
-        0.0
-    };
-    let zeta1 = if s > 2 {
-        let v = per_probe.iter().map(|h| (h - u).powi(2)).sum::<f64>() / (sf - 1.0);
-        (v - zeta2 / (sf - 1.0)).max(0.0)
-    } else {
-        0.0
-    };
-    let var = 4.0 * (sf - 2.0) / (sf * (sf - 1.0)) * zeta1 + 2.0 / (sf * (sf - 1.0)) * zeta2;
-    (u, var, pairs.len() as f64)
+    let var = (sf - 1.0) / sf * loo.iter().map(|v| (v - mean).powi(2)).sum::<f64>();
+    (u, var, pairs)
 }
