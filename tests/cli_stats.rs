@@ -262,7 +262,7 @@ fn matrix_free_alignment_numerators_are_exact() {
 fn bad_stats_input_is_refused_before_work() {
     for (args, needle) in [
         (vec!["--estimate", "hutch"], "unknown estimator"),
-        (vec!["--estimate", "hutchpp", "--probes", "2"], "at least 3"),
+        (vec!["--estimate", "hutchpp", "--probes", "3"], "at least 4"),
         (
             vec!["--estimate", "hutchinson", "--probes", "ten"],
             "not a positive integer",

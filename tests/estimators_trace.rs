@@ -226,3 +226,49 @@ fn slq_on_the_matrix_free_operator_equals_slq_on_the_formed_kernel() {
         assert!((a - b).abs() <= 1e-10 * b.abs());
     }
 }
+
+#[test]
+fn kernel_kernel_alignment_estimate_is_consistent() {
+    // Two different networks' NTKs on the same sample: the shared-probe estimate of ⟨K1, K2⟩ is unbiased
+    // over seeds, and the alignment ratio lands within 3 jackknife standard errors of the exact value.
+    use ntk_pipeline::estimators::trace::kernel_alignment;
+    let (a, b) = (nets::resnet(), nets::resnet());
+    let b = ntk_pipeline::ntk::layout::perturbed(
+        &b,
+        &nets::values(
+            ntk_pipeline::ntk::layout::ParamLayout::new(&b).total,
+            4,
+            0.3,
+        ),
+        1.0,
+    )
+    .unwrap();
+    let x = nets::inputs(&a, 6, 8);
+    let ka = dense(&NtkTiles::new(&a, x.clone(), spec(Outputs::Full), 1 << 30).unwrap());
+    let kb = dense(&NtkTiles::new(&b, x, spec(Outputs::Full), 1 << 30).unwrap());
+    let inner: f64 = (0..ka.nrows())
+        .flat_map(|c| (0..ka.nrows()).map(move |r| (r, c)))
+        .map(|(r, c)| ka[(r, c)] * kb[(r, c)])
+        .sum();
+    let exact = inner / (exact_moments(&ka).1.sqrt() * exact_moments(&kb).1.sqrt());
+    let (sa, sb) = (DenseSource::new(ka), DenseSource::new(kb));
+    let (oa, ob) = (
+        KernelOperator::new(&sa, 1 << 30),
+        KernelOperator::new(&sb, 1 << 30),
+    );
+    let runs: Vec<_> = (0..200u64)
+        .map(|s| kernel_alignment(&oa, &ob, 10, s).unwrap())
+        .collect();
+    let (mean, sd) = mean_sd(&runs.iter().map(|r| r.inner.value).collect::<Vec<_>>());
+    assert!(
+        (mean - inner).abs() <= 3.0 * sd / (200f64).sqrt(),
+        "inner {mean} vs {inner}"
+    );
+    let big = kernel_alignment(&oa, &ob, 400, 1).unwrap();
+    assert!(
+        (big.alignment.value - exact).abs() <= 3.0 * big.alignment.std_error,
+        "alignment {} ± {} vs exact {exact}",
+        big.alignment.value,
+        big.alignment.std_error
+    );
+}

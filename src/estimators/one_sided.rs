@@ -41,7 +41,7 @@ pub enum Side {
 }
 
 /// Estimate `tr K` and `tr K²` with `probes` one-sided products on `side`; `memory_bytes` bounds the
-/// probe vectors held at once (at least two are always held, so that pairs exist).
+/// probe vectors held at once (at least three are always held, so that every batch has a jackknife).
 pub fn one_sided(
     f: &dyn Factored,
     side: Side,
@@ -49,14 +49,14 @@ pub fn one_sided(
     seed: u64,
     memory_bytes: usize,
 ) -> Result<TraceMoments> {
-    if probes < 2 {
+    if probes < 3 {
         return Err(Error::Usage(format!(
-            "the one-sided estimators need --probes >= 2 (tr K² pairs probes), got {probes}"
+            "the one-sided estimators need --probes >= 3 (tr K² pairs probes; its jackknife leaves one out), got {probes}"
         )));
     }
     // Each probe holds a vector of the factor dimension and one of the kernel order.
     let len = f.factor_dim() + f.order();
-    let batch = (memory_bytes / (8 * len).max(1)).clamp(2, probes);
+    let batch = (memory_bytes / (8 * len).max(1)).clamp(3, probes);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let s = f.divisor();
     let mut diag = Vec::with_capacity(probes);
@@ -71,7 +71,7 @@ pub fn one_sided(
         };
         let g = (v.transpose() * &v) * (1.0 / s);
         diag.extend((0..b).map(|j| g[(j, j)]));
-        if b >= 2 {
+        if b >= 3 {
             parts.push(pair_statistic(&g));
         }
         done += b;

@@ -109,8 +109,10 @@ fn dot_col(a: &Mat<f64>, b: &Mat<f64>, c: usize) -> f64 {
 
 /// Hutchinson's estimator with `probes` Rademacher probes drawn from ChaCha8 seeded with `seed`.
 pub fn hutchinson(op: &dyn LinearOp, probes: usize, seed: u64) -> Result<TraceMoments> {
-    if probes == 0 {
-        return Err(Error::Usage("--probes must be at least 1".into()));
+    if probes < 2 {
+        return Err(Error::Usage(format!(
+            "Hutchinson needs --probes >= 2 for a standard error, got {probes}"
+        )));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let z = rademacher(&mut rng, op.dim(), probes);
@@ -151,11 +153,11 @@ pub fn orthonormal_basis(y: &Mat<f64>) -> Mat<f64> {
     Mat::from_fn(m, cols.len(), |r, c| cols[c][r])
 }
 
-/// Hutch++ with `probes` ≥ 3 products: ⌊S/3⌋ sketch, ⌊S/3⌋ for A Q, the rest Hutchinson on the remainder.
+/// Hutch++ with `probes` ≥ 4 products: ⌊S/3⌋ sketch, ⌊S/3⌋ for A Q, the rest Hutchinson on the remainder.
 pub fn hutchpp(op: &dyn LinearOp, probes: usize, seed: u64) -> Result<TraceMoments> {
-    if probes < 3 {
+    if probes < 4 {
         return Err(Error::Usage(format!(
-            "Hutch++ needs --probes >= 3 (a third sketches the range), got {probes}"
+            "Hutch++ needs --probes >= 4 (a third sketches the range, two or more estimate the rest), got {probes}"
         )));
     }
     let m = op.dim();
@@ -195,4 +197,62 @@ pub fn centre_columns(x: &mut Mat<f64>) {
             x[(r, c)] -= mean;
         }
     }
+}
+
+/// The kernel–kernel alignment of two operators on the same space, by Hutchinson with shared probes.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairAlignment {
+    /// A(A, B) = ⟨A, B⟩_F / (‖A‖_F ‖B‖_F), standard error by the jackknife over probes.
+    pub alignment: Estimated,
+    /// ⟨A, B⟩_F ≈ mean (A z)·(B z).
+    pub inner: Estimated,
+    /// tr B ≈ mean zᵀ B z.
+    pub trace_other: Estimated,
+    /// ‖B‖_F ≈ sqrt(mean ‖B z‖²).
+    pub frobenius_other: Estimated,
+}
+
+/// `A(a, b)` from `probes` ≥ 2 shared Rademacher probes (2·probes products): `⟨a, b⟩ = E (a z)·(b z)`,
+/// `‖a‖_F² = E ‖a z‖²`, `‖b‖_F² = E ‖b z‖²`; the ratio's standard error by the leave-one-probe-out jackknife.
+pub fn kernel_alignment(
+    a: &dyn LinearOp,
+    b: &dyn LinearOp,
+    probes: usize,
+    seed: u64,
+) -> Result<PairAlignment> {
+    if probes < 2 || a.dim() != b.dim() {
+        return Err(Error::Usage(format!(
+            "kernel alignment needs two operators of one order and >= 2 probes (orders {} and {}, {probes} probes)",
+            a.dim(),
+            b.dim()
+        )));
+    }
+    let z = rademacher(&mut ChaCha8Rng::seed_from_u64(seed), a.dim(), probes);
+    let (az, bz) = (product(a, &z)?, product(b, &z)?);
+    let cross: Vec<f64> = (0..probes).map(|j| dot_col(&az, &bz, j)).collect();
+    let aa: Vec<f64> = (0..probes).map(|j| dot_col(&az, &az, j)).collect();
+    let bb: Vec<f64> = (0..probes).map(|j| dot_col(&bz, &bz, j)).collect();
+    let tb: Vec<f64> = (0..probes).map(|j| dot_col(&z, &bz, j)).collect();
+    let sums = |skip: Option<usize>, v: &[f64]| {
+        let s: f64 = v.iter().sum::<f64>() - skip.map_or(0.0, |j| v[j]);
+        s / (probes - usize::from(skip.is_some())) as f64
+    };
+    let ratio = |skip| sums(skip, &cross) / (sums(skip, &aa) * sums(skip, &bb)).sqrt();
+    let loo: Vec<f64> = (0..probes).map(|j| ratio(Some(j))).collect();
+    let mean = loo.iter().sum::<f64>() / probes as f64;
+    let pf = probes as f64;
+    let jack = ((pf - 1.0) / pf * loo.iter().map(|v| (v - mean).powi(2)).sum::<f64>()).sqrt();
+    let f2 = Estimated::from_samples(&bb, 0.0);
+    Ok(PairAlignment {
+        alignment: Estimated {
+            value: ratio(None),
+            std_error: jack,
+        },
+        inner: Estimated::from_samples(&cross, 0.0),
+        trace_other: Estimated::from_samples(&tb, 0.0),
+        frobenius_other: Estimated {
+            value: f2.value.sqrt(),
+            std_error: f2.std_error / (2.0 * f2.value.sqrt()),
+        },
+    })
 }

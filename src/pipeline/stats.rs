@@ -9,7 +9,7 @@ use crate::estimators::kernel_stats::{
 use crate::estimators::one_sided::{one_sided, Side};
 use crate::estimators::operator::LinearOp;
 use crate::estimators::tile_moments::stream_moments;
-use crate::estimators::trace::{hutchinson, hutchpp, rademacher, Estimated, TraceMoments};
+use crate::estimators::trace::{hutchinson, hutchpp, kernel_alignment, Estimated, TraceMoments};
 use crate::linalg::TileSource;
 use crate::model::load::load_model;
 use crate::ntk::{KernelSpec, NtkOperator, NtkTiles};
@@ -19,8 +19,6 @@ use crate::report::stats::{table, AgainstStats, EstimateRow, ExactStats, StatsRe
 use crate::report::write_json;
 use crate::{Error, Result};
 use faer::Mat;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
 
 /// The matrix-free estimators `--estimate` accepts.
@@ -36,17 +34,17 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
     // Every check that can be made before the work.
     let methods = parse_methods(args.estimate.as_deref())?;
     let probes = parse_probes(&args.probes)?;
-    if methods.contains(&"hutchpp") {
-        if let Some(&s) = probes.iter().find(|&&s| s < 3) {
+    // Fewest probes giving a standard error: 2 iid samples (Hutchinson), 2 residual probes after a
+    // one-probe sketch (Hutch++), 3 probes for the jackknife over probe pairs (one-sided tr K²).
+    for method in &methods {
+        let least = match *method {
+            "hutchinson" => 2,
+            "hutchpp" => 4,
+            _ => 3,
+        };
+        if let Some(&s) = probes.iter().find(|&&s| s < least) {
             return Err(Error::Usage(format!(
-                "--probes {s}: hutchpp needs at least 3 probes"
-            )));
-        }
-    }
-    if methods.iter().any(|m| m.starts_with("one-sided")) {
-        if let Some(&s) = probes.iter().find(|&&s| s < 2) {
-            return Err(Error::Usage(format!(
-                "--probes {s}: the one-sided estimators need at least 2 probes"
+                "--probes {s}: {method} needs at least {least} probes for a standard error"
             )));
         }
     }
@@ -351,8 +349,7 @@ fn estimate(
     })
 }
 
-/// A(K, K2) by Hutchinson on both kernels with the same S probes: `⟨K, K2⟩ ≈ mean (K z)·(K2 z)`,
-/// `‖K‖_F² ≈ mean ‖K z‖²`, the ratio's standard error by the jackknife over probes.
+/// A(K, K2) by Hutchinson on both kernels with the same probes ([`kernel_alignment`]).
 fn against_estimate(
     op: &NtkOperator,
     op2: &NtkOperator,
@@ -362,52 +359,14 @@ fn against_estimate(
     progress: &dyn Progress,
 ) -> Result<AgainstStats> {
     progress.start(&format!("kernel-kernel alignment, {probes} probes"), 1);
-    let m = op.order();
-    let z = rademacher(&mut ChaCha8Rng::seed_from_u64(seed), m, probes);
-    let mut k1 = Mat::<f64>::zeros(m, probes);
-    let mut k2 = Mat::<f64>::zeros(m, probes);
-    op.apply(z.as_ref(), k1.as_mut())?;
-    op2.apply(z.as_ref(), k2.as_mut())?;
+    let a = kernel_alignment(op, op2, probes, seed)?;
     progress.finish();
-    let dot =
-        |a: &Mat<f64>, b: &Mat<f64>, c: usize| (0..m).map(|r| a[(r, c)] * b[(r, c)]).sum::<f64>();
-    let c: Vec<f64> = (0..probes).map(|j| dot(&k1, &k2, j)).collect();
-    let a: Vec<f64> = (0..probes).map(|j| dot(&k1, &k1, j)).collect();
-    let b: Vec<f64> = (0..probes).map(|j| dot(&k2, &k2, j)).collect();
-    let ratio = |skip: Option<usize>| {
-        let keep = |v: &[f64]| {
-            let s: f64 = v
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| Some(*j) != skip)
-                .map(|(_, x)| x)
-                .sum();
-            s / (probes - usize::from(skip.is_some())) as f64
-        };
-        keep(&c) / (keep(&a) * keep(&b)).sqrt()
-    };
-    let value = ratio(None);
-    let std_error = if probes > 1 {
-        let loo: Vec<f64> = (0..probes).map(|j| ratio(Some(j))).collect();
-        let mean = loo.iter().sum::<f64>() / probes as f64;
-        ((probes - 1) as f64 / probes as f64 * loo.iter().map(|v| (v - mean).powi(2)).sum::<f64>())
-            .sqrt()
-    } else {
-        0.0
-    };
-    let tr2: Vec<f64> = (0..probes).map(|j| dot(&z, &k2, j)).collect();
     Ok(AgainstStats {
         model: path.to_string(),
-        alignment: Estimated { value, std_error },
-        inner: Estimated::from_samples(&c, 0.0),
-        trace_other: Estimated::from_samples(&tr2, 0.0),
-        frobenius_other: {
-            let f = Estimated::from_samples(&b, 0.0);
-            Estimated {
-                value: f.value.sqrt(),
-                std_error: f.std_error / (2.0 * f.value.sqrt()),
-            }
-        },
+        alignment: a.alignment,
+        inner: a.inner,
+        trace_other: a.trace_other,
+        frobenius_other: a.frobenius_other,
     })
 }
 
