@@ -83,14 +83,14 @@ impl TargetTerms {
         let means: Vec<f64> = (0..c).map(|j| col(y, j).sum::<f64>() / mf).collect();
         let mut inner = 0.0;
         let mut inner_centred = 0.0;
-        for j in 0..c {
-            // K ỹ = K y − (K 1) ȳ ;  ỹᵀ K ỹ = yᵀ K ỹ − ȳ 1ᵀ K ỹ
+        for (j, &mean) in means.iter().enumerate() {
+            // K ỹ = K y − (K 1) ȳ ;  ⟨K, ỹỹᵀ⟩ = ỹᵀ (K ỹ)
             let ky: Vec<f64> = col(kx, j + 1).collect();
-            let kyt: Vec<f64> = ky.iter().zip(&k1).map(|(a, b)| a - means[j] * b).collect();
+            let kyt: Vec<f64> = ky.iter().zip(&k1).map(|(a, b)| a - mean * b).collect();
             inner += col(y, j).zip(&ky).map(|(a, b)| a * b).sum::<f64>();
             inner_centred += col(y, j)
                 .zip(&kyt)
-                .map(|(a, b)| (a - means[j]) * b)
+                .map(|(a, b)| (a - mean) * b)
                 .sum::<f64>();
         }
         // ‖Y Yᵀ‖_F = ‖Yᵀ Y‖_F, and the same for Ỹ.
