@@ -357,7 +357,7 @@ pub struct StatsArgs {
     #[arg(long)]
     pub n: usize,
     /// Matrix-free estimators, comma separated: hutchinson, hutchpp, one-sided-reverse, one-sided-forward,
-    /// or all. Without it the statistics are computed exactly.
+    /// one-sided (both one-sided ones) or all. Without it the statistics are computed exactly.
     #[arg(long)]
     pub estimate: Option<String>,
     /// With --estimate: also run the exact pass and report each estimate's actual error and speed-up.

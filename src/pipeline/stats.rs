@@ -200,11 +200,15 @@ fn parse_methods(arg: Option<&str>) -> Result<Vec<&'static str>> {
             out.extend_from_slice(ESTIMATORS);
             continue;
         }
+        if name == "one-sided" {
+            out.extend_from_slice(&ESTIMATORS[2..]);
+            continue;
+        }
         match ESTIMATORS.iter().find(|&&e| e == name) {
             Some(&e) => out.push(e),
             None => {
                 return Err(Error::Usage(format!(
-                    "--estimate: unknown estimator `{name}`; known: {}, all",
+                    "--estimate: unknown estimator `{name}`; known: {}, one-sided (both), all",
                     ESTIMATORS.join(", ")
                 )))
             }
@@ -215,7 +219,12 @@ fn parse_methods(arg: Option<&str>) -> Result<Vec<&'static str>> {
             "--estimate: name at least one estimator".into(),
         ));
     }
-    out.dedup();
+    let mut seen = Vec::new();
+    out.retain(|m| {
+        let new = !seen.contains(m);
+        seen.push(*m);
+        new
+    });
     Ok(out)
 }
 
