@@ -89,16 +89,13 @@ pub struct StatsReport {
     pub estimates: Vec<EstimateRow>,
 }
 
-fn fmt_est(e: &Estimated) -> String {
-    if e.std_error == 0.0 {
+/// An exact value in full, an estimate with its standard error (even when that is 0).
+fn fmt_val(e: &Estimated, exact: bool) -> String {
+    if exact {
         format!("{:.6e}", e.value)
     } else {
         format!("{:.4e} ± {:.1e}", e.value, e.std_error)
     }
-}
-
-fn fmt_opt(e: &Option<Estimated>) -> String {
-    e.as_ref().map_or("-".into(), fmt_est)
 }
 
 /// The terminal summary.
@@ -119,16 +116,18 @@ pub fn table(r: &StatsReport) -> String {
         "seconds"
     );
     let mut line = |name: &str, s_probes: String, st: &KernelStatistics, kv: usize, secs: f64| {
+        let exact = name == "exact";
+        let f = |e: &Estimated| fmt_val(e, exact);
         let _ = writeln!(
             s,
             "{:<20} {:>6} {:>24} {:>24} {:>22} {:>22} {:>22} {:>8} {:>9.2}",
             name,
             s_probes,
-            fmt_est(&st.trace),
-            fmt_est(&st.frobenius),
-            fmt_est(&st.effective_rank),
-            fmt_est(&st.alignment),
-            fmt_opt(&st.centred_alignment),
+            f(&st.trace),
+            f(&st.frobenius),
+            f(&st.effective_rank),
+            f(&st.alignment),
+            st.centred_alignment.as_ref().map_or("-".into(), f),
             kv,
             secs
         );
@@ -156,7 +155,12 @@ pub fn table(r: &StatsReport) -> String {
             t.len()
         );
         if let Some(a) = &e.against {
-            let _ = writeln!(s, "alignment with {}: {}", a.model, fmt_est(&a.alignment));
+            let _ = writeln!(
+                s,
+                "alignment with {}: {}",
+                a.model,
+                fmt_val(&a.alignment, true)
+            );
         }
     }
     for row in &r.estimates {
@@ -167,7 +171,7 @@ pub fn table(r: &StatsReport) -> String {
                 a.model,
                 row.method,
                 row.probes,
-                fmt_est(&a.alignment)
+                fmt_val(&a.alignment, false)
             );
         }
         if let Some(note) = &row.statistics.note {
