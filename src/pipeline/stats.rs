@@ -282,10 +282,15 @@ fn exact_pass(
     });
     let kernels = if second.is_some() { 2 } else { 1 };
     let m = tiles.dim();
-    let panel = (held * g).min(m).max(g);
-    // A tile is at most piece × panel values; keep it (and its product scratch) within the memory left.
+    // A tile is at most piece × panel values (piece × piece when every example's features stay cached);
+    // keep it (and its product scratch) within a quarter of the memory left.
     let budget_values = (rest_mem as usize / 4 / 8 / kernels).max(g * g);
-    let piece = (budget_values / panel).clamp(g, 512);
+    let piece = if held * g >= m {
+        (budget_values as f64).sqrt() as usize
+    } else {
+        budget_values / (held * g).max(g)
+    }
+    .clamp(g, 512);
     let plan = upper_tile_plan(tiles, held, piece);
     let moments = stream_moments(
         tiles,
