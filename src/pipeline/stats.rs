@@ -147,6 +147,14 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
             )?),
             None => None,
         };
+        if let Some(op2) = &op2 {
+            if op2.order() != m {
+                return Err(Error::Usage(format!(
+                    "--against: its kernel has order {} but the first model's has {m}; both models need the same number of logits",
+                    op2.order()
+                )));
+            }
+        }
         // The alignment numerators: K [1, Y], exact.
         let t = Instant::now();
         progress.start("NTK products K [1, Y]", 1);
