@@ -45,6 +45,9 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a model's accuracy on a dataset split.
     Eval(EvalArgs),
+    /// NTK statistics without storing the kernel: trace, Frobenius norm, effective rank, alignment
+    /// (exact in one streamed pass over the tiles, or matrix-free with --estimate).
+    Stats(StatsArgs),
 }
 
 /// Which network and which data: shared by every subcommand that loads a model (`run`, `ntk`, `logdet
@@ -359,6 +362,43 @@ pub struct EvalArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Write the JSON result here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Arguments of `stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub md: ModelDataArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+    /// Number of examples n (the kernel is m x m with m = n·d for --outputs full).
+    #[arg(long)]
+    pub n: usize,
+    /// Matrix-free estimators, comma separated: hutchinson, hutchpp, one-sided-reverse, one-sided-forward,
+    /// one-sided (both one-sided ones) or all. Without it the statistics are computed exactly.
+    #[arg(long)]
+    pub estimate: Option<String>,
+    /// With --estimate: also run the exact pass and report each estimate's actual error and speed-up.
+    #[arg(long)]
+    pub exact: bool,
+    /// Probe counts S for --estimate, comma separated (e.g. 10,30,100); each is one run of each estimator.
+    #[arg(long, default_value = "30")]
+    pub probes: String,
+    /// A second model on the same sample: report the kernel–kernel alignment A(K, K2).
+    #[arg(long)]
+    pub against: Option<String>,
+    /// Architecture of --against (default: from its weights, as for --model).
+    #[arg(long)]
+    pub against_arch: Option<String>,
+    /// Resident memory limit, e.g. 4GiB, 500MB, 1e9.
+    #[arg(long, default_value = "4GiB")]
+    pub max_mem: String,
+    /// The part of --max-mem for cached per-example NTK features in the exact pass (default: half).
+    #[arg(long)]
+    pub feature_mem: Option<String>,
+    /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }

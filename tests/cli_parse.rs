@@ -145,6 +145,7 @@ fn option_values_are_enums_whose_choices_help_lists() {
                 "flodance",
                 "slq",
                 "slq-large",
+                "slq-matvec",
                 "pslq",
                 "block-diag",
                 "pseudo-ntk",

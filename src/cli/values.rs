@@ -91,6 +91,8 @@ pub enum CompareMethod {
     Slq,
     /// SLQ, the paper's Table 1 preset (100 steps, 104 probes).
     SlqLarge,
+    /// SLQ with the Table 2 preset on matrix-free NTK products (no kernel formed for it).
+    SlqMatvec,
     /// Preconditioned SLQ (pivoted partial Cholesky of rank --precond-rank).
     Pslq,
     /// Sum of the log-dets of the n diagonal d×d blocks.

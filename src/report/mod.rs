@@ -7,6 +7,7 @@ pub mod logdet;
 mod output_path;
 pub mod plot;
 pub mod run;
+pub mod stats;
 
 pub use atomic::{resolve_output, write_atomic, write_json, AtomicFile};
 pub use output_path::check_outputs;
