@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use faer::Mat;
 use ntk_pipeline::linalg::TileSource;
 use ntk_pipeline::model::{arch, SeededParams};
-use ntk_pipeline::ntk::{KernelSpec, NtkTiles, Outputs, Precision, Scale};
+use ntk_pipeline::ntk::{KernelSpec, NtkOperator, NtkTiles, Outputs, Precision, Scale};
 use ntk_pipeline::scaling::shape::check_increments;
 use ntk_pipeline::scaling::special::ln_factorial;
 use ntk_pipeline::scaling::{estimate, fit, fit_concave, EstimateOptions, FitOptions};
@@ -207,7 +207,27 @@ fn centered_kernel_is_the_projected_full_kernel() {
         precision: Precision::F64,
     };
     let full = dense(&NtkTiles::new(&net, x.clone(), spec(Outputs::Full), 1 << 28).unwrap());
-    let centered = dense(&NtkTiles::new(&net, x, spec(Outputs::Centered), 1 << 28).unwrap());
+    let centered =
+        dense(&NtkTiles::new(&net, x.clone(), spec(Outputs::Centered), 1 << 28).unwrap());
+    // The matrix-free operator's centered K·V equals the formed centered kernel times V.
+    let op = NtkOperator::new(&net, x, spec(Outputs::Centered), 1 << 28).unwrap();
+    let v = Mat::from_fn(centered.nrows(), 3, |i, j| {
+        ((i * 31 + j * 7) % 11) as f64 - 5.0
+    });
+    let mut kv = Mat::zeros(centered.nrows(), 3);
+    op.kv(v.as_ref(), kv.as_mut()).unwrap();
+    let want = &centered * &v;
+    let kv_err = (0..kv.nrows())
+        .flat_map(|i| (0..3).map(move |j| (i, j)))
+        .map(|(i, j)| (kv[(i, j)] - want[(i, j)]).abs())
+        .fold(0.0, f64::max);
+    let kv_scale = (0..want.nrows())
+        .map(|i| want[(i, 0)].abs())
+        .fold(0.0, f64::max);
+    assert!(
+        kv_err <= 1e-12 * kv_scale,
+        "K V error {kv_err:e} (scale {kv_scale:e})"
+    );
     let (d, u) = (10, helmert(10));
     // U is orthonormal and orthogonal to the all-ones vector.
     let utu = u.transpose() * &u;

@@ -9,6 +9,7 @@ pub mod logdet;
 pub mod ntk;
 pub mod report;
 pub mod run;
+pub mod stats;
 pub mod train;
 
 use crate::cli::{Cli, Command};
@@ -38,5 +39,6 @@ pub fn execute(cli: &Cli) -> Result<()> {
         Command::Train(args) => train::run(args, progress),
         Command::Eval(args) => eval::run(args, progress),
         Command::Report(args) => report::run(args, progress),
+        Command::Stats(args) => stats::run(args, progress),
     }
 }

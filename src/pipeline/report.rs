@@ -8,7 +8,7 @@ use crate::estimators::extrapolate::{LinearExtrapolation, StoppedCholesky, Stopp
 use crate::pipeline::fit::estimate_options;
 use crate::progress::Progress;
 use crate::report::results::{markdown, Cell, Coverage, IntervalScore, ResultFile};
-use crate::report::{error_plot, write_atomic, write_json};
+use crate::report::{check_outputs, error_plot, write_atomic, write_json};
 use crate::scaling::estimate;
 use crate::{Error, Result};
 use serde::Serialize;
@@ -68,6 +68,10 @@ fn inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// Execute `report`.
 pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
+    check_outputs(&[
+        ("--json", args.json.as_deref()),
+        ("--plot", args.plot.as_deref()),
+    ])?;
     let windows = windows(&args.windows)?;
     let files: Vec<ResultFile> = inputs(&args.results)?
         .iter()
