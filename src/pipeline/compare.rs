@@ -193,7 +193,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 };
                 let op = crate::ntk::NtkOperator::new(
                     &prepared.model.network,
-                    prepared.inputs(args.n)?,
+                    prepared.inputs_in(args.n, spec.precision)?,
                     spec,
                     memdet_mem as usize,
                 )?;

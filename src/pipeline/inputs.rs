@@ -87,6 +87,14 @@ impl Prepared {
             .images_f64(&self.order[..n], self.model.network.input_shape)
     }
 
+    /// The inputs in the kernel's precision: f64 end to end for f64 kernels, f32 for f32 ones.
+    pub fn inputs_in(&self, n: usize, precision: crate::ntk::Precision) -> Result<Tensor> {
+        match precision {
+            crate::ntk::Precision::F64 => self.inputs_f64(n),
+            crate::ntk::Precision::F32 => self.inputs(n),
+        }
+    }
+
     /// The NTK of the first `n` examples as a tile source, with `feature_budget` bytes for cached features.
     /// In f64 precision the inputs are f64 end to end (normalised in f64 with the exact constants); in f32
     /// they are f32. Warns on stderr when m = n·d exceeds p (the kernel is then singular, SPEC §5).
@@ -101,10 +109,7 @@ impl Prepared {
 
     /// [`Prepared::tiles`] for a kernel spec.
     pub fn tiles_for(&self, n: usize, spec: KernelSpec, feature_budget: usize) -> Result<NtkTiles> {
-        let inputs = match spec.precision {
-            crate::ntk::Precision::F64 => self.inputs_f64(n)?,
-            crate::ntk::Precision::F32 => self.inputs(n)?,
-        };
+        let inputs = self.inputs_in(n, spec.precision)?;
         let tiles = NtkTiles::new(&self.model.network, inputs, spec, feature_budget)?;
         warn_if_singular(&tiles);
         Ok(tiles)

@@ -62,7 +62,7 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
     };
     let (feature_mem, rest_mem) = memory_split(&mem)?;
     let prepared = prepare(&args.md, progress)?;
-    let inputs = prepared.inputs(args.n)?;
+    let inputs = prepared.inputs_in(args.n, args.kernel.precision)?;
     let against = match &args.against {
         Some(path) => Some(load_model(
             path,
