@@ -61,6 +61,10 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
     let t0 = std::time::Instant::now();
     let meta = crate::pipeline::inputs::kernel_meta(&prepared, &tiles, n);
     factor_and_report(&tiles, &memdet_args, Some(meta), progress)?;
+    #[cfg(feature = "mpi")]
+    if crate::linalg::dist::is_follower() {
+        return Ok(()); // rank 0 alone reports
+    }
     let stats = tiles.stats();
     if let Some(path) = &args.json {
         // The tile-forming times are known only now: patch them into the report just written.
@@ -115,6 +119,10 @@ pub fn factor_and_report(
     kernel_meta: Option<serde_json::Value>,
     progress: &dyn Progress,
 ) -> Result<()> {
+    #[cfg(feature = "mpi")]
+    if crate::pipeline::distributed::requested(args) {
+        return crate::pipeline::distributed::factor_and_report(source, args, kernel_meta);
+    }
     let opts = memdet_options(args)?;
     let nested = args
         .nested
