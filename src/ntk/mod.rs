@@ -36,7 +36,7 @@ pub enum Outputs {
 }
 
 /// The scale s in `J Jᵀ / s`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scale {
     /// s = sqrt(p) (the paper's choice, default).
@@ -48,7 +48,7 @@ pub enum Scale {
 }
 
 /// Floating-point precision of kernel formation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Forward, backward and contractions in f64 (the reference).

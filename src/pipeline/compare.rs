@@ -3,51 +3,29 @@
 //! the same `TileSource` interface (same precision, same order); each method's "forming" time is the time to
 //! form what it needs (the full kernel, K_{n_s}, or the n diagonal blocks), measured separately.
 
-use crate::cli::{CompareArgs, KernelArgs, MemArgs};
+use crate::cli::{CompareArgs, CompareMethod, KernelArgs, MemArgs};
 use crate::estimators::{
     BlockDiagonal, Estimate, Estimator, LinearExtrapolation, PreconditionedSlq, PseudoNtk, Slq,
     SlqOptions, StoppedCholesky, StoppedCholeskyRule,
 };
 use crate::linalg::{memdet, Assume, DenseSource, MemdetOptions, TileSource};
-use crate::ntk::NtkTiles;
-use crate::pipeline::inputs::{dense_kernel, kernel_meta, memory_split, prepare, Prepared};
+use crate::ntk::{NtkTiles, Precision};
+use crate::pipeline::fit::check_window;
+use crate::pipeline::inputs::{
+    check_scratch_dir, dense_kernel, kernel_meta, memory_split, prepare, Prepared,
+};
 use crate::progress::Progress;
 use crate::report::compare::{table, CompareReport, MethodRow};
 use crate::report::run::process_peak_rss;
-use crate::report::write_json;
+use crate::report::{check_outputs, write_json};
 use crate::scaling::{fit, nested_logdets, FitOptions};
 use crate::{Error, Result};
 use faer::Mat;
 use std::time::Instant;
 
-/// Every method `compare` knows.
-pub const METHODS: &[&str] = &[
-    "exact",
-    "flodance",
-    "slq",
-    "slq-large",
-    "pslq",
-    "block-diag",
-    "pseudo-ntk",
-    "f32",
-    "linear",
-    "stopped-cholesky",
-];
-
 /// Execute `compare`.
 pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
-    let methods: Vec<&str> = args
-        .methods
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if let Some(bad) = methods.iter().find(|m| !METHODS.contains(m)) {
-        return Err(Error::Usage(format!(
-            "--methods: unknown method `{bad}`; known: {}",
-            METHODS.join(",")
-        )));
-    }
+    check_outputs(&[("--json", args.json.as_deref())])?;
     let ns = args.n_sample.unwrap_or((args.n / 10).max(2));
     let n0 = args.burn_in.unwrap_or(ns / 5);
     if ns > args.n || n0 >= ns {
@@ -56,10 +34,19 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
             args.n
         )));
     }
+    if args.methods.contains(&CompareMethod::Flodance) {
+        let window = FitOptions {
+            n0,
+            q: args.q,
+            ..FitOptions::default()
+        };
+        check_window(ns, &window)?;
+    }
     let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
+    check_scratch_dir(&args.mem)?;
     let prepared = prepare(&args.md, progress)?;
     let f64_kernel = KernelArgs {
-        precision: "f64".into(),
+        precision: Precision::F64,
         ..args.kernel.clone()
     };
 
@@ -126,9 +113,9 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         }
     };
     let repeat = args.repeat.max(1);
-    for method in &methods {
-        let r = match *method {
-            "exact" => {
+    for &method in &args.methods {
+        let r = match method {
+            CompareMethod::Exact => {
                 let e = Estimate {
                     logdet: exact.logdet,
                     std_error: None,
@@ -138,7 +125,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 };
                 row("exact", &[e], form_s, 0.0)
             }
-            "flodance" => {
+            CompareMethod::Flodance => {
                 let t = Instant::now();
                 let fopts = FitOptions {
                     n0,
@@ -164,7 +151,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                     small_factor_s,
                 )
             }
-            "linear" => {
+            CompareMethod::Linear => {
                 let e = LinearExtrapolation {
                     n0,
                     target_n: args.n,
@@ -172,7 +159,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 .estimate(&sample)?;
                 row("linear", &[e], small_form_s, small_factor_s)
             }
-            "stopped-cholesky" => {
+            CompareMethod::StoppedCholesky => {
                 let e = StoppedCholesky {
                     window: ns - n0,
                     target_n: args.n,
@@ -181,11 +168,11 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 .estimate(&sample)?;
                 row("stopped-cholesky", &[e], small_form_s, small_factor_s)
             }
-            "slq" | "slq-large" => {
+            CompareMethod::Slq | CompareMethod::SlqLarge => {
                 let est: Vec<Estimate> = (0..repeat)
                     .map(|i| {
                         let seed = args.md.seed + i as u64;
-                        let mut o = if *method == "slq" {
+                        let mut o = if method == CompareMethod::Slq {
                             SlqOptions::paper_table2(seed)
                         } else {
                             SlqOptions::paper_table1(seed)
@@ -194,9 +181,9 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                         Slq { options: o }.run(&k, progress)
                     })
                     .collect::<Result<_>>()?;
-                row(method, &est, form_s, 0.0)
+                row(&method.name(), &est, form_s, 0.0)
             }
-            "pslq" => {
+            CompareMethod::Pslq => {
                 let est: Vec<Estimate> = (0..repeat)
                     .map(|i| {
                         let mut o = SlqOptions::paper_table2(args.md.seed + i as u64);
@@ -206,7 +193,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                     .collect::<Result<_>>()?;
                 row(&format!("pslq(r={})", args.precond_rank), &est, form_s, 0.0)
             }
-            "block-diag" => {
+            CompareMethod::BlockDiag => {
                 // Forming only the diagonal blocks costs one feature pass per example (from a cold cache).
                 let t = Instant::now();
                 let mut block = Mat::<f64>::zeros(d, d);
@@ -219,13 +206,13 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 let e = BlockDiagonal.run(&k, progress)?;
                 row("block-diag", &[e], form, 0.0)
             }
-            "pseudo-ntk" => {
+            CompareMethod::PseudoNtk => {
                 let e = PseudoNtk::default().run(&k, progress)?;
                 row("pseudo-ntk", &[e], form_s, 0.0)
             }
-            "f32" => {
+            CompareMethod::F32 => {
                 let f32_kernel = KernelArgs {
-                    precision: "f32".into(),
+                    precision: Precision::F32,
                     ..args.kernel.clone()
                 };
                 let (k32, _, form32) =
@@ -241,7 +228,6 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 };
                 row("f32 formation", &[e], form32, 0.0)
             }
-            _ => unreachable!("checked above"),
         };
         rows.push(r);
     }
@@ -254,10 +240,11 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         nested: nested.points.clone(),
         methods: rows,
     };
+    // The result goes to stdout first, so a failing write at the end loses nothing.
+    print!("{}", table(&report));
     if let Some(path) = &args.json {
         write_json(path, &report)?;
     }
-    print!("{}", table(&report));
     Ok(())
 }
 

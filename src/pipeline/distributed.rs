@@ -4,7 +4,6 @@
 use crate::cli::LogdetArgs;
 use crate::linalg::dist::{distributed_cholesky, parse_grid, squarest_grid, world, DistOptions};
 use crate::linalg::{parse_size, TileSource};
-use crate::report::write_json;
 use crate::{Error, Result};
 use mpi::topology::Communicator;
 
@@ -22,13 +21,14 @@ pub fn requested(args: &LogdetArgs) -> bool {
     args.grid.is_some() || ranks > 1
 }
 
-/// Factor `source` on the process grid; rank 0 prints the result and writes the JSON.
+/// Factor `source` on the process grid; rank 0 prints the result and returns the JSON document (the other
+/// ranks return null and write nothing).
 pub fn factor_and_report(
     source: &dyn TileSource,
     args: &LogdetArgs,
     kernel_meta: Option<serde_json::Value>,
-) -> Result<()> {
-    if args.assume != "spd" {
+) -> Result<serde_json::Value> {
+    if args.assume != crate::linalg::Assume::Spd {
         return Err(Error::Usage(
             "the distributed factorisation is a Cholesky (ScaLAPACK pdpotrf): use --assume spd"
                 .into(),
@@ -48,9 +48,9 @@ pub fn factor_and_report(
         scale: args.scale_by,
         shift: args.shift,
     };
-    let nested = args.nested.map(|d| if d == 0 { g } else { d });
+    let nested = args.nested.map(|d| d.unwrap_or(g));
     let Some(result) = distributed_cholesky(source, &opts)? else {
-        return Ok(());
+        return Ok(serde_json::Value::Null);
     };
     let nested_json = nested.map(|d| {
         let mut sum = crate::linalg::memdet::NeumaierSum::default();
@@ -92,31 +92,28 @@ pub fn factor_and_report(
             );
         }
     }
-    if let Some(path) = &args.json {
-        let mut doc = serde_json::json!({
-            "logdet": result.logdet,
-            "sign": 1.0,
-            "m": result.m,
-            "assume": "spd",
-            "num_blocks": result.m.div_ceil(result.block_size),
-            "block_size": result.block_size,
-            "scale": args.scale_by,
-            "shift": args.shift,
-            "grid": result.grid,
-            "ranks": result.ranks,
-            "info": result,
-        });
-        if let Some(n) = nested_json {
-            doc["nested"] = n;
-        }
-        if let (Some(serde_json::Value::Object(extra)), serde_json::Value::Object(obj)) =
-            (kernel_meta, &mut doc)
-        {
-            for (k, v) in extra {
-                obj.entry(k).or_insert(v);
-            }
-        }
-        write_json(path, &doc)?;
+    let mut doc = serde_json::json!({
+        "logdet": result.logdet,
+        "sign": 1.0,
+        "m": result.m,
+        "assume": "spd",
+        "num_blocks": result.m.div_ceil(result.block_size),
+        "block_size": result.block_size,
+        "scale_by": args.scale_by,
+        "shift": args.shift,
+        "grid": result.grid,
+        "ranks": result.ranks,
+        "info": result,
+    });
+    if let Some(n) = nested_json {
+        doc["nested"] = n;
     }
-    Ok(())
+    if let (Some(serde_json::Value::Object(extra)), serde_json::Value::Object(obj)) =
+        (kernel_meta, &mut doc)
+    {
+        for (k, v) in extra {
+            obj.entry(k).or_insert(v);
+        }
+    }
+    Ok(doc)
 }

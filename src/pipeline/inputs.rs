@@ -1,7 +1,7 @@
 //! Shared set-up of the NTK subcommands: load the dataset and the model, order the sample, and build the
 //! kernel's tile source for the first n examples.
 
-use crate::cli::{KernelArgs, MemArgs, ModelDataArgs};
+use crate::cli::{DataArgs, KernelArgs, MemArgs, ModelDataArgs};
 use crate::data::{self, DataOptions, Dataset, Split};
 use crate::model::load::{load_model, LoadedModel};
 use crate::ntk::{KernelSpec, NtkTiles};
@@ -20,30 +20,42 @@ pub struct Prepared {
 
 /// Load the data and model that `md` names (a download, if asked for, reports through `progress`).
 pub fn prepare(md: &ModelDataArgs, progress: &dyn crate::progress::Progress) -> Result<Prepared> {
-    let split = match md.split.as_str() {
-        "train" => Split::Train,
-        "test" => Split::Test,
-        s => return Err(Error::Usage(format!("--split {s}: expected train or test"))),
-    };
-    let opts = DataOptions {
-        split,
-        data_dir: md.data_dir.clone(),
-        download: md.download,
-    };
-    let dataset = data::load_with(&md.data, &opts, &data::Locations::from_env(), progress)?;
+    let dataset = load_data(&md.data, md.split, progress)?;
     let model = load_model(
-        &md.model,
+        md.model()?,
         md.arch.as_deref(),
         md.width,
         Some(dataset.image_shape()),
         Some(dataset.num_classes()),
     )?;
-    let order = data::sample_order(dataset.len(), &md.order, md.seed)?;
+    let order = data::sample_order(dataset.len(), md.order.as_str(), md.seed)?;
     Ok(Prepared {
         model,
         dataset,
         order,
     })
+}
+
+/// Load the `split` of the dataset that `data` names (downloading it if asked and needed).
+pub fn load_data(
+    data: &DataArgs,
+    split: Split,
+    progress: &dyn crate::progress::Progress,
+) -> Result<Dataset> {
+    if let Some(dir) = data.data_dir.as_deref().filter(|d| !d.is_dir()) {
+        return Err(Error::Usage(format!(
+            "--data-dir {}: no such directory (it is searched first for --data {}); fix the path or drop \
+             the option",
+            dir.display(),
+            data.name()?
+        )));
+    }
+    let opts = DataOptions {
+        split,
+        data_dir: data.data_dir.clone(),
+        download: data.download,
+    };
+    data::load_with(data.name()?, &opts, &data::Locations::from_env(), progress)
 }
 
 impl Prepared {
@@ -65,7 +77,11 @@ impl Prepared {
     /// The NTK of the first `n` examples as a tile source, with `feature_budget` bytes for cached features.
     /// Warns on stderr when m = n·d exceeds p (the kernel is then singular, SPEC §5).
     pub fn tiles(&self, n: usize, kernel: &KernelArgs, feature_budget: usize) -> Result<NtkTiles> {
-        let spec = KernelSpec::parse(&kernel.outputs, &kernel.scale, &kernel.precision)?;
+        let spec = KernelSpec {
+            outputs: kernel.outputs,
+            scale: kernel.scale,
+            precision: kernel.precision,
+        };
         let tiles = NtkTiles::new(&self.model.network, self.inputs(n)?, spec, feature_budget)?;
         warn_if_singular(&tiles);
         Ok(tiles)
@@ -88,6 +104,30 @@ pub fn memory_split(mem: &MemArgs) -> Result<(u64, u64)> {
         )));
     }
     Ok((features, total - features))
+}
+
+/// Check before any work that `--scratch-dir`, when given, is a directory MEMDET can create its private
+/// scratch directory in (the same test MEMDET makes later, made first).
+pub fn check_scratch_dir(mem: &MemArgs) -> Result<()> {
+    let Some(dir) = &mem.scratch_dir else {
+        return Ok(());
+    };
+    if !dir.is_dir() {
+        return Err(Error::Scratch(format!(
+            "--scratch-dir {}: no such directory; create it or choose another",
+            dir.display()
+        )));
+    }
+    tempfile::Builder::new()
+        .prefix("ntk-memdet-probe-")
+        .tempdir_in(dir)
+        .map(drop)
+        .map_err(|e| {
+            Error::Scratch(format!(
+                "--scratch-dir {}: cannot create a directory there ({e}); choose a writable directory",
+                dir.display()
+            ))
+        })
 }
 
 /// Print a warning when the kernel's order m exceeds the number of parameters p (rank K ≤ p).

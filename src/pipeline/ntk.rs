@@ -6,7 +6,7 @@ use crate::linalg::npy_write::write_npy_f64;
 use crate::linalg::TileSource;
 use crate::pipeline::inputs::{dense_kernel, kernel_meta, prepare};
 use crate::progress::Progress;
-use crate::report::write_json;
+use crate::report::{check_outputs, write_json};
 use crate::{Error, Result};
 use std::time::Instant;
 
@@ -16,6 +16,10 @@ pub const MAX_DENSE_ORDER: usize = 16384;
 /// Execute `ntk`.
 pub fn run(args: &NtkArgs, progress: &dyn Progress) -> Result<()> {
     let t0 = Instant::now();
+    check_outputs(&[
+        ("--out", Some(args.out.as_path())),
+        ("--json", args.json.as_deref()),
+    ])?;
     let prepared = prepare(&args.md, progress)?;
     let tiles = prepared.tiles(args.n, &args.kernel, 4 << 30)?;
     let m = tiles.dim();

@@ -9,7 +9,7 @@
 //! run leaves the last completed epoch; the log's `finished` field says whether the run ended.
 
 use crate::cli::TrainArgs;
-use crate::data::{self, DataOptions, Dataset, Split};
+use crate::data::{Dataset, Split};
 use crate::model::arch;
 use crate::model::load::{parse_shape, save_safetensors};
 use crate::model::recognise;
@@ -99,21 +99,16 @@ pub struct TrainLog {
 pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
     check_args(args)?;
     let log_path = log_path(&args.out);
-    let data = data::load_with(
-        &args.data,
-        &DataOptions {
-            split: Split::Train,
-            data_dir: args.data_dir.clone(),
-            download: false,
-        },
-        &data::Locations::from_env(),
-        progress,
-    )?;
+    crate::report::check_outputs(&[
+        ("--out", Some(args.out.as_path())),
+        ("--out's training log", Some(log_path.as_path())),
+    ])?;
+    let data = crate::pipeline::inputs::load_data(&args.data, Split::Train, progress)?;
     let n = args.limit.map_or(data.len(), |l| l.min(data.len()));
     if n < 2 {
         return Err(Error::Usage(format!(
             "need at least 2 training examples, {} has {n}",
-            args.data
+            args.data.name()?
         )));
     }
     let input_shape = match &args.input_shape {
@@ -140,7 +135,7 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
     let mut log = TrainLog {
         arch: args.arch.clone(),
         width,
-        dataset: args.data.clone(),
+        dataset: args.data.name()?.to_string(),
         train_examples: n,
         input_shape,
         num_classes: data.num_classes(),
@@ -160,16 +155,16 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
         stop_reason: None,
         seconds: 0.0,
     };
-    eprintln!(
+    progress.note(&format!(
         "training {} ({} parameters, input {:?}) on {} examples of {}, {} epochs planned, augmentation {}",
         args.arch,
         log.num_params,
         input_shape,
         n,
-        args.data,
+        args.data.name()?,
         args.epochs,
         if augmentation { "crop+flip" } else { "off (1-channel data)" }
-    );
+    ));
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x5eed_da7a);
     let batches_per_epoch = batches(n, args.batch_size);
     let total_steps = batches_per_epoch * args.epochs;
@@ -203,12 +198,12 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
             progress.advance(1);
             let done = step - (epoch - 1) * batches_per_epoch;
             if quiet_bar && done % STATUS_EVERY == 0 {
-                eprintln!(
+                progress.note(&format!(
                     "epoch {epoch} step {done}/{batches_per_epoch}: loss {:.4}, acc {:.4}, lr {lr:.5}, {:.0} s",
                     loss_sum / seen as f64,
                     correct as f64 / seen as f64,
                     t0.elapsed().as_secs_f64()
-                );
+                ));
             }
         }
         progress.finish();
@@ -220,10 +215,10 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
             lr_end: lr,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        eprintln!(
+        progress.note(&format!(
             "epoch {epoch}: loss {:.4}, train accuracy {:.4}, lr {:.5} -> {:.5}, {:.0} s",
             entry.loss, entry.train_acc, entry.lr_start, entry.lr_end, entry.seconds
-        );
+        ));
         let reached = entry.train_acc >= args.target_acc;
         log.epochs.push(entry);
         log.seconds = started.elapsed().as_secs_f64();
@@ -275,12 +270,6 @@ fn check_args(args: &TrainArgs) -> Result<()> {
         return Err(Error::Usage(format!(
             "--target-acc must be in (0, 1], got {}",
             args.target_acc
-        )));
-    }
-    if args.out.as_os_str().is_empty() || args.out.is_dir() {
-        return Err(Error::Usage(format!(
-            "--out {} must be a file name",
-            args.out.display()
         )));
     }
     Ok(())

@@ -1,10 +1,12 @@
-//! Reports: JSON output schema, SVG plots, terminal tables.
+//! Reports: JSON output schema, SVG plots, terminal tables, and the atomic writer with its pre-flight check.
 
 mod atomic;
 pub mod compare;
 pub mod fit;
 pub mod logdet;
+mod output_path;
 pub mod plot;
 pub mod run;
 
-pub use atomic::{write_atomic, write_json};
+pub use atomic::{resolve_output, write_atomic, write_json, AtomicFile};
+pub use output_path::check_outputs;
