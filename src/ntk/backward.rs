@@ -267,7 +267,7 @@ fn dilate(g: &Tensor, s: usize) -> Result<Tensor> {
 
 /// One-hot masks (n, C, Ho, k, Wo, k) of the first maximum of each non-overlapping k×k window, in PyTorch's
 /// row-major window order (ties go to the first position, as in PyTorch).
-fn first_max_masks(input: &Tensor, output: &Tensor, k: usize) -> Result<Tensor> {
+pub fn first_max_masks(input: &Tensor, output: &Tensor, k: usize) -> Result<Tensor> {
     let (n, c, ho, wo) = output.dims4()?;
     let x = input
         .narrow(2, 0, ho * k)?
@@ -326,7 +326,7 @@ fn pad_to_input(g: Tensor, input: &Tensor) -> Result<Tensor> {
 }
 
 /// The seed rows for a kernel with `r` rows per example: row i·r + c is e_c (full/trace), all ones (sum),
-/// or e_K (logit:K).
+/// e_K (logit:K), or column c of the centering basis U (centered).
 pub fn seed(n: usize, d: usize, outputs: crate::ntk::Outputs, dtype: DType) -> Result<Tensor> {
     use crate::ntk::Outputs;
     let dev = candle_core::Device::Cpu;
@@ -336,6 +336,16 @@ pub fn seed(n: usize, d: usize, outputs: crate::ntk::Outputs, dtype: DType) -> R
             repeat_block(&eye, n)?
         }
         Outputs::Sum => Tensor::ones((n, d), DType::F64, &dev)?,
+        Outputs::Centered => {
+            if d < 2 {
+                return Err(Error::Usage(
+                    "--outputs centered needs a network with at least 2 logits".into(),
+                ));
+            }
+            let u = crate::ntk::centering_basis(d);
+            let ut = Tensor::from_vec(u, (d, d - 1), &dev)?.t()?.contiguous()?;
+            repeat_block(&ut, n)?
+        }
         Outputs::Logit(k) => {
             if k >= d {
                 return Err(Error::Usage(format!(

@@ -183,6 +183,29 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                     .collect::<Result<_>>()?;
                 row(&method.name(), &est, form_s, 0.0)
             }
+            CompareMethod::SlqMatvec => {
+                // SLQ with the same settings and seeds as `slq`, its products K·V from the matrix-free
+                // NTK operator (no kernel formed), so its forming time is 0.
+                let spec = crate::ntk::KernelSpec {
+                    outputs: f64_kernel.outputs,
+                    scale: f64_kernel.scale,
+                    precision: f64_kernel.precision,
+                };
+                let op = crate::ntk::NtkOperator::new(
+                    &prepared.model.network,
+                    prepared.inputs(args.n)?,
+                    spec,
+                    memdet_mem as usize,
+                )?;
+                let est: Vec<Estimate> = (0..repeat)
+                    .map(|i| {
+                        let mut o = SlqOptions::paper_table2(args.md.seed + i as u64);
+                        o.memory_bytes = memdet_mem as usize;
+                        slq_matvec(&op, &o, progress)
+                    })
+                    .collect::<Result<_>>()?;
+                row(&method.name(), &est, 0.0, 0.0)
+            }
             CompareMethod::Pslq => {
                 let est: Vec<Estimate> = (0..repeat)
                     .map(|i| {
@@ -246,6 +269,30 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         write_json(path, &report)?;
     }
     Ok(())
+}
+
+/// SLQ on the matrix-free NTK operator.
+fn slq_matvec(
+    op: &crate::ntk::NtkOperator,
+    options: &SlqOptions,
+    progress: &dyn Progress,
+) -> Result<Estimate> {
+    let start = Instant::now();
+    let out = crate::estimators::slq::slq_on(op, options, progress)?;
+    Ok(Estimate {
+        logdet: out.mean,
+        std_error: out.std_error,
+        matvecs: op.products(),
+        seconds: start.elapsed().as_secs_f64(),
+        details: serde_json::json!({
+            "options": options,
+            "probes": out.per_probe.len(),
+            "mean_lanczos_steps": out.mean_steps,
+            "ritz_min": out.ritz_range.0,
+            "ritz_max": out.ritz_range.1,
+            "matrix_free": true,
+        }),
+    })
 }
 
 fn memdet_options(args: &CompareArgs, memdet_mem: u64) -> MemdetOptions {

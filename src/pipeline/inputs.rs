@@ -161,51 +161,54 @@ pub fn kernel_meta(prepared: &Prepared, tiles: &NtkTiles, n: usize) -> serde_jso
     })
 }
 
-/// The whole kernel as a dense symmetric matrix: upper-triangle tiles are computed (with a progress bar) and
-/// mirrored. 8·m² bytes: for kernels that fit in memory.
-///
-/// Tiles are 512 rows square when every example's features fit in the feature cache. Otherwise the columns
-/// go in panels of as many examples as the cache can hold ([`NtkTiles::held_examples`]) and the rows above
-/// each panel stream past it in 512-row pieces, so features are recomputed as little as possible.
+/// The upper-triangle tiles of `source`'s kernel in feature-friendly order, each either on the diagonal
+/// (rows == cols) or strictly above it, covering the upper triangle exactly once. Tiles are `piece` rows
+/// (rounded to whole examples) square when every example's features fit in the feature cache ("held");
+/// otherwise the columns go in panels of `held` examples ([`NtkTiles::held_examples`]) and the rows above
+/// each panel stream past it in `piece`-row pieces, so features are recomputed as little as possible.
+pub fn upper_tile_plan(
+    source: &NtkTiles,
+    held_examples: usize,
+    piece: usize,
+) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    use crate::linalg::TileSource;
+    let m = source.dim();
+    let g = source.granule();
+    let piece = (piece / g).max(1) * g;
+    let held = held_examples.max(1) * g;
+    let panel = if held >= m { piece } else { held };
+    let mut plan = Vec::new();
+    for c0 in (0..m).step_by(panel) {
+        let c1 = (c0 + panel).min(m);
+        for r0 in (0..c0).step_by(piece) {
+            plan.push((r0..(r0 + piece).min(c0), c0..c1));
+        }
+        for a in (c0..c1).step_by(piece) {
+            for b in (a..c1).step_by(piece) {
+                plan.push((a..(a + piece).min(c1), b..(b + piece).min(c1)));
+            }
+        }
+    }
+    plan
+}
+
+/// The whole kernel as a dense symmetric matrix: the tiles of [`upper_tile_plan`] (512-row pieces) are
+/// computed (with a progress bar) and mirrored. 8·m² bytes: for kernels that fit in memory.
 pub fn dense_kernel(
     source: &NtkTiles,
     progress: &dyn crate::progress::Progress,
 ) -> Result<faer::Mat<f64>> {
     use crate::linalg::TileSource;
     let m = source.dim();
-    let g = source.granule();
-    let piece = (512 / g).max(1) * g;
-    let held = source.held_examples() * g;
-    let panel = if held >= m { piece } else { held };
-    let pieces_above = |c0: usize| c0.div_ceil(piece);
-    let pieces_in = |w: usize| {
-        let k = w.div_ceil(piece);
-        k * (k + 1) / 2
-    };
-    let steps: usize = (0..m)
-        .step_by(panel)
-        .map(|c0| pieces_above(c0) + pieces_in(panel.min(m - c0)))
-        .sum();
+    let plan = upper_tile_plan(source, source.held_examples(), 512);
     let mut k = faer::Mat::<f64>::zeros(m, m);
-    let mut fill = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| -> Result<()> {
+    progress.start("NTK tiles", plan.len() as u64);
+    for (rows, cols) in plan {
         let tile = k
             .as_mut()
             .submatrix_mut(rows.start, cols.start, rows.len(), cols.len());
         source.fill(rows, cols, tile)?;
         progress.advance(1);
-        Ok(())
-    };
-    progress.start("NTK tiles", steps as u64);
-    for c0 in (0..m).step_by(panel) {
-        let c1 = (c0 + panel).min(m);
-        for r0 in (0..c0).step_by(piece) {
-            fill(r0..(r0 + piece).min(c0), c0..c1)?;
-        }
-        for a in (c0..c1).step_by(piece) {
-            for b in (a..c1).step_by(piece) {
-                fill(a..(a + piece).min(c1), b..(b + piece).min(c1))?;
-            }
-        }
     }
     progress.finish();
     for c in 0..m {

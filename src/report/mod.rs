@@ -2,11 +2,14 @@
 
 mod atomic;
 pub mod compare;
+pub mod error_plot;
 pub mod fit;
 pub mod logdet;
 mod output_path;
 pub mod plot;
+pub mod results;
 pub mod run;
+pub mod stats;
 
 pub use atomic::{resolve_output, write_atomic, write_json, AtomicFile};
 pub use output_path::check_outputs;
