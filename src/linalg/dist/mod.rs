@@ -113,9 +113,14 @@ pub fn is_follower() -> bool {
     UNIVERSE.with(|u| u.borrow().as_ref().is_some_and(|u| u.world().rank() != 0))
 }
 
-/// Finalize MPI if it was started (the binary calls this before it exits, on success and on error).
+/// Finalize MPI if it was started (the binary calls this before it exits, on success and on error): a
+/// barrier first, so every rank has finished its output before any exits.
 pub fn finalize() {
-    UNIVERSE.with(|u| drop(u.borrow_mut().take()));
+    UNIVERSE.with(|u| {
+        if let Some(universe) = u.borrow_mut().take() {
+            universe.world().barrier();
+        }
+    });
 }
 
 /// Agree on failure across ranks: if any rank has `Err`, every rank returns an error; the lowest failing
