@@ -312,6 +312,16 @@ pub struct LogdetArgs {
     /// Testing aid: fail as if the scratch disk were full after this many bytes.
     #[arg(long, hide = true)]
     pub scratch_cap: Option<String>,
+    /// MPI build only: the process grid PxQ for the distributed factorisation (default: the squarest for
+    /// the job's ranks; used whenever the job has more than one rank or this is given).
+    #[cfg(feature = "mpi")]
+    #[arg(long)]
+    pub grid: Option<String>,
+    /// MPI build only: the block-cyclic block size (a multiple of the granule, d for an NTK; default
+    /// 256 rounded up to the granule).
+    #[cfg(feature = "mpi")]
+    #[arg(long)]
+    pub block_size: Option<usize>,
 }
 
 /// Arguments of `fit`.

@@ -91,6 +91,9 @@ pub enum Error {
     /// A bug: an invariant of ours did not hold.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Another process of the same MPI job reported the failure; this one exits with the code, silently.
+    #[error("failed on another rank (exit code {0})")]
+    Reported(i32),
 }
 
 /// What to try after a failed Cholesky: `--assume sym` only where it is pivoted (backward stable).
@@ -110,6 +113,7 @@ impl Error {
         match self {
             Error::Candle(_) | Error::Internal(_) => 1,
             Error::Interrupted => 130,
+            Error::Reported(code) => *code,
             _ => 2,
         }
     }

@@ -3,6 +3,8 @@
 
 pub mod budget;
 mod column;
+#[cfg(feature = "mpi")]
+pub mod dist;
 pub mod factor;
 pub mod gemm;
 pub mod growth;

@@ -62,6 +62,10 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
     let t0 = std::time::Instant::now();
     let meta = crate::pipeline::inputs::kernel_meta(&prepared, &tiles, n);
     let mut report = factor_and_report(&tiles, &memdet_args, Some(meta), progress)?;
+    #[cfg(feature = "mpi")]
+    if crate::linalg::dist::is_follower() {
+        return Ok(()); // rank 0 alone reports
+    }
     let stats = tiles.stats();
     // The tile-forming times are known only now.
     report["kernel_stats"] = serde_json::json!(stats);
@@ -80,6 +84,10 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
 
 /// Write `--json`, if asked for.
 fn write_report(args: &LogdetArgs, report: &serde_json::Value) -> Result<()> {
+    #[cfg(feature = "mpi")]
+    if crate::linalg::dist::is_follower() {
+        return Ok(()); // rank 0 alone writes
+    }
     match &args.json {
         Some(path) => write_json(path, report),
         None => Ok(()),
@@ -120,6 +128,10 @@ pub fn factor_and_report(
     kernel_meta: Option<serde_json::Value>,
     progress: &dyn Progress,
 ) -> Result<serde_json::Value> {
+    #[cfg(feature = "mpi")]
+    if crate::pipeline::distributed::requested(args) {
+        return crate::pipeline::distributed::factor_and_report(source, args, kernel_meta);
+    }
     let opts = memdet_options(args)?;
     let nested = args.nested.map(|d| d.unwrap_or(source.granule()));
     if let Some(d) = nested.filter(|&d| d == 0 || d > source.dim()) {

@@ -2,6 +2,8 @@
 //! One file per subcommand.
 
 pub mod compare;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 pub mod eval;
 pub mod fit;
 pub mod inputs;
