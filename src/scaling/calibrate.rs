@@ -96,7 +96,8 @@ pub fn backtest_ends(n0: usize, ns: usize, ncoef: usize) -> Vec<usize> {
 
 /// Run the backtests: `refit(points, target)` fits the model on the given points (the caller's method,
 /// including any shape constraint up to `target`); each sub-window predicts up to [`TARGETS_PER_END`] sizes
-/// t on a geometric grid of [⌈1.25·e⌉, n_s] (n_s = the largest k of `nested`).
+/// t on a geometric grid of [⌈1.25·e⌉, n_s] (n_s = the largest k of `nested`). Sub-windows holding fewer
+/// than max(2·coefficients, 10) points, and targets the input does not have, are skipped.
 pub fn backtests(
     nested: &[(usize, f64)],
     n0: usize,
@@ -110,6 +111,10 @@ pub fn backtests(
     let mut out = Vec::new();
     for end in backtest_ends(n0, ns, ncoef) {
         let part: Vec<(usize, f64)> = nested.iter().copied().filter(|p| p.0 <= end).collect();
+        // Sparse inputs (not every k present) can leave a sub-window too thin to fit: skip it.
+        if part.iter().filter(|p| p.0 >= n0).count() < (2 * ncoef).max(10) {
+            continue;
+        }
         let fit = refit(&part, ns)?;
         let first = (end as f64 * MIN_RATIO).ceil() as usize;
         let mut targets: Vec<usize> = (0..TARGETS_PER_END)
