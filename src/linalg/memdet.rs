@@ -12,14 +12,16 @@
 //! the source must be symmetric (an `.npy` with one valid triangle says so with `Triangle`).
 
 use super::budget::{self, BlockPlan};
+use super::checkpoint::{Checkpoint, Session};
 use super::column::ColumnRun;
 use super::factor::Assume;
-use super::scratch::ScratchStore;
+use super::scratch::{check_free_space, ScratchStore};
 use super::tile::TileSource;
 use super::tile_buf::Ledger;
 use crate::progress::Progress;
 use crate::{Error, Result};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -60,6 +62,8 @@ pub struct MemdetOptions {
     pub scratch_cap: Option<u64>,
     /// An extra interrupt flag polled between tile operations (besides the Ctrl-C flag).
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// Keep the factor tiles and a manifest in a directory after every block column, to resume after a kill.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl Default for MemdetOptions {
@@ -75,6 +79,7 @@ impl Default for MemdetOptions {
             pivoting: false,
             scratch_cap: None,
             interrupt: None,
+            checkpoint: None,
         }
     }
 }
@@ -123,6 +128,8 @@ pub struct MemdetInfo {
     pub planned_resident_bytes: u64,
     /// Size of the scratch store at its largest (bytes).
     pub scratch_bytes: u64,
+    /// Block columns taken from a checkpoint (`--resume`) instead of computed in this run.
+    pub resumed_columns: usize,
 }
 
 /// The result of MEMDET: log|det M|, its sign, per-row pivots (for nested log-dets) and run statistics.
@@ -246,6 +253,72 @@ fn validate(opts: &MemdetOptions, m: usize) -> Result<()> {
     Ok(())
 }
 
+/// What a checkpoint of this run must match on resume: the caller's identity, the tool version, the
+/// matrix order, the factorisation, t, D and the block plan.
+fn identity(c: &Checkpoint, opts: &MemdetOptions, plan: &BlockPlan) -> BTreeMap<String, String> {
+    let mut id: BTreeMap<String, String> = c.identity.iter().cloned().collect();
+    let shift = match &opts.shift {
+        Shift::None => "none".to_string(),
+        Shift::Scalar(s) => format!("scalar {s:e} (bits {:016x})", s.to_bits()),
+        Shift::Diagonal(v) => {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            v.iter().for_each(|x| h.update(x.to_bits().to_le_bytes()));
+            format!("diagonal sha256 {:x}", h.finalize())
+        }
+    };
+    let entries = [
+        ("tool_version", env!("CARGO_PKG_VERSION").to_string()),
+        ("m", plan.m.to_string()),
+        ("assume", opts.assume.name().to_string()),
+        ("num_blocks", plan.num_blocks.to_string()),
+        ("block_size", plan.block_size.to_string()),
+        ("scale_t", format!("{:e} (bits {:016x})", opts.scale, opts.scale.to_bits())),
+        ("shift", shift),
+    ];
+    for (k, v) in entries {
+        id.insert(k.to_string(), v);
+    }
+    id
+}
+
+/// The scratch store: the checkpoint's persistent tile file (its complete columns kept), or a private
+/// temporary one; either way after checking the disk has room for the tiles still to be written.
+fn open_scratch(
+    opts: &MemdetOptions,
+    plan: BlockPlan,
+    session: Option<&Session>,
+    done: usize,
+) -> Result<ScratchStore> {
+    let total = plan.scratch_bytes();
+    match session {
+        Some(s) => {
+            let store = ScratchStore::open_checkpoint(s.dir(), plan, opts.scratch_cap, done > 0)?;
+            let have = store.bytes_before_column(done);
+            let len = std::fs::metadata(s.dir().join(super::checkpoint::TILES_NAME))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            if len < have {
+                return Err(Error::Input(format!(
+                    "the checkpoint in {} says {done} block columns are complete, but its tile file holds only {len} of \
+                     their {have} bytes; it was damaged, remove the directory and start afresh",
+                    s.dir().display()
+                )));
+            }
+            check_free_space(s.dir(), total.saturating_sub(have.max(len)))?;
+            Ok(store)
+        }
+        None => {
+            let parent = opts
+                .scratch_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir);
+            check_free_space(&parent, total)?;
+            ScratchStore::create(Some(&parent), plan, opts.scratch_cap)
+        }
+    }
+}
+
 /// Compute log|det(t·A + D)| and its sign with at most the planned number of blocks in RAM.
 pub fn memdet(
     source: &dyn TileSource,
@@ -258,22 +331,45 @@ pub fn memdet(
     let ldlt = opts.assume == Assume::Sym;
     let plan: BlockPlan = budget::plan(m, source.granule(), opts.num_blocks, opts.max_mem, ldlt)?;
     let n = plan.num_blocks;
-    let scratch = if n > 1 {
-        Some(ScratchStore::create(
-            opts.scratch_dir.as_deref(),
-            plan,
-            opts.scratch_cap,
-        )?)
+    let mut session = opts
+        .checkpoint
+        .as_ref()
+        .map(|c| Session::open(c, identity(c, opts, &plan), n))
+        .transpose()?;
+    let done = session.as_ref().map_or(0, |s| s.manifest().columns_done);
+    let scratch = if n > 1 && done < n {
+        Some(open_scratch(opts, plan, session.as_ref(), done)?)
     } else {
         None
     };
     let ledger = Arc::new(Ledger::default());
     let mut run = ColumnRun::new(source, opts, plan, scratch.as_ref(), Arc::clone(&ledger));
-    let total_units: u64 = (0..n as u64).map(|j| (j + 1) * (j + 2) / 2).sum();
+    if let Some(s) = &session {
+        let (logabs, signs, d) = s.manifest().pivots();
+        run.restore(&logabs, &signs, d, s.manifest().tiles_requested)?;
+    }
+    let units = |j: u64| (j + 1) * (j + 2) / 2;
+    let total_units: u64 = (0..n as u64).map(units).sum();
     progress.start("memdet", total_units);
-    let outcome = (0..n).try_for_each(|j| run.column(j, progress));
+    progress.advance((0..done as u64).map(units).sum());
+    let outcome = (done..n).try_for_each(|j| {
+        run.column(j, progress)?;
+        match (&mut session, &scratch) {
+            (Some(s), store) => {
+                if let Some(store) = store {
+                    store.sync()?;
+                }
+                let rows = plan.range(j).end;
+                s.commit(j + 1, rows, &run.logabs, &run.signs, run.d_values(), run.tiles_requested)
+            }
+            _ => Ok(()),
+        }
+    });
     progress.finish();
     outcome?;
+    if let Some(s) = &session {
+        s.finish();
+    }
 
     let mut sum = NeumaierSum::default();
     let mut sign = 1.0;
@@ -312,6 +408,7 @@ pub fn memdet(
         peak_resident_bytes: ledger.peak(),
         planned_resident_bytes: plan.resident_bytes(ldlt),
         scratch_bytes: written,
+        resumed_columns: done,
     };
     let (pivots_logabs, pivot_signs) = run.into_pivots();
     Ok(LogDet {

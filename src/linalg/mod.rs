@@ -2,10 +2,11 @@
 //! log-determinant engine, its scratch store and memory planning. Knows nothing about neural networks.
 
 pub mod budget;
+pub mod checkpoint;
 mod column;
 pub mod factor;
 pub mod gemm;
-pub mod interrupt;
+pub mod lockfile;
 pub mod memdet;
 pub mod npy;
 pub mod npy_write;
@@ -14,6 +15,7 @@ pub mod tile;
 pub mod tile_buf;
 
 pub use budget::{parse_size, BlockPlan};
+pub use checkpoint::Checkpoint;
 pub use factor::Assume;
 pub use memdet::{memdet, LogDet, MemdetInfo, MemdetOptions, NestedLogdet, PhaseSeconds, Shift};
 pub use npy::{NpySource, Triangle};

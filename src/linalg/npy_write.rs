@@ -14,6 +14,7 @@ pub fn write_npy_f64(path: &Path, matrix: MatRef<'_, f64>) -> Result<()> {
     };
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .map_err(|e| Error::io("cannot create a file in", dir, e))?;
+    let _cleanup = crate::signals::remove_on_exit(tmp.path());
     let (rows, cols) = (matrix.nrows(), matrix.ncols());
     let mut header =
         format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
@@ -27,6 +28,9 @@ pub fn write_npy_f64(path: &Path, matrix: MatRef<'_, f64>) -> Result<()> {
         w.write_all(&(header.len() as u16).to_le_bytes())?;
         w.write_all(header.as_bytes())?;
         for r in 0..rows {
+            if crate::signals::requested() {
+                return Err(std::io::Error::other("interrupted"));
+            }
             for c in 0..cols {
                 w.write_all(&matrix[(r, c)].to_le_bytes())?;
             }
@@ -35,7 +39,13 @@ pub fn write_npy_f64(path: &Path, matrix: MatRef<'_, f64>) -> Result<()> {
         drop(w);
         tmp.as_file().sync_all()
     };
-    write(&mut tmp).map_err(|e| Error::io("cannot write", path, e))?;
+    write(&mut tmp).map_err(|e| {
+        if crate::signals::requested() {
+            Error::Interrupted
+        } else {
+            Error::io("cannot write", path, e)
+        }
+    })?;
     tmp.persist(path)
         .map_err(|e| Error::io("cannot rename the temporary file to", path, e.error))?;
     Ok(())

@@ -224,6 +224,7 @@ pub fn save_safetensors(
         .suffix(".safetensors.tmp")
         .tempfile_in(dir)
         .map_err(|e| Error::io("cannot create a temporary file in", dir, e))?;
+    let _cleanup = crate::signals::remove_on_exit(tmp.path());
     safetensors::serialize_to_file(views, Some(metadata), tmp.path())
         .map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
     tmp.persist(path)

@@ -276,6 +276,7 @@ impl TileSource for NtkTiles {
                     if diagonal && cb < ca {
                         continue;
                     }
+                    crate::signals::check()?;
                     let fb = self.features(cb)?;
                     let t0 = Instant::now();
                     let mut block = Mat::<f64>::zeros(ia.len() * rf, jb.len() * rf);

@@ -8,9 +8,12 @@ use crate::estimators::{
     BlockDiagonal, Estimate, Estimator, LinearExtrapolation, PreconditionedSlq, PseudoNtk, Slq,
     SlqOptions, StoppedCholesky, StoppedCholeskyRule,
 };
-use crate::linalg::{memdet, Assume, DenseSource, MemdetOptions, TileSource};
+use crate::linalg::{Assume, DenseSource, MemdetOptions, TileSource};
 use crate::ntk::NtkTiles;
-use crate::pipeline::inputs::{dense_kernel, kernel_meta, memory_split, prepare, Prepared};
+use crate::pipeline::inputs::{
+    dense_kernel, kernel_identity, kernel_meta, memory_split, prepare, Prepared,
+};
+use crate::pipeline::logdet::{checkpoint_for, memdet_recorded};
 use crate::progress::Progress;
 use crate::report::compare::{table, CompareReport, MethodRow};
 use crate::report::run::process_peak_rss;
@@ -70,8 +73,17 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
     let m = k.dim();
     let d = k.granule();
     let opts = memdet_options(args, memdet_mem);
+    // Each factorisation has its own checkpoint (the in-memory kernels are formed again on resume).
+    let checkpointed = |sub: &str, n: usize, kernel: &KernelArgs| MemdetOptions {
+        checkpoint: checkpoint_for(
+            &args.ckpt,
+            Some(sub),
+            kernel_identity(&prepared, &args.md, n, kernel),
+        ),
+        ..opts.clone()
+    };
     let t = Instant::now();
-    let exact = memdet(&k, &opts, progress)?;
+    let exact = memdet_recorded(&k, &checkpointed("exact", args.n, &f64_kernel), progress)?;
     let exact_s = t.elapsed().as_secs_f64();
     let nested = nested_logdets(&exact.pivots_logabs, &exact.pivot_signs, d)?;
     let sample: Vec<(usize, f64)> = nested
@@ -90,7 +102,8 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         (s, t.elapsed().as_secs_f64())
     };
     let t = Instant::now();
-    let small_factor = memdet(&small, &opts, progress)?;
+    let small_factor =
+        memdet_recorded(&small, &checkpointed("sample", ns, &f64_kernel), progress)?;
     let small_factor_s = t.elapsed().as_secs_f64();
     let drift = (small_factor.logdet - sample.last().map_or(f64::NAN, |p| p.1)).abs()
         / small_factor.logdet.abs();
@@ -231,7 +244,8 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 let (k32, _, form32) =
                     form_dense(&prepared, args.n, &f32_kernel, &args.mem, progress)?;
                 let t = Instant::now();
-                let r = memdet(&k32, &opts, progress)?;
+                let r =
+                    memdet_recorded(&k32, &checkpointed("f32", args.n, &f32_kernel), progress)?;
                 let e = Estimate {
                     logdet: r.logdet,
                     std_error: None,

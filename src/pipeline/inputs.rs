@@ -16,6 +16,10 @@ pub struct Prepared {
     pub dataset: Dataset,
     /// Example indices in sample order (dataset order, or a seeded permutation).
     pub order: Vec<usize>,
+    /// sha256 of the model file.
+    pub model_sha256: String,
+    /// sha256 of the dataset split's content (see `report::provenance`).
+    pub data_sha256: String,
 }
 
 /// Load the data and model that `md` names (a download, if asked for, reports through `progress`).
@@ -39,10 +43,14 @@ pub fn prepare(md: &ModelDataArgs, progress: &dyn crate::progress::Progress) -> 
         Some(dataset.num_classes()),
     )?;
     let order = data::sample_order(dataset.len(), &md.order, md.seed)?;
+    let model_sha256 = crate::report::provenance::record_model(&model.source)?;
+    let data_sha256 = crate::report::provenance::record_dataset(&dataset);
     Ok(Prepared {
         model,
         dataset,
         order,
+        model_sha256,
+        data_sha256,
     })
 }
 
@@ -70,6 +78,39 @@ impl Prepared {
         warn_if_singular(&tiles);
         Ok(tiles)
     }
+}
+
+/// What a checkpoint of the NTK of the first `n` examples must match on resume: the model file's sha256,
+/// the architecture, the data's content, the sample order and the kernel's definition.
+pub fn kernel_identity(
+    prepared: &Prepared,
+    md: &ModelDataArgs,
+    n: usize,
+    kernel: &KernelArgs,
+) -> Vec<(String, String)> {
+    use sha2::Digest;
+    let mut order = sha2::Sha256::new();
+    for &i in prepared.order.iter().take(n) {
+        order.update((i as u64).to_le_bytes());
+    }
+    let net = &prepared.model.network;
+    [
+        ("model_sha256", prepared.model_sha256.clone()),
+        ("arch", net.arch.clone()),
+        ("input_shape", format!("{:?}", net.input_shape)),
+        ("data", prepared.dataset.name().to_string()),
+        ("split", prepared.dataset.split().as_str().to_string()),
+        ("data_sha256", prepared.data_sha256.clone()),
+        ("order", format!("{} (seed {})", md.order, md.seed)),
+        ("sample_sha256", format!("{:x}", order.finalize())),
+        ("n", n.to_string()),
+        ("outputs", kernel.outputs.clone()),
+        ("kernel_scale", kernel.scale.clone()),
+        ("precision", kernel.precision.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// `--max-mem` split between cached NTK features and MEMDET, in bytes: `(features, memdet)`. The features
@@ -151,6 +192,7 @@ pub fn dense_kernel(
         let tile = k
             .as_mut()
             .submatrix_mut(rows.start, cols.start, rows.len(), cols.len());
+        crate::signals::check()?;
         source.fill(rows, cols, tile)?;
         progress.advance(1);
         Ok(())

@@ -3,7 +3,7 @@
 
 use crate::cli::LogdetArgs;
 use crate::linalg::{
-    interrupt, memdet, parse_size, Assume, LogDet, MemdetOptions, NpySource, Shift, TileSource,
+    memdet, parse_size, Checkpoint, Assume, LogDet, MemdetOptions, NpySource, Shift, TileSource,
     Triangle,
 };
 use crate::progress::Progress;
@@ -13,7 +13,6 @@ use crate::{Error, Result};
 
 /// Execute `logdet`.
 pub fn run(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
-    interrupt::install_ctrlc_handler();
     match (&args.matrix, &args.model) {
         (Some(path), None) => {
             let triangle = args
@@ -21,7 +20,8 @@ pub fn run(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
                 .as_deref()
                 .map_or(Ok(Triangle::Full), Triangle::parse)?;
             let source = NpySource::open(path, triangle)?;
-            factor_and_report(&source, args, None, progress)
+            let identity = matrix_identity(path, args)?;
+            factor_and_report(&source, args, None, identity, progress)
         }
         (None, Some(_)) => factor_ntk(args, progress),
         (Some(_), Some(_)) => Err(Error::Usage(
@@ -60,7 +60,8 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
     memdet_args.mem.max_mem = memdet_mem.to_string();
     let t0 = std::time::Instant::now();
     let meta = crate::pipeline::inputs::kernel_meta(&prepared, &tiles, n);
-    factor_and_report(&tiles, &memdet_args, Some(meta), progress)?;
+    let identity = crate::pipeline::inputs::kernel_identity(&prepared, &md, n, &args.kernel);
+    factor_and_report(&tiles, &memdet_args, Some(meta), identity, progress)?;
     let stats = tiles.stats();
     if let Some(path) = &args.json {
         // The tile-forming times are known only now: patch them into the report just written.
@@ -104,7 +105,55 @@ pub fn memdet_options(args: &LogdetArgs) -> Result<MemdetOptions> {
         pivoting: false,
         scratch_cap,
         interrupt: None,
+        checkpoint: None,
     })
+}
+
+/// What a checkpoint of `--matrix` must match on resume: the file (absolute path, size, modification
+/// time) and the triangle read.
+fn matrix_identity(path: &std::path::Path, args: &LogdetArgs) -> Result<Vec<(String, String)>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("cannot stat", path, e))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok(vec![
+        ("matrix".into(), absolute.display().to_string()),
+        ("matrix_bytes".into(), meta.len().to_string()),
+        ("matrix_modified_ns".into(), modified.to_string()),
+        (
+            "triangle".into(),
+            args.triangle.clone().unwrap_or_else(|| "full".into()),
+        ),
+    ])
+}
+
+/// The checkpoint `ckpt` asks for (in `dir`, or `dir/sub` when one command factors several matrices).
+pub fn checkpoint_for(
+    ckpt: &crate::cli::CheckpointArgs,
+    sub: Option<&str>,
+    identity: Vec<(String, String)>,
+) -> Option<Checkpoint> {
+    ckpt.checkpoint.as_ref().map(|dir| Checkpoint {
+        dir: sub.map_or_else(|| dir.clone(), |s| dir.join(s)),
+        resume: ckpt.resume,
+        identity,
+    })
+}
+
+/// Run MEMDET, noting in the provenance when part of the result came from a checkpoint.
+pub fn memdet_recorded(
+    source: &dyn TileSource,
+    opts: &MemdetOptions,
+    progress: &dyn Progress,
+) -> Result<LogDet> {
+    let result = memdet(source, opts, progress)?;
+    if result.info.resumed_columns > 0 {
+        crate::report::provenance::record_resumed();
+    }
+    Ok(result)
 }
 
 /// Run MEMDET on `source` as `args` say, print log|det|, sign and a summary on stdout, and write `--json`
@@ -113,9 +162,11 @@ pub fn factor_and_report(
     source: &dyn TileSource,
     args: &LogdetArgs,
     kernel_meta: Option<serde_json::Value>,
+    identity: Vec<(String, String)>,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let opts = memdet_options(args)?;
+    let mut opts = memdet_options(args)?;
+    opts.checkpoint = checkpoint_for(&args.ckpt, None, identity);
     let nested = args
         .nested
         .map(|d| if d == 0 { source.granule() } else { d });
@@ -126,7 +177,7 @@ pub fn factor_and_report(
             source.dim()
         )));
     }
-    let result = memdet(source, &opts, progress)?;
+    let result = memdet_recorded(source, &opts, progress)?;
     let report = LogdetReport::new(
         &result,
         opts.assume.name(),

@@ -16,6 +16,8 @@ use crate::{Error, Result};
 
 /// Run the subcommand that `cli` names, reporting progress on stderr unless `--quiet`.
 pub fn execute(cli: &Cli) -> Result<()> {
+    crate::signals::install();
+    crate::report::provenance::begin();
     if let Some(threads) = cli.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

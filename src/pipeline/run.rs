@@ -3,10 +3,11 @@
 //! optionally the exact ℓ_N for comparison (`--exact-n`), a JSON report and an SVG plot.
 
 use crate::cli::RunArgs;
-use crate::linalg::{memdet, Assume, LogDet, MemdetOptions, TileSource};
+use crate::linalg::{Assume, Checkpoint, LogDet, MemdetOptions, TileSource};
 use crate::ntk::NtkTiles;
 use crate::pipeline::fit::fit_options;
-use crate::pipeline::inputs::{kernel_meta, memory_split, prepare, Prepared};
+use crate::pipeline::inputs::{kernel_identity, kernel_meta, memory_split, prepare, Prepared};
+use crate::pipeline::logdet::{checkpoint_for, memdet_recorded};
 use crate::progress::Progress;
 use crate::report::fit::{EstimateJson, FitJson};
 use crate::report::plot::plot_fit;
@@ -20,7 +21,6 @@ use std::time::Instant;
 
 /// Execute `run`.
 pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
-    crate::linalg::interrupt::install_ctrlc_handler();
     let t0 = Instant::now();
     let ns = args.n_sample;
     if args.fit.burn_in >= ns {
@@ -52,7 +52,12 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
             tiles.num_params()
         );
     }
-    let factored = factor(&tiles, args, memdet_mem, progress)?;
+    let checkpoint = checkpoint_for(
+        &args.ckpt,
+        Some("sample"),
+        kernel_identity(&prepared, &args.md, ns, &args.kernel),
+    );
+    let factored = factor(&tiles, args, memdet_mem, checkpoint, progress)?;
     let nested = nested_logdets(&factored.pivots_logabs, &factored.pivot_signs, granule)?;
     if let Some(k) = nested.signs.iter().position(|&s| s < 0.0) {
         return Err(Error::Input(format!(
@@ -124,6 +129,7 @@ fn factor(
     source: &dyn TileSource,
     args: &RunArgs,
     max_mem: u64,
+    checkpoint: Option<Checkpoint>,
     progress: &dyn Progress,
 ) -> Result<LogDet> {
     let opts = MemdetOptions {
@@ -132,9 +138,10 @@ fn factor(
         max_mem: Some(max_mem),
         scratch_dir: args.mem.scratch_dir.clone(),
         nested: true,
+        checkpoint,
         ..MemdetOptions::default()
     };
-    memdet(source, &opts, progress)
+    memdet_recorded(source, &opts, progress)
 }
 
 /// `--exact-n N`: form and factor K_N exactly (tiles streamed into MEMDET under the memory limit) and compare.
@@ -148,7 +155,12 @@ fn exact_logdet(
     let t0 = Instant::now();
     let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
     let tiles: NtkTiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
-    let result = factor(&tiles, args, memdet_mem, progress)?;
+    let checkpoint = checkpoint_for(
+        &args.ckpt,
+        Some("exact-n"),
+        kernel_identity(prepared, &args.md, n, &args.kernel),
+    );
+    let result = factor(&tiles, args, memdet_mem, checkpoint, progress)?;
     let nested = nested_logdets(&result.pivots_logabs, &result.pivot_signs, tiles.granule())?;
     let stats = tiles.stats();
     let predicted = predict(n as f64);

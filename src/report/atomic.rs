@@ -17,6 +17,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(|e| Error::io("cannot create a temporary file next to", path, e))?;
+    let _cleanup = crate::signals::remove_on_exit(tmp.path());
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .map_err(|e| Error::io("cannot write", path, e))?;

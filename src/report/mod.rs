@@ -5,6 +5,8 @@ pub mod compare;
 pub mod fit;
 pub mod logdet;
 pub mod plot;
+pub mod provenance;
 pub mod run;
 
-pub use atomic::{write_atomic, write_json};
+pub use atomic::write_atomic;
+pub use provenance::write_json;
