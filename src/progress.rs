@@ -15,6 +15,10 @@ pub trait Progress: Sync {
     fn advance(&self, units: u64);
     /// The current phase is over.
     fn finish(&self);
+    /// A line for the user before a phase (a run's plan); `make` is called only by reporters that show it.
+    fn note(&self, make: &dyn Fn() -> String) {
+        let _ = make;
+    }
 }
 
 /// Reports nothing.
@@ -70,6 +74,10 @@ impl Progress for Bars {
                 bar.finish_and_clear();
             }
         }
+    }
+
+    fn note(&self, make: &dyn Fn() -> String) {
+        eprintln!("{}", make());
     }
 }
 
@@ -177,6 +185,10 @@ impl Progress for LogLines {
                 p.done = p.done.saturating_add(units);
             }
         }
+    }
+
+    fn note(&self, make: &dyn Fn() -> String) {
+        eprintln!("{}", make());
     }
 
     fn finish(&self) {

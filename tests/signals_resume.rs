@@ -438,3 +438,20 @@ fn a_stale_scratch_dir_of_a_dead_pid_is_removed_by_the_next_run() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(entries(scratch.path()), vec!["ntk-memdet-live"]);
 }
+
+#[test]
+fn progress_moves_within_a_single_tile_of_the_ntk() {
+    // One block: one source tile. n = 40 examples go in chunks of ceil(40/16) = 3, i.e. 14 chunks, and the
+    // diagonal tile's 14·15/2 = 105 chunk pairs each report a unit, plus one unit for the factorisation.
+    let o = bin()
+        .arg("logdet")
+        .args(model_args("lenet-mnist.safetensors"))
+        .args(["--n", "40", "--num-blocks", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("progress: memdet started (106 units)"), "{err}");
+    assert!(err.contains("plan: m = 400, 1 block of 400 rows"), "{err}");
+    assert!(err.contains("FLOP (m^3/3), about"), "{err}");
+}

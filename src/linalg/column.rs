@@ -101,12 +101,16 @@ impl<'a> ColumnRun<'a> {
     }
 
     /// Request tile (i, j) from the source, check it is finite, and apply t and the shift.
-    fn load_source(&mut self, i: usize, j: usize) -> Result<Tile> {
+    fn load_source(&mut self, i: usize, j: usize, progress: &dyn Progress) -> Result<Tile> {
         let t = Instant::now();
         let (rows, cols) = (self.plan.range(i), self.plan.range(j));
         let mut tile = Tile::new(rows.len(), cols.len(), &self.ledger);
-        self.source
-            .fill(rows.clone(), cols.clone(), tile.mat_mut())?;
+        self.source.fill_reporting(
+            rows.clone(),
+            cols.clone(),
+            tile.mat_mut(),
+            &|u| progress.advance(u),
+        )?;
         self.tiles_requested += 1;
         let nr = rows.len();
         if let Some(pos) = first_non_finite(tile.data()) {
@@ -147,7 +151,7 @@ impl<'a> ColumnRun<'a> {
             if i == 1 {
                 kill_point("source", j);
             }
-            pending.push(self.load_source(i, j)?);
+            pending.push(self.load_source(i, j, progress)?);
         }
         let scratch = self.scratch;
         let store = j + 1 < n;
@@ -269,7 +273,7 @@ impl<'a> ColumnRun<'a> {
             Err(Error::NotPositiveDefinite { index, .. }) => {
                 // faer has overwritten the block: rebuild it (one more source request, on this error path
                 // only) and eliminate its leading part to report the failing pivot's value.
-                let mut fresh = self.load_source(j, j)?;
+                let mut fresh = self.load_source(j, j, &crate::progress::Silent)?;
                 self.update_diagonal(&mut fresh, finished, temp)?;
                 let value = schur_pivot_value(fresh.mat_mut(), index - rows.start);
                 return Err(Error::NotPositiveDefinite { index, value });

@@ -348,10 +348,16 @@ pub fn memdet(
         let (logabs, signs, d) = s.manifest().pivots();
         run.restore(&logabs, &signs, d, s.manifest().tiles_requested)?;
     }
-    let units = |j: u64| (j + 1) * (j + 2) / 2;
-    let total_units: u64 = (0..n as u64).map(units).sum();
+    // Progress units: each tile's source parts (an NTK's chunk pairs) plus one per update it receives.
+    let units = |j: usize| -> u64 {
+        (0..=j)
+            .map(|i| source.fill_units(plan.range(i), plan.range(j)) + i as u64 + 1)
+            .sum()
+    };
+    let total_units: u64 = (0..n).map(units).sum();
+    progress.note(&|| super::plan_note::describe(&plan, opts, done));
     progress.start("memdet", total_units);
-    progress.advance((0..done as u64).map(units).sum());
+    progress.advance((0..done).map(units).sum());
     let outcome = (done..n).try_for_each(|j| {
         run.column(j, progress)?;
         match (&mut session, &scratch) {

@@ -10,6 +10,7 @@ pub mod lockfile;
 pub mod memdet;
 pub mod npy;
 pub mod npy_write;
+pub mod plan_note;
 pub mod scratch;
 pub mod tile;
 pub mod tile_buf;

@@ -24,6 +24,17 @@ pub fn run(args: &NtkArgs, progress: &dyn Progress) -> Result<()> {
     )?;
     let rows = spec.rows_per_example(prepared.model.network.num_outputs()?);
     let m = args.n * rows;
+    if args.n == 0 || args.n > prepared.order.len() {
+        // Out of range: the same message as every NTK subcommand.
+        prepared.inputs(args.n)?;
+    }
+    if m > MAX_DENSE_ORDER {
+        return Err(Error::Usage(format!(
+            "the kernel would be {m}x{m} ({:.1} GiB); `ntk --out` writes dense kernels up to order {MAX_DENSE_ORDER}. \
+             Use `logdet --model …` to factor larger kernels without storing them",
+            (m * m * 8) as f64 / (1u64 << 30) as f64
+        )));
+    }
     let mib = |b: u64| b as f64 / 1048576.0;
     let dense = 8 * (m as u64) * (m as u64);
     if dense >= max_mem {
@@ -42,13 +53,6 @@ pub fn run(args: &NtkArgs, progress: &dyn Progress) -> Result<()> {
             mib(per_example),
             mib(dense + per_example),
             mib(max_mem)
-        )));
-    }
-    if m > MAX_DENSE_ORDER {
-        return Err(Error::Usage(format!(
-            "the kernel would be {m}x{m} ({:.1} GiB); `ntk --out` writes dense kernels up to order {MAX_DENSE_ORDER}. \
-             Use `logdet --model …` to factor larger kernels without storing them",
-            (m * m * 8) as f64 / (1u64 << 30) as f64
         )));
     }
     let k = dense_kernel(&tiles, progress)?;
