@@ -71,7 +71,10 @@ pub enum Error {
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
     /// The run was stopped by SIGINT, SIGTERM or SIGHUP (see `signals`); exit code 128 + the signal.
-    #[error("interrupted by {}; scratch and temporary outputs removed", crate::signals::name())]
+    #[error(
+        "interrupted by {}; scratch and temporary outputs removed",
+        crate::signals::name()
+    )]
     Interrupted,
     /// A bug: an invariant of ours did not hold.
     #[error("internal error: {0}")]

@@ -141,7 +141,10 @@ fn stops_cleanly(sub: &str, extra: &[&str], pattern: &str, sig: &str, code: i32)
         "{stderr}"
     );
     // The stop is asked within about 2 s (the watcher's grace is 1.5 s); allow for a loaded machine.
-    assert!(waited < Duration::from_secs(6), "{sub} took {waited:?} to stop");
+    assert!(
+        waited < Duration::from_secs(6),
+        "{sub} took {waited:?} to stop"
+    );
     assert!(entries(scratch.path()).is_empty(), "scratch left by {sub}");
     assert!(
         entries(out.path()).is_empty(),
@@ -179,14 +182,7 @@ fn sigterm_stops_compare_during_feature_formation() {
 fn sighup_stops_run_during_feature_formation() {
     stops_cleanly(
         "run",
-        &[
-            "--n-sample",
-            "300",
-            "--burn-in",
-            "10",
-            "--num-blocks",
-            "3",
-        ],
+        &["--n-sample", "300", "--burn-in", "10", "--num-blocks", "3"],
         "progress: memdet started",
         "HUP",
         129,
@@ -238,7 +234,10 @@ fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
 fn train_resume_after_sigkill_gives_the_same_weights_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let whole = dir.path().join("whole.safetensors");
-    let o = train_cmd(&whole, "1500", "3").arg("--quiet").output().unwrap();
+    let o = train_cmd(&whole, "1500", "3")
+        .arg("--quiet")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let cut = dir.path().join("cut.safetensors");
@@ -257,21 +256,30 @@ fn train_resume_after_sigkill_gives_the_same_weights_bit_for_bit() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("lr: checkpoint \"0.1\", this command \"0.05\""));
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .contains("lr: checkpoint \"0.1\", this command \"0.05\""));
 
     let o = train_cmd(&cut, "1500", "3")
         .args(["--resume", "--quiet"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(!state.exists(), "the state file is removed once training ends");
+    assert!(
+        !state.exists(),
+        "the state file is removed once training ends"
+    );
     assert_eq!(tensors(&cut), tensors(&whole));
     let (a, b) = (
         json(&dir.path().join("whole.log.json")),
         json(&dir.path().join("cut.log.json")),
     );
     assert_eq!(b["provenance"]["resumed"], true);
-    for (x, y) in a["epochs"].as_array().unwrap().iter().zip(b["epochs"].as_array().unwrap()) {
+    for (x, y) in a["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(b["epochs"].as_array().unwrap())
+    {
         assert_eq!(x["loss"], y["loss"]);
         assert_eq!(x["train_acc"], y["train_acc"]);
     }
@@ -282,7 +290,15 @@ fn lenet_logdet(json_out: &Path, extra: &[&str]) -> Command {
     let mut c = bin();
     c.arg("logdet")
         .args(model_args("lenet-mnist.safetensors"))
-        .args(["--n", "40", "--num-blocks", "4", "--nested", "--quiet", "--json"])
+        .args([
+            "--n",
+            "40",
+            "--num-blocks",
+            "4",
+            "--nested",
+            "--quiet",
+            "--json",
+        ])
         .arg(json_out)
         .args(extra);
     c
@@ -331,14 +347,22 @@ fn logdet_model_resumes_bitwise_after_sigkill_in_tile_formation_and_in_factorisa
         assert_eq!(manifest["columns_done"], done, "{point}");
 
         // Without --resume the checkpoint is refused; with other arguments it is refused naming them.
-        let o = lenet_logdet(&out, &["--checkpoint", ck_s]).output().unwrap();
-        assert_eq!(o.status.code(), Some(2));
-        let o = lenet_logdet(&out, &["--checkpoint", ck_s, "--resume", "--order", "random"])
+        let o = lenet_logdet(&out, &["--checkpoint", ck_s])
             .output()
             .unwrap();
         assert_eq!(o.status.code(), Some(2));
+        let o = lenet_logdet(
+            &out,
+            &["--checkpoint", ck_s, "--resume", "--order", "random"],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(o.status.code(), Some(2));
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains("order: checkpoint \"dataset (seed 0)\""), "{err}");
+        assert!(
+            err.contains("order: checkpoint \"dataset (seed 0)\""),
+            "{err}"
+        );
 
         let o = lenet_logdet(&out, &["--checkpoint", ck_s, "--resume"])
             .output()
@@ -360,10 +384,18 @@ fn logdet_matrix_resumes_bitwise_after_an_external_sigkill() {
     write_npy(&npy, &random_spd(7, 1200), false);
     let args = |out: &Path| {
         let mut c = bin();
-        c.args(["logdet", "--quiet", "--num-blocks", "30", "--nested", "40", "--matrix"])
-            .arg(&npy)
-            .arg("--json")
-            .arg(out);
+        c.args([
+            "logdet",
+            "--quiet",
+            "--num-blocks",
+            "30",
+            "--nested",
+            "40",
+            "--matrix",
+        ])
+        .arg(&npy)
+        .arg("--json")
+        .arg(out);
         c
     };
     let whole = dir.path().join("whole.json");
@@ -427,7 +459,11 @@ fn a_stale_scratch_dir_of_a_dead_pid_is_removed_by_the_next_run() {
     // A live run's directory (this test process) is left alone.
     let live = scratch.path().join("ntk-memdet-live");
     std::fs::create_dir(&live).unwrap();
-    std::fs::write(live.join("lock"), format!("{} {}\n", std::process::id(), host.trim())).unwrap();
+    std::fs::write(
+        live.join("lock"),
+        format!("{} {}\n", std::process::id(), host.trim()),
+    )
+    .unwrap();
     let o: Output = bin()
         .args(["logdet", "--quiet", "--num-blocks", "3", "--matrix"])
         .arg(&npy)
@@ -451,7 +487,10 @@ fn progress_moves_within_a_single_tile_of_the_ntk() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("progress: memdet started (106 units)"), "{err}");
+    assert!(
+        err.contains("progress: memdet started (106 units)"),
+        "{err}"
+    );
     assert!(err.contains("plan: m = 400, 1 block of 400 rows"), "{err}");
     assert!(err.contains("FLOP (m^3/3), about"), "{err}");
 }

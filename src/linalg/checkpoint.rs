@@ -99,7 +99,11 @@ impl Manifest {
 
     /// The saved pivot logs, signs and D values as f64.
     pub fn pivots(&self) -> (Vec<f64>, Vec<f64>, Vec<Vec<f64>>) {
-        let logabs = self.logabs_bits.iter().map(|&b| f64::from_bits(b)).collect();
+        let logabs = self
+            .logabs_bits
+            .iter()
+            .map(|&b| f64::from_bits(b))
+            .collect();
         let signs = self.signs.iter().map(|&s| f64::from(s)).collect();
         let d = self
             .d_bits
@@ -198,7 +202,11 @@ pub struct Session {
 impl Session {
     /// Open (or start) the checkpoint `c` for the computation `identity` with `num_blocks` block columns.
     /// A checkpoint found without `--resume`, or one made for a different computation, is refused.
-    pub fn open(c: &Checkpoint, identity: BTreeMap<String, String>, num_blocks: usize) -> Result<Self> {
+    pub fn open(
+        c: &Checkpoint,
+        identity: BTreeMap<String, String>,
+        num_blocks: usize,
+    ) -> Result<Self> {
         std::fs::create_dir_all(&c.dir).map_err(|e| {
             Error::Scratch(format!(
                 "cannot create the checkpoint directory {}: {e}",
@@ -309,8 +317,13 @@ mod tests {
             .collect();
         let mut b = a.clone();
         b.insert("n".into(), "50".into());
-        let err = check_identity(Path::new("/ck"), &a, &b).unwrap_err().to_string();
-        assert!(err.contains("n: checkpoint \"40\", this command \"50\""), "{err}");
+        let err = check_identity(Path::new("/ck"), &a, &b)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("n: checkpoint \"40\", this command \"50\""),
+            "{err}"
+        );
         assert!(!err.contains("model_sha256"), "{err}");
         assert!(check_identity(Path::new("/ck"), &a, &a).is_ok());
     }

@@ -105,12 +105,10 @@ impl<'a> ColumnRun<'a> {
         let t = Instant::now();
         let (rows, cols) = (self.plan.range(i), self.plan.range(j));
         let mut tile = Tile::new(rows.len(), cols.len(), &self.ledger);
-        self.source.fill_reporting(
-            rows.clone(),
-            cols.clone(),
-            tile.mat_mut(),
-            &|u| progress.advance(u),
-        )?;
+        self.source
+            .fill_reporting(rows.clone(), cols.clone(), tile.mat_mut(), &|u| {
+                progress.advance(u)
+            })?;
         self.tiles_requested += 1;
         let nr = rows.len();
         if let Some(pos) = first_non_finite(tile.data()) {

@@ -68,8 +68,12 @@ fn pid_alive(pid: i32) -> bool {
 pub fn write_lock(dir: &Path) -> Result<()> {
     let me = Owner::me();
     let path = dir.join(LOCK_NAME);
-    std::fs::write(&path, format!("{} {}\n", me.pid, me.host))
-        .map_err(|e| Error::Scratch(format!("cannot write the lock file {}: {e}", path.display())))
+    std::fs::write(&path, format!("{} {}\n", me.pid, me.host)).map_err(|e| {
+        Error::Scratch(format!(
+            "cannot write the lock file {}: {e}",
+            path.display()
+        ))
+    })
 }
 
 /// The owner named by `dir/lock`, if the file exists and parses.

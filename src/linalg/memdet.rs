@@ -273,7 +273,10 @@ fn identity(c: &Checkpoint, opts: &MemdetOptions, plan: &BlockPlan) -> BTreeMap<
         ("assume", opts.assume.name().to_string()),
         ("num_blocks", plan.num_blocks.to_string()),
         ("block_size", plan.block_size.to_string()),
-        ("scale_t", format!("{:e} (bits {:016x})", opts.scale, opts.scale.to_bits())),
+        (
+            "scale_t",
+            format!("{:e} (bits {:016x})", opts.scale, opts.scale.to_bits()),
+        ),
         ("shift", shift),
     ];
     for (k, v) in entries {
@@ -309,10 +312,7 @@ fn open_scratch(
             Ok(store)
         }
         None => {
-            let parent = opts
-                .scratch_dir
-                .clone()
-                .unwrap_or_else(std::env::temp_dir);
+            let parent = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
             check_free_space(&parent, total)?;
             ScratchStore::create(Some(&parent), plan, opts.scratch_cap)
         }
@@ -366,7 +366,14 @@ pub fn memdet(
                     store.sync()?;
                 }
                 let rows = plan.range(j).end;
-                s.commit(j + 1, rows, &run.logabs, &run.signs, run.d_values(), run.tiles_requested)
+                s.commit(
+                    j + 1,
+                    rows,
+                    &run.logabs,
+                    &run.signs,
+                    run.d_values(),
+                    run.tiles_requested,
+                )
             }
             _ => Ok(()),
         }

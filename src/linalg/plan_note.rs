@@ -18,7 +18,14 @@ pub fn calibrate_gflops() -> f64 {
     let mut best = f64::INFINITY;
     for _ in 0..3 {
         let t = Instant::now();
-        super::gemm::matmul(c.as_mut(), Accum::Replace, a.as_ref(), a.as_ref(), 1.0, Par::rayon(0));
+        super::gemm::matmul(
+            c.as_mut(),
+            Accum::Replace,
+            a.as_ref(),
+            a.as_ref(),
+            1.0,
+            Par::rayon(0),
+        );
         best = best.min(t.elapsed().as_secs_f64());
     }
     2.0 * (n as f64).powi(3) / best.max(1e-9) / 1e9
@@ -56,8 +63,9 @@ pub fn describe(plan: &BlockPlan, opts: &MemdetOptions, done: usize) -> String {
             .map(|c| c.dir.clone())
             .or_else(|| opts.scratch_dir.clone())
             .unwrap_or_else(std::env::temp_dir);
-        let free = super::scratch::free_bytes(&dir)
-            .map_or("free space unknown".to_string(), |f| format!("{:.2} GiB free", gib(f)));
+        let free = super::scratch::free_bytes(&dir).map_or("free space unknown".to_string(), |f| {
+            format!("{:.2} GiB free", gib(f))
+        });
         text += &format!(
             "; scratch {:.2} GiB in {} ({free})",
             gib(plan.scratch_bytes()),

@@ -89,7 +89,12 @@ impl ScratchStore {
 
     /// Open the persistent store `dir/tiles.f64` of a checkpoint (truncated unless `keep` is true, when
     /// the tiles of the complete columns are reused).
-    pub fn open_checkpoint(dir: &Path, plan: BlockPlan, cap: Option<u64>, keep: bool) -> Result<Self> {
+    pub fn open_checkpoint(
+        dir: &Path,
+        plan: BlockPlan,
+        cap: Option<u64>,
+        keep: bool,
+    ) -> Result<Self> {
         let path = dir.join(TILES_NAME);
         let file = File::options()
             .read(true)
@@ -97,8 +102,21 @@ impl ScratchStore {
             .create(true)
             .truncate(!keep)
             .open(&path)
-            .map_err(|e| Error::Scratch(format!("cannot open {}: {e}; check the --checkpoint directory", path.display())))?;
-        Ok(Self::with_file(file, path, None, None, dir.to_path_buf(), plan, cap))
+            .map_err(|e| {
+                Error::Scratch(format!(
+                    "cannot open {}: {e}; check the --checkpoint directory",
+                    path.display()
+                ))
+            })?;
+        Ok(Self::with_file(
+            file,
+            path,
+            None,
+            None,
+            dir.to_path_buf(),
+            plan,
+            cap,
+        ))
     }
 
     fn with_file(

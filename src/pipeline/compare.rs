@@ -102,8 +102,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         (s, t.elapsed().as_secs_f64())
     };
     let t = Instant::now();
-    let small_factor =
-        memdet_recorded(&small, &checkpointed("sample", ns, &f64_kernel), progress)?;
+    let small_factor = memdet_recorded(&small, &checkpointed("sample", ns, &f64_kernel), progress)?;
     let small_factor_s = t.elapsed().as_secs_f64();
     let drift = (small_factor.logdet - sample.last().map_or(f64::NAN, |p| p.1)).abs()
         / small_factor.logdet.abs();
@@ -244,8 +243,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 let (k32, _, form32) =
                     form_dense(&prepared, args.n, &f32_kernel, &args.mem, progress)?;
                 let t = Instant::now();
-                let r =
-                    memdet_recorded(&k32, &checkpointed("f32", args.n, &f32_kernel), progress)?;
+                let r = memdet_recorded(&k32, &checkpointed("f32", args.n, &f32_kernel), progress)?;
                 let e = Estimate {
                     logdet: r.logdet,
                     std_error: None,

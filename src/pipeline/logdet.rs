@@ -3,7 +3,7 @@
 
 use crate::cli::LogdetArgs;
 use crate::linalg::{
-    memdet, parse_size, Checkpoint, Assume, LogDet, MemdetOptions, NpySource, Shift, TileSource,
+    memdet, parse_size, Assume, Checkpoint, LogDet, MemdetOptions, NpySource, Shift, TileSource,
     Triangle,
 };
 use crate::progress::Progress;

@@ -317,7 +317,10 @@ fn train_identity(
         ("arch", args.arch.clone()),
         ("width", format!("{:?}", args.width)),
         ("data", args.data.clone()),
-        ("data_sha256", crate::report::provenance::record_dataset(data)),
+        (
+            "data_sha256",
+            crate::report::provenance::record_dataset(data),
+        ),
         ("train_examples", n.to_string()),
         ("input_shape", format!("{input_shape:?}")),
         ("epochs", args.epochs.to_string()),

@@ -119,7 +119,10 @@ pub fn restore(
     let meta = &weights.metadata;
     let saved: BTreeMap<String, String> = meta
         .iter()
-        .filter_map(|(k, v)| k.strip_prefix(ID_PREFIX).map(|k| (k.to_string(), v.clone())))
+        .filter_map(|(k, v)| {
+            k.strip_prefix(ID_PREFIX)
+                .map(|k| (k.to_string(), v.clone()))
+        })
         .collect();
     crate::linalg::checkpoint::check_identity(path, &saved, identity)?;
     let field = |k: &str| {
