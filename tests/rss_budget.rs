@@ -40,7 +40,9 @@ fn peak_rss_stays_within_the_budget_plus_64_mib() {
     let mut failures = Vec::new();
     println!("| command | model | --max-mem | peak RSS (MiB) | limit + 64 MiB | exit |");
     println!("|---|---|---|---|---|---|");
-    for (model, n) in [("lenet-mnist", "200"), ("resnet9-mnist", "20")] {
+    // LeNet n = 600 (m = 6000, a 288 MB kernel: MEMDET must block under 192 and 512 MiB); compare holds its
+    // kernels in memory, so it gets n = 300. ResNet9 (1.2 M parameters) at n = 20.
+    for (model, n, n_compare) in [("lenet-mnist", "600", "300"), ("resnet9-mnist", "20", "20")] {
         let file = root().join("models").join(format!("{model}.safetensors"));
         for budget in ["192MiB", "512MiB", "2GiB"] {
             let common = |sub: &str| -> Vec<String> {
@@ -71,9 +73,13 @@ fn peak_rss_stays_within_the_budget_plus_64_mib() {
             let mut compare = common("compare");
             compare.extend([
                 "--n".into(),
-                n.into(),
+                n_compare.into(),
                 "--methods".into(),
                 "exact,flodance,slq,block-diag".into(),
+                "--n-sample".into(),
+                "10".into(),
+                "--burn-in".into(),
+                "2".into(),
             ]);
             for (name, args) in [
                 ("logdet --model", logdet),
@@ -83,6 +89,7 @@ fn peak_rss_stays_within_the_budget_plus_64_mib() {
                 let (code, rss) = peak_rss(&args);
                 let limit = ntk_pipeline::linalg::parse_size(budget).unwrap() + (64 << 20);
                 let mib = |b: u64| b as f64 / 1048576.0;
+                let n = if name == "compare" { n_compare } else { n };
                 println!(
                     "| `{name}` n = {n} | {model} | {budget} | {:.0} | {:.0} | {code} |",
                     mib(rss),
@@ -98,4 +105,38 @@ fn peak_rss_stays_within_the_budget_plus_64_mib() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn a_budget_below_what_lives_outside_the_plan_is_refused_before_the_work() {
+    // The shipped MNIST split alone is 60,000 × (784 + 4) bytes = 45 MiB, plus 40 MiB for the binary.
+    let o = Command::new(env!("CARGO_BIN_EXE_ntk-pipeline"))
+        .args(["logdet", "--quiet", "--model"])
+        .arg(root().join("models/lenet-mnist.safetensors"))
+        .args(["--data", "mnist", "--data-dir"])
+        .arg(root().join("datasets"))
+        .args([
+            "--n",
+            "20",
+            "--max-mem",
+            "64MiB",
+            "--json",
+            "/nonexistent-dir/x.json",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--max-mem 64MiB cannot hold") && err.contains("it needs at least"),
+        "{err}"
+    );
+    let need: f64 = err
+        .rsplit("at least ")
+        .next()
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap();
+    let data_mib = 60_000.0 * 788.0 / 1048576.0;
+    assert!(need > data_mib + 40.0, "{need} MiB");
 }

@@ -3,7 +3,7 @@
 //! the same `TileSource` interface (same precision, same order); each method's "forming" time is the time to
 //! form what it needs (the full kernel, K_{n_s}, or the n diagonal blocks), measured separately.
 
-use crate::cli::{CompareArgs, KernelArgs, MemArgs};
+use crate::cli::{CompareArgs, KernelArgs};
 use crate::estimators::{
     BlockDiagonal, Estimate, Estimator, LinearExtrapolation, PreconditionedSlq, PseudoNtk, Slq,
     SlqOptions, StoppedCholesky, StoppedCholeskyRule,
@@ -11,7 +11,7 @@ use crate::estimators::{
 use crate::linalg::{Assume, DenseSource, MemdetOptions, TileSource};
 use crate::ntk::NtkTiles;
 use crate::pipeline::inputs::{
-    dense_kernel, kernel_identity, kernel_meta, memory_split, prepare, Prepared,
+    budget_split, dense_kernel, kernel_identity, kernel_meta, memory_split, prepare, Prepared,
 };
 use crate::pipeline::logdet::{checkpoint_for, memdet_recorded};
 use crate::progress::Progress;
@@ -59,15 +59,25 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
             args.n
         )));
     }
-    let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
+    memory_split(&args.mem)?;
     let prepared = prepare(&args.md, progress)?;
+    // Outside the split: the inputs, and the in-memory kernels K_n (twice with f32) and K_{n_s}.
+    let d = prepared.model.network.num_outputs()?;
+    let rows = crate::ntk::KernelSpec::parse(&args.kernel.outputs, &args.kernel.scale, "f64")?
+        .rows_per_example(d) as u64;
+    let dense = |n: usize| 8 * (n as u64 * rows).pow(2);
+    let copies = 1 + u64::from(methods.contains(&"f32"));
+    let outside = prepared.resident_bytes(args.n.min(prepared.order.len()))
+        + copies * dense(args.n)
+        + dense(ns);
+    let (feature_mem, memdet_mem) = budget_split(&args.mem, outside)?;
     let f64_kernel = KernelArgs {
         precision: "f64".into(),
         ..args.kernel.clone()
     };
 
     // The reference kernel, formed once.
-    let (k, tiles, form_s) = form_dense(&prepared, args.n, &f64_kernel, &args.mem, progress)?;
+    let (k, tiles, form_s) = form_dense(&prepared, args.n, &f64_kernel, feature_mem, progress)?;
     // Free the features: the f32 kernel needs the memory, and block-diag's forming time is then honest.
     tiles.clear_features();
     let m = k.dim();
@@ -241,7 +251,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                     ..args.kernel.clone()
                 };
                 let (k32, _, form32) =
-                    form_dense(&prepared, args.n, &f32_kernel, &args.mem, progress)?;
+                    form_dense(&prepared, args.n, &f32_kernel, feature_mem, progress)?;
                 let t = Instant::now();
                 let r = memdet_recorded(&k32, &checkpointed("f32", args.n, &f32_kernel), progress)?;
                 let e = Estimate {
@@ -289,21 +299,11 @@ fn form_dense(
     prepared: &Prepared,
     n: usize,
     kernel: &KernelArgs,
-    mem: &MemArgs,
+    feature_mem: u64,
     progress: &dyn Progress,
 ) -> Result<(DenseSource, NtkTiles, f64)> {
     let t = Instant::now();
-    let (feature_mem, memdet_mem) = memory_split(mem)?;
-    let max_mem = feature_mem + memdet_mem;
     let tiles = prepared.tiles(n, kernel, feature_mem as usize)?;
-    let m = tiles.dim();
-    if (m * m * 8) as u64 > max_mem {
-        return Err(Error::Budget(format!(
-            "compare holds the {m}x{m} kernel in memory ({:.1} GiB) but --max-mem is {:.1} GiB; raise --max-mem or lower --n",
-            (m * m * 8) as f64 / (1u64 << 30) as f64,
-            max_mem as f64 / (1u64 << 30) as f64
-        )));
-    }
     let dense = dense_from(&tiles, progress)?;
     Ok((dense, tiles, t.elapsed().as_secs_f64()))
 }

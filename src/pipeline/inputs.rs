@@ -113,6 +113,47 @@ pub fn kernel_identity(
     .collect()
 }
 
+/// A fixed allowance for what no plan counts: the binary and its libraries, thread stacks, allocator slack.
+pub const BASELINE_BYTES: u64 = 40 << 20;
+
+impl Prepared {
+    /// Bytes that live for the whole run outside MEMDET's plan and the feature cache, for a kernel on `n`
+    /// examples: the dataset split in memory (raw pixels + labels), the model (f32 weights and the f64 copy
+    /// the kernel is formed with), the n transformed inputs (f32) and [`BASELINE_BYTES`].
+    pub fn resident_bytes(&self, n: usize) -> u64 {
+        let [c, h, w] = self.dataset.image_shape();
+        let data = self.dataset.len() as u64 * (c * h * w + 4) as u64;
+        let model = self.model.network.num_params() as u64 * 12;
+        let [ci, hi, wi] = self.model.network.input_shape;
+        let inputs = n as u64 * (ci * hi * wi) as u64 * 4;
+        data + model + inputs + BASELINE_BYTES
+    }
+}
+
+/// [`memory_split`] of what `--max-mem` leaves after `outside` bytes (what lives outside the plan, e.g.
+/// [`Prepared::resident_bytes`] plus in-memory kernels); refused before any work when too little is left.
+pub fn budget_split(mem: &MemArgs, outside: u64) -> Result<(u64, u64)> {
+    let total = crate::linalg::parse_size(&mem.max_mem)?;
+    // The least that a plan can use: a few MiB of tiles and features.
+    let least = 8 << 20;
+    if total < outside + least {
+        return Err(Error::Budget(format!(
+            "--max-mem {} cannot hold what the run keeps outside MEMDET's tiles and the feature cache ({:.1} MiB: \
+             dataset, model, inputs, in-memory kernels and {} MiB for the binary and threads) plus a minimal plan; \
+             it needs at least {:.0} MiB",
+            mem.max_mem,
+            outside as f64 / 1048576.0,
+            BASELINE_BYTES >> 20,
+            (outside + least) as f64 / 1048576.0
+        )));
+    }
+    let (features, memdet) = memory_split(mem)?;
+    let scale = (total - outside) as f64 / total as f64;
+    let features = ((features as f64 * scale) as u64).max(1);
+    let memdet = ((memdet as f64 * scale) as u64).max(1);
+    Ok((features, memdet))
+}
+
 /// `--max-mem` split between cached NTK features and MEMDET, in bytes: `(features, memdet)`. The features
 /// get `--feature-mem` when given, else half.
 pub fn memory_split(mem: &MemArgs) -> Result<(u64, u64)> {

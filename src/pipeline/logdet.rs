@@ -54,7 +54,8 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
         seed: args.seed,
     };
     let prepared = crate::pipeline::inputs::prepare(&md, progress)?;
-    let (feature_mem, memdet_mem) = crate::pipeline::inputs::memory_split(&args.mem)?;
+    let outside = prepared.resident_bytes(n.min(prepared.order.len()));
+    let (feature_mem, memdet_mem) = crate::pipeline::inputs::budget_split(&args.mem, outside)?;
     let tiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
     let mut memdet_args = args.clone();
     memdet_args.mem.max_mem = memdet_mem.to_string();

@@ -6,7 +6,9 @@ use crate::cli::RunArgs;
 use crate::linalg::{Assume, Checkpoint, LogDet, MemdetOptions, TileSource};
 use crate::ntk::NtkTiles;
 use crate::pipeline::fit::fit_options;
-use crate::pipeline::inputs::{kernel_identity, kernel_meta, memory_split, prepare, Prepared};
+use crate::pipeline::inputs::{
+    budget_split, kernel_identity, kernel_meta, memory_split, prepare, Prepared,
+};
 use crate::pipeline::logdet::{checkpoint_for, memdet_recorded};
 use crate::progress::Progress;
 use crate::report::fit::{EstimateJson, FitJson};
@@ -32,6 +34,10 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
     let max_mem = feature_mem + memdet_mem;
     let prepared = prepare(&args.md, progress)?;
+    let (feature_mem, memdet_mem) = budget_split(
+        &args.mem,
+        prepared.resident_bytes(ns.min(prepared.order.len())),
+    )?;
     let target_n = args.target_n.unwrap_or(prepared.dataset.len());
     if let Some(exact_n) = args.exact_n {
         if exact_n <= ns {
@@ -153,7 +159,10 @@ fn exact_logdet(
     predict: impl Fn(f64) -> f64,
 ) -> Result<ExactJson> {
     let t0 = Instant::now();
-    let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
+    let (feature_mem, memdet_mem) = budget_split(
+        &args.mem,
+        prepared.resident_bytes(n.min(prepared.order.len())),
+    )?;
     let tiles: NtkTiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
     let checkpoint = checkpoint_for(
         &args.ckpt,
