@@ -115,14 +115,7 @@ fn a_budget_below_what_lives_outside_the_plan_is_refused_before_the_work() {
         .arg(root().join("models/lenet-mnist.safetensors"))
         .args(["--data", "mnist", "--data-dir"])
         .arg(root().join("datasets"))
-        .args([
-            "--n",
-            "20",
-            "--max-mem",
-            "64MiB",
-            "--json",
-            "/nonexistent-dir/x.json",
-        ])
+        .args(["--n", "20", "--max-mem", "64MiB"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
