@@ -105,10 +105,10 @@ impl NtkTiles {
         };
         let plan = LayerPlan::new(&network, &probe, rows)?;
         let act_bytes: usize = cache.iter().map(|t| t.elem_count() * 8).sum();
-        // The forward/backward working set of a micro-batch comes out of the budget too: a quarter of it,
-        // at most 256 MiB; the cache keeps the rest.
-        let working = (feature_budget / 4).min(256 << 20);
-        let feature_budget = feature_budget - working;
+        // The forward/backward working set of a micro-batch: at most a third of the cache's budget and
+        // 256 MiB (callers bounding the whole process give the cache 3/4 of their share, see
+        // `pipeline::inputs::Prepared::tiles`).
+        let working = (feature_budget / 3).min(256 << 20);
         let micro = (working / (3 * act_bytes * rows).max(1)).clamp(1, 64);
         // At least MIN_CHUNKS chunks, so that progress (one unit per chunk pair) moves during a tile.
         let chunk = (feature_budget / (CHUNKS_PER_BUDGET * plan.bytes_per_example).max(1))

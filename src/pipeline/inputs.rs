@@ -70,11 +70,13 @@ impl Prepared {
             .images(&self.order[..n], self.model.network.input_shape)
     }
 
-    /// The NTK of the first `n` examples as a tile source, with `feature_budget` bytes for cached features.
+    /// The NTK of the first `n` examples as a tile source within `feature_budget` bytes: 3/4 for cached
+    /// features, the rest for the forward/backward working set (at most a third of the cache's share).
     /// Warns on stderr when m = n·d exceeds p (the kernel is then singular, SPEC §5).
     pub fn tiles(&self, n: usize, kernel: &KernelArgs, feature_budget: usize) -> Result<NtkTiles> {
         let spec = KernelSpec::parse(&kernel.outputs, &kernel.scale, &kernel.precision)?;
-        let tiles = NtkTiles::new(&self.model.network, self.inputs(n)?, spec, feature_budget)?;
+        let cache = feature_budget - feature_budget / 4;
+        let tiles = NtkTiles::new(&self.model.network, self.inputs(n)?, spec, cache)?;
         warn_if_singular(&tiles);
         Ok(tiles)
     }
