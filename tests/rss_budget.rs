@@ -11,6 +11,8 @@ fn root() -> PathBuf {
 }
 
 /// Run `args` and return (exit code, peak RSS in bytes) of that child alone.
+// The child is reaped by `wait4` (which also returns its rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn peak_rss(args: &[String]) -> (i32, u64) {
     let child = Command::new(env!("CARGO_BIN_EXE_ntk-pipeline"))
         .args(args)

@@ -4,8 +4,8 @@
 //! column with a bitwise identical result.
 //!
 //! Consistency at any instant: column j's tiles go to their own region of `tiles.f64` (beyond every
-//! complete column's), the file is synced, and only then is `manifest.json` replaced by write-to-temp + fsync
-//! + rename + directory fsync. A kill leaves either the old or the new manifest, and the tiles of every
+//! complete column's), the file is synced, and only then is `manifest.json` replaced (write to a temporary
+//! file, fsync, rename, fsync the directory). A kill leaves either the old or the new manifest, and the tiles of every
 //! column it calls complete are on disk. Work lost to a kill is at most one block column.
 //!
 //! Exactness: the pivots are stored as f64 bit patterns (and LDLᵀ's D values likewise); the log-det and the
