@@ -18,6 +18,16 @@ fn serve(
     files: HashMap<String, Vec<u8>>,
     max_requests: usize,
 ) -> (String, JoinHandle<Vec<String>>) {
+    serve_claiming(files, HashMap::new(), max_requests)
+}
+
+/// Like [`serve`], but the files named in `claimed` announce that Content-Length instead of their own
+/// (a connection that drops before the body is complete).
+fn serve_claiming(
+    files: HashMap<String, Vec<u8>>,
+    claimed: HashMap<String, usize>,
+    max_requests: usize,
+) -> (String, JoinHandle<Vec<String>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}/data", listener.local_addr().unwrap());
     listener.set_nonblocking(true).unwrap();
@@ -51,7 +61,7 @@ fn serve(
                 Some(body) => {
                     let h = format!(
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
+                        claimed.get(key).copied().unwrap_or(body.len())
                     );
                     [h.into_bytes(), body.clone()].concat()
                 }
@@ -318,4 +328,42 @@ fn idx_files_download_with_content_checksum_and_missing_file() {
     );
     assert_eq!(entries(&cache), vec!["fashion-mnist"]);
     assert_eq!(server.join().unwrap().len(), 3);
+}
+
+#[test]
+fn a_body_shorter_than_its_content_length_is_refused_and_nothing_kept() {
+    // The server announces 4096 bytes more than it sends, then closes the connection: the download must
+    // fail naming the file (never verify or unpack a partial file), and leave nothing in the cache.
+    let archive = cifar10_archive();
+    let claimed = archive.len() + 4096;
+    let name = "cifar-10-binary.tar.gz".to_string();
+    let (base, server) = serve_claiming(
+        HashMap::from([(name.clone(), archive.clone())]),
+        HashMap::from([(name.clone(), claimed)]),
+        1,
+    );
+    let remote = Remote {
+        base_url: "unused".into(),
+        files: vec![RemoteFile {
+            name: name.clone(),
+            md5: md5_hex(&archive),
+            verify: Verify::Download,
+            unpack: Unpack::TarGz,
+        }],
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let count = Count::default();
+    let err = download::fetch("cifar10", &remote, Some(&base), &cache, &count).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(&name), "{msg}");
+    assert!(msg.contains("nothing was kept"), "{msg}");
+    assert_eq!(err.exit_code(), 2, "{msg}");
+    assert_eq!(count.total.load(Ordering::Relaxed), claimed as u64);
+    assert_eq!(server.join().unwrap().len(), 1);
+    assert!(
+        entries(&cache).is_empty(),
+        "left behind: {:?}",
+        entries(&cache)
+    );
 }

@@ -1,6 +1,10 @@
 //! Dataset loaders: the shipped real MNIST, synthetic CIFAR-10/100 files in the official layout,
 //! Fashion-MNIST from the Debian package, test-time transforms, sample order, augmentation, bad input.
 
+mod tolerance;
+
+use tolerance::within;
+
 use ntk_pipeline::data::{
     augment_crop_flip, load, load_with, sample_order, DataOptions, Dataset, Locations,
     Normalization, Split,
@@ -119,9 +123,10 @@ fn shipped_mnist_train_and_test() {
         for c in 0..3 {
             let got = v[3 * 1024 + c * 1024 + y * 32 + x] as f64;
             // f32 output: relative 1e-6 of the value range is plenty.
-            assert!(
-                (got - want).abs() < 1e-5,
-                "pixel ({c},{y},{x}): {got} vs {want}"
+            within(
+                &format!("pixel ({c},{y},{x}): {got} vs {want}"),
+                (got - want).abs(),
+                5e-6, /* measured 4.5e-8 */
             );
         }
     }
@@ -136,7 +141,11 @@ fn shipped_mnist_train_and_test() {
     let r0 = train.raw_image(0).unwrap();
     for k in [0, 300, 405, 783] {
         let want = (r0[k] as f64 / 255.0 - 0.1307) / 0.3081;
-        assert!((n[k] as f64 - want).abs() < 1e-5);
+        within(
+            "normalised value",
+            (n[k] as f64 - want).abs(),
+            5e-6, /* measured 4.5e-8 */
+        );
     }
 }
 
@@ -166,8 +175,16 @@ fn corrupted_mnist_fails_checksum() {
 fn fashion_mnist_from_debian_package() {
     let dir = Path::new("/usr/share/datasets/fashion-mnist");
     if !dir.is_dir() {
+        // CI (`.ci/run` installs the package, and fails if it cannot) must test the loader: there a missing
+        // package is a failure, never a skip. On a developer machine without it the test says so and returns.
+        let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !in_ci,
+            "CI=true but {} is absent: install dataset-fashion-mnist (`.ci/run` does)",
+            dir.display()
+        );
         eprintln!(
-            "NOTE: {} absent (apt-get install dataset-fashion-mnist); test skipped",
+            "NOTE: {} absent (apt-get install dataset-fashion-mnist); test skipped outside CI",
             dir.display()
         );
         return;
@@ -227,7 +244,11 @@ fn synthetic_cifar10_layout_and_normalisation() {
         for (c, y, x) in [(0, 1, 2), (1, 30, 0), (2, 17, 9)] {
             let want = (pixel(i, c, y, x) as f64 / 255.0 - mean[c]) / std[c];
             let got = v[slot * 3072 + c * 1024 + y * 32 + x] as f64;
-            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+            within(
+                &format!("{got} vs {want}"),
+                (got - want).abs(),
+                1e-5, /* measured 1.3e-7 */
+            );
         }
     }
     let test = load(
@@ -296,9 +317,10 @@ fn bilinear_resize_matches_pytorch() {
         for y in 0..4 {
             for x in 0..4 {
                 let want = torch[y][x] * 60.0 / 255.0;
-                assert!(
-                    (v[c * 16 + y * 4 + x] as f64 - want).abs() < 1e-6,
-                    "({c},{y},{x})"
+                within(
+                    &format!("({c},{y},{x})"),
+                    (v[c * 16 + y * 4 + x] as f64 - want).abs(),
+                    3e-6, /* measured 2.8e-8 */
                 );
             }
         }
@@ -538,8 +560,14 @@ fn unknown_directory_gets_its_own_statistics() {
     let ds = load(d.to_str().unwrap(), &DataOptions::default()).unwrap();
     assert_eq!((ds.name(), ds.num_classes()), ("digits", 4));
     let n = ds.normalization();
-    assert!(
-        (n.mean[0] - 0.75).abs() < 1e-6 && (n.std[0] as f64 - 0.1875f64.sqrt()).abs() < 1e-6,
-        "{n:?}"
+    within(
+        &format!("mean {n:?}"),
+        (n.mean[0] as f64 - 0.75).abs(),
+        1e-6, /* measured 0 */
+    );
+    within(
+        &format!("std {n:?}"),
+        (n.std[0] as f64 - 0.1875f64.sqrt()).abs(),
+        1e-6, /* measured 7.8e-9 */
     );
 }

@@ -1,7 +1,10 @@
 //! SPEC §3 reference fits for FLODANCE, plus error handling and the ensemble interval.
 
+mod tolerance;
+
 use ntk_pipeline::scaling::{fit, fit_xy, FitOptions};
 use ntk_pipeline::Error;
+use tolerance::within;
 
 /// ln k! for k = 0..=n by a running sum of ln i (independent of the crate's ln Γ).
 fn log_factorials(n: usize) -> Vec<f64> {
@@ -44,24 +47,23 @@ fn synthetic_law_is_recovered_and_extrapolated() {
         let f = fit(&points, &opts(100, 2, alpha)).unwrap();
         assert_eq!((f.points, f.ns, f.rank), (4901, 5000, 5));
         let est = f.predict(50_000.0);
-        let rel = ((est - truth) / truth).abs();
-        eprintln!(
-            "alpha {alpha}: rel error at 50000 = {rel:e}, beta0 = {}",
-            f.coefficient("beta0").unwrap_or(f64::NAN)
-        );
-        assert!(
-            rel <= 1e-9,
-            "alpha {alpha}: estimate {est} vs {truth}, rel {rel:e}"
+        // SPEC asks for 1e-9 and 1e-6; measured 5e-15 and 7e-15 (α = 0, 1) for the extrapolation, 2e-12 and
+        // 4e-12 absolute for β₀, rms residual 8e-17 relative: tolerances at about 100× those.
+        within(
+            &format!("alpha {alpha}: extrapolation to 50000"),
+            ((est - truth) / truth).abs(),
+            1e-12,
         );
         let beta0 = f.coefficient("beta0").unwrap();
-        assert!(
-            (beta0 + 95.3).abs() <= 1e-6,
-            "alpha {alpha}: beta0 = {beta0}"
+        within(
+            &format!("alpha {alpha}: beta0"),
+            (beta0 + 95.3).abs(),
+            5e-10,
         );
-        assert!(
-            f.rms_residual <= 1e-8 * truth.abs(),
-            "rms {}",
-            f.rms_residual
+        within(
+            &format!("alpha {alpha}: rms residual / |truth|"),
+            f.rms_residual / truth.abs(),
+            1e-14,
         );
     }
 }
@@ -76,16 +78,20 @@ fn x_log_x_reference_values() {
         })
         .collect();
     let f = fit_xy(&points, &opts(0, 3, 0.0)).unwrap();
-    // The references are given to 10-11 significant digits.
-    for (x, expected) in [
-        (1e3, -6907.755299),
-        (1e4, -92103.43434),
-        (1e5, -1151293.4982),
+    // The references are given to 10-11 significant digits (6, 5 and 4 decimals): the fit must agree with
+    // every digit given, i.e. to half a unit of the last one (measured: 0.66, 0.61 and 0.28 of that half
+    // unit; the references' rounding, not the fit, limits this check).
+    for (x, expected, half_unit) in [
+        (1e3, -6907.755299, 5e-7),
+        (1e4, -92103.43434, 5e-6),
+        (1e5, -1151293.4982, 5e-5),
     ] {
         let got = f.predict(x);
-        let rel = ((got - expected) / expected).abs();
-        eprintln!("x = {x}: fitted {got:.10} vs reference {expected} (rel {rel:e})");
-        assert!(rel < 2e-10, "x = {x}: {got} vs {expected} (rel {rel:e})");
+        within(
+            &format!("x = {x}: |fit - reference| in half units of its last digit"),
+            (got - expected).abs() / half_unit,
+            1.0,
+        );
     }
 }
 

@@ -242,7 +242,7 @@ fn copy_hashing(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 return Err(Error::Data(format!(
-                    "download of {url} failed after {total} bytes: {e}"
+                    "download of {url} failed after {total} bytes: {e}; nothing was kept, try again"
                 )))
             }
         };

@@ -355,7 +355,7 @@ pub fn memdet(
             .sum()
     };
     let total_units: u64 = (0..n).map(units).sum();
-    progress.note(&|| super::plan_note::describe(&plan, opts, done));
+    progress.note(&super::plan_note::describe(&plan, opts, done));
     progress.start("memdet", total_units);
     progress.advance((0..done).map(units).sum());
     let outcome = (done..n).try_for_each(|j| {

@@ -7,6 +7,9 @@ use super::memdet::MemdetOptions;
 use faer::{Accum, Mat, Par};
 use std::time::Instant;
 
+/// Matrices from this order on get a calibrated time estimate (smaller ones factor in about a second).
+const CALIBRATE_FROM: usize = 4096;
+
 /// Order of the calibration GEMM (2·n³ = 34 MFLOP, a few milliseconds).
 const CALIBRATION_N: usize = 256;
 
@@ -77,12 +80,16 @@ pub fn describe(plan: &BlockPlan, opts: &MemdetOptions, done: usize) -> String {
         text += &format!(" of the {:.1} MiB MEMDET budget", mib(max));
     }
     let flops = (plan.m as f64).powi(3) / 3.0;
-    let gflops = calibrate_gflops();
-    text += &format!(
-        "; factorisation {flops:.2e} FLOP (m^3/3), about {} at {gflops:.1} GFLOP/s (GEMM calibrated just now); \
-         forming the tiles is timed as it runs (see the eta)",
-        duration(flops / (gflops * 1e9))
-    );
+    if plan.m >= CALIBRATE_FROM {
+        let gflops = calibrate_gflops();
+        text += &format!(
+            "; factorisation {flops:.2e} FLOP (m^3/3), about {} at {gflops:.1} GFLOP/s (GEMM calibrated just now)",
+            duration(flops / (gflops * 1e9))
+        );
+    } else {
+        text += &format!("; factorisation {flops:.2e} FLOP (m^3/3), about a second or less");
+    }
+    text += "; forming the tiles is timed as it runs (see the eta)";
     text
 }
 

@@ -48,31 +48,26 @@ impl SeededParams {
 
 impl ParamSource for SeededParams {
     fn tensor(&mut self, _name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
-        use rand::Rng;
         let len: usize = shape.iter().product();
-        let bound = match init {
-            // Kaiming-uniform with a = sqrt(5): gain sqrt(2 / (1 + 5)), bound = gain·sqrt(3 / fan_in) = 1/sqrt(fan_in).
-            Init::KaimingUniform { fan_in } | Init::BiasUniform { fan_in } => {
-                1.0 / (fan_in.max(1) as f32).sqrt()
-            }
-            Init::Ones => {
-                return Ok(Tensor::ones(
-                    shape,
-                    candle_core::DType::F32,
-                    &candle_core::Device::Cpu,
-                )?)
-            }
-            Init::Zeros => {
-                return Ok(Tensor::zeros(
-                    shape,
-                    candle_core::DType::F32,
-                    &candle_core::Device::Cpu,
-                )?)
-            }
-        };
-        let values: Vec<f32> = (0..len)
-            .map(|_| self.rng.gen_range(-bound..bound))
-            .collect();
-        Ok(Tensor::from_vec(values, shape, &candle_core::Device::Cpu)?)
+        let values = init_values(init, len, &mut self.rng);
+        let t = Tensor::from_vec(values, shape, &candle_core::Device::Cpu)?;
+        Ok(t.to_dtype(candle_core::DType::F32)?)
+    }
+}
+
+/// The `len` values of a fresh parameter under `init`, drawn from `rng`: the one PyTorch-style
+/// initialisation, shared by [`SeededParams`] and the training source so that a seed gives the same
+/// weights whatever the tensor type. Uniform draws are made in f64 (one 64-bit draw per value) and rounded
+/// to the tensor's type afterwards.
+pub fn init_values(init: Init, len: usize, rng: &mut impl rand::Rng) -> Vec<f64> {
+    match init {
+        // Kaiming-uniform with a = sqrt(5): gain sqrt(2 / (1 + 5)), bound gain·sqrt(3 / fan_in) = 1/sqrt(fan_in);
+        // the default bias bound is the same 1/sqrt(fan_in).
+        Init::KaimingUniform { fan_in } | Init::BiasUniform { fan_in } => {
+            let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+            (0..len).map(|_| rng.gen_range(-bound..bound)).collect()
+        }
+        Init::Ones => vec![1.0; len],
+        Init::Zeros => vec![0.0; len],
     }
 }

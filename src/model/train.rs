@@ -15,7 +15,6 @@ pub use sgd::{cosine_lr, Sgd};
 use crate::model::{join_name, Init, Network, Op, ParamSource};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
@@ -51,16 +50,7 @@ impl ParamSource for VarSource {
             )));
         }
         let n: usize = shape.iter().product();
-        let values: Vec<f64> = match init {
-            // Kaiming-uniform with a = sqrt(5): gain sqrt(2 / (1 + 5)), bound gain·sqrt(3 / fan_in) = 1/sqrt(fan_in);
-            // the default bias bound is the same 1/sqrt(fan_in).
-            Init::KaimingUniform { fan_in } | Init::BiasUniform { fan_in } => {
-                let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-                (0..n).map(|_| self.rng.gen_range(-bound..bound)).collect()
-            }
-            Init::Ones => vec![1.0; n],
-            Init::Zeros => vec![0.0; n],
-        };
+        let values = crate::model::params::init_values(init, n, &mut self.rng);
         let t = Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(self.dtype)?;
         let var = Var::from_tensor(&t)?;
         let out = var.as_tensor().clone();

@@ -163,7 +163,7 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
         stop_reason: None,
         seconds: 0.0,
     };
-    eprintln!(
+    progress.note(&format!(
         "training {} ({} parameters, input {:?}) on {} examples of {}, {} epochs planned, augmentation {}",
         args.arch,
         log.num_params,
@@ -172,7 +172,7 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
         args.data,
         args.epochs,
         if augmentation { "crop+flip" } else { "off (1-channel data)" }
-    );
+    ));
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x5eed_da7a);
     let batches_per_epoch = batches(n, args.batch_size);
     let total_steps = batches_per_epoch * args.epochs;
@@ -191,10 +191,10 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
                 );
                 return Ok(());
             }
-            eprintln!(
+            progress.note(&format!(
                 "note: no training state {} yet; starting from the first epoch",
                 state_file.display()
-            );
+            ));
         } else {
             let saved = state::restore(&mut trainer, &state_file, &identity)?;
             log = serde_json::from_str(&saved.log_json).map_err(|e| {
@@ -207,11 +207,11 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
             first_epoch = saved.epochs_done + 1;
             rng.set_word_pos(saved.rng_word_pos);
             crate::report::provenance::record_resumed();
-            eprintln!(
+            progress.note(&format!(
                 "resuming from {} after epoch {} (step {step})",
                 state_file.display(),
                 saved.epochs_done
-            );
+            ));
         }
     }
     let seconds_before = log.seconds;
@@ -244,12 +244,12 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
             progress.advance(1);
             let done = step - (epoch - 1) * batches_per_epoch;
             if quiet_bar && done % STATUS_EVERY == 0 {
-                eprintln!(
+                progress.note(&format!(
                     "epoch {epoch} step {done}/{batches_per_epoch}: loss {:.4}, acc {:.4}, lr {lr:.5}, {:.0} s",
                     loss_sum / seen as f64,
                     correct as f64 / seen as f64,
                     t0.elapsed().as_secs_f64()
-                );
+                ));
             }
         }
         progress.finish();
@@ -261,10 +261,10 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
             lr_end: lr,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        eprintln!(
+        progress.note(&format!(
             "epoch {epoch}: loss {:.4}, train accuracy {:.4}, lr {:.5} -> {:.5}, {:.0} s",
             entry.loss, entry.train_acc, entry.lr_start, entry.lr_end, entry.seconds
-        );
+        ));
         let reached = entry.train_acc >= args.target_acc;
         log.epochs.push(entry);
         log.seconds = seconds_before + started.elapsed().as_secs_f64();

@@ -29,8 +29,9 @@ pub struct LogdetReport {
     pub num_blocks: usize,
     /// Rows per block b.
     pub block_size: usize,
-    /// The factor t in M = t·A + shift·I.
-    pub scale: f64,
+    /// The factor t in M = t·A + shift·I (`--scale-by`). Named apart from an NTK's `scale` (its s in
+    /// `J Jᵀ / s`), which `logdet --model` adds at the top level.
+    pub scale_by: f64,
     /// The diagonal shift.
     pub shift: f64,
     /// Nested log-dets, when asked for.
@@ -45,7 +46,7 @@ impl LogdetReport {
     pub fn new(
         result: &LogDet,
         assume: &str,
-        scale: f64,
+        scale_by: f64,
         shift: f64,
         nested_granule: Option<usize>,
     ) -> Self {
@@ -56,7 +57,7 @@ impl LogdetReport {
             assume: assume.to_string(),
             num_blocks: result.info.num_blocks,
             block_size: result.info.block_size,
-            scale,
+            scale_by,
             shift,
             nested: nested_granule.map(|d| NestedReport {
                 granule: d,
@@ -66,8 +67,9 @@ impl LogdetReport {
         }
     }
 
-    /// The report as JSON, with `extra`'s keys (e.g. kernel metadata) added at the top level where they do
-    /// not collide with the report's own keys.
+    /// The report as JSON, with `extra`'s keys (e.g. kernel metadata) added at the top level. A key both
+    /// have must hold the same value in both (`m`); a conflict is an internal error, never a value silently
+    /// dropped.
     pub fn to_json(&self, extra: Option<serde_json::Value>) -> Result<serde_json::Value> {
         let mut value = serde_json::to_value(self)
             .map_err(|e| Error::Internal(format!("serialising the report: {e}")))?;
@@ -75,7 +77,17 @@ impl LogdetReport {
             (extra, &mut value)
         {
             for (k, v) in extra {
-                obj.entry(k).or_insert(v);
+                match obj.get(&k) {
+                    Some(own) if *own != v => {
+                        return Err(Error::Internal(format!(
+                            "logdet report: key `{k}` is {own} in the factorisation and {v} in the kernel metadata"
+                        )))
+                    }
+                    Some(_) => {}
+                    None => {
+                        obj.insert(k, v);
+                    }
+                }
             }
         }
         Ok(value)
