@@ -67,6 +67,18 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         .rows_per_example(d) as u64;
     let dense = |n: usize| 8 * (n as u64 * rows).pow(2);
     let copies = 1 + u64::from(methods.contains(&"f32"));
+    let total = crate::linalg::parse_size(&args.mem.max_mem)?;
+    let m = args.n as u64 * rows;
+    if copies * dense(args.n) + dense(ns) > total {
+        return Err(Error::Budget(format!(
+            "compare holds the {m}x{m} kernel in memory ({:.1} MiB{}, plus {:.1} MiB for K_(n_s)) but --max-mem is {:.1} MiB; \
+             raise --max-mem or lower --n",
+            dense(args.n) as f64 / 1048576.0,
+            if copies > 1 { ", twice with f32" } else { "" },
+            dense(ns) as f64 / 1048576.0,
+            total as f64 / 1048576.0
+        )));
+    }
     let outside = prepared.resident_bytes(args.n.min(prepared.order.len()))
         + copies * dense(args.n)
         + dense(ns);
