@@ -1,6 +1,15 @@
 //! Command-line argument structs (clap derive). Defaults are documented in each option's help text.
 //! `run` is the default subcommand: `ntk-pipeline --model M --data D` means `ntk-pipeline run --model M --data D`.
 
+mod default_run;
+mod values;
+
+pub use default_run::parse_with_default_run;
+pub use values::{CompareMethod, OutputsParser, SampleOrder};
+
+use crate::data::Split;
+use crate::linalg::{Assume, Triangle};
+use crate::ntk::{Outputs, Precision, Scale};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -36,14 +45,19 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a model's accuracy on a dataset split.
     Eval(EvalArgs),
+    /// NTK statistics without storing the kernel: trace, Frobenius norm, effective rank, alignment
+    /// (exact in one streamed pass over the tiles, or matrix-free with --estimate).
+    Stats(StatsArgs),
 }
 
-/// Which network and which data.
+/// Which network and which data: shared by every subcommand that loads a model (`run`, `ntk`, `logdet
+/// --model`, `compare`, `eval`).
 #[derive(Debug, Args, Clone)]
 pub struct ModelDataArgs {
     /// Model weights: a .safetensors or .pth file, or ORG/NAME[/FILE] in the Hugging Face cache.
-    #[arg(long)]
-    pub model: String,
+    /// (Required, except by `logdet --matrix`; read it with [`ModelDataArgs::model`].)
+    #[arg(long, required = true)]
+    pub model: Option<String>,
     /// Architecture: a built-in name (resnet9, resnet18, resnet34, resnet50, mobilenet, lenet, mlp) or a
     /// JSON sequential spec file. Default: from the weights' metadata or recognised from tensor names.
     #[arg(long)]
@@ -51,38 +65,64 @@ pub struct ModelDataArgs {
     /// Base width of built-in architectures (only with --arch; default 64 for ResNets).
     #[arg(long)]
     pub width: Option<usize>,
-    /// Dataset: mnist, fashion-mnist, cifar10, cifar100, or a directory holding IDX or CIFAR binary files.
-    #[arg(long)]
-    pub data: String,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Dataset split.
-    #[arg(long, default_value = "train")]
-    pub split: String,
-    /// Directory to look for datasets in first (also env NTK_PIPELINE_DATA).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Download the dataset into the cache if it is not found.
-    #[arg(long)]
-    pub download: bool,
+    #[arg(long, value_enum, default_value_t = Split::Train)]
+    pub split: Split,
     /// Sample order: dataset order, or a seeded random permutation.
-    #[arg(long, default_value = "dataset")]
-    pub order: String,
+    #[arg(long, value_enum, default_value_t = SampleOrder::Dataset)]
+    pub order: SampleOrder,
     /// Seed for --order random and all stochastic parts.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
+/// Which dataset and where to find it: shared by every subcommand that loads data.
+#[derive(Debug, Args, Clone)]
+pub struct DataArgs {
+    /// Dataset: mnist, fashion-mnist, cifar10, cifar100, or a directory holding IDX or CIFAR binary files.
+    /// (Required, except by `logdet --matrix`; read it with [`DataArgs::name`].)
+    #[arg(id = "data", long = "data", value_name = "NAME|DIR", required = true)]
+    pub name: Option<String>,
+    /// Directory to look for datasets in first (also env NTK_PIPELINE_DATA); it must exist.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Download the dataset into the cache if it is not found.
+    #[arg(long)]
+    pub download: bool,
+}
+
+impl ModelDataArgs {
+    /// `--model` (clap requires it everywhere but in `logdet`, whose `--matrix` mode has no model).
+    pub fn model(&self) -> crate::Result<&str> {
+        self.model
+            .as_deref()
+            .ok_or_else(|| crate::Error::Usage("--model is required here".into()))
+    }
+}
+
+impl DataArgs {
+    /// `--data` (clap requires it everywhere but in `logdet`, whose `--matrix` mode has no data).
+    pub fn name(&self) -> crate::Result<&str> {
+        self.name
+            .as_deref()
+            .ok_or_else(|| crate::Error::Usage("--data is required here".into()))
+    }
+}
+
 /// How the kernel is defined.
 #[derive(Debug, Args, Clone)]
 pub struct KernelArgs {
-    /// Network outputs: full (all d logits), sum, trace, or logit:K.
-    #[arg(long, default_value = "full")]
-    pub outputs: String,
-    /// Kernel scale s in J Jᵀ / s: sqrt-p, none, or p.
-    #[arg(long, default_value = "sqrt-p")]
-    pub scale: String,
+    /// Network outputs: full (all d logits), sum, trace, or logit:K (K a class index).
+    #[arg(long, default_value = "full", value_parser = OutputsParser)]
+    pub outputs: Outputs,
+    /// Kernel scale s in J Jᵀ / s.
+    #[arg(long, value_enum, default_value_t = Scale::SqrtP)]
+    pub scale: Scale,
     /// Precision of kernel formation: f64 (reference) or f32.
-    #[arg(long, default_value = "f64")]
-    pub precision: String,
+    #[arg(long, value_enum, default_value_t = Precision::F64)]
+    pub precision: Precision,
 }
 
 /// Memory limit and scratch location for MEMDET.
@@ -203,47 +243,30 @@ pub struct NtkArgs {
     pub mem: NtkMemArgs,
 }
 
-/// Arguments of `logdet`.
+/// Arguments of `logdet`: `--matrix`, or the model and data whose NTK is factored (then required).
 #[derive(Debug, Args, Clone)]
+#[command(
+    mut_arg("model", |a| a.required(false)),
+    mut_arg("data", |a| a.required(false))
+)]
 pub struct LogdetArgs {
     /// A square .npy matrix (f32 or f64, C or Fortran order).
-    #[arg(long, conflicts_with = "model")]
+    #[arg(long, conflicts_with_all = ["model", "data", "n"])]
     pub matrix: Option<PathBuf>,
-    /// Only this triangle of --matrix is valid: upper or lower (default: the full matrix is symmetric).
-    #[arg(long)]
-    pub triangle: Option<String>,
-    /// Model weights, to factor the NTK of the first --n examples (see `run --help` for the model options).
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Architecture (with --model).
-    #[arg(long)]
-    pub arch: Option<String>,
-    /// Width of built-in architectures (with --model).
-    #[arg(long)]
-    pub width: Option<usize>,
-    /// Dataset (with --model).
-    #[arg(long)]
-    pub data: Option<String>,
-    /// Dataset split (with --model).
-    #[arg(long, default_value = "train")]
-    pub split: String,
-    /// Dataset directory (with --model).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Sample order (with --model): dataset or random.
-    #[arg(long, default_value = "dataset")]
-    pub order: String,
-    /// Seed for --order random.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Only this triangle of --matrix is valid (default: the full matrix is symmetric).
+    #[arg(long, value_enum)]
+    pub triangle: Option<Triangle>,
+    /// The network and data whose NTK of the first --n examples is factored (instead of --matrix).
+    #[command(flatten)]
+    pub md: ModelDataArgs,
     /// Number of examples (with --model).
     #[arg(long)]
     pub n: Option<usize>,
     #[command(flatten)]
     pub kernel: KernelArgs,
     /// Factorisation: spd (Cholesky) or sym (LDLᵀ).
-    #[arg(long, default_value = "spd")]
-    pub assume: String,
+    #[arg(long, value_enum, default_value_t = Assume::Spd)]
+    pub assume: Assume,
     #[command(flatten)]
     pub mem: MemArgs,
     /// Multiply the matrix by this factor t (M = t·A + shift·I).
@@ -252,9 +275,10 @@ pub struct LogdetArgs {
     /// Add this diagonal shift.
     #[arg(long, default_value_t = 0.0)]
     pub shift: f64,
-    /// Report nested log-dets ℓ_k of the leading k·D rows (D = the granule, e.g. d for an NTK).
-    #[arg(long, num_args = 0..=1, default_missing_value = "0")]
-    pub nested: Option<usize>,
+    /// Report nested log-dets ℓ_k of the leading k·D rows, k = 1, 2, … (D ≥ 1; default: the granule, e.g.
+    /// d for an NTK).
+    #[arg(long, value_name = "D", num_args = 0..=1)]
+    pub nested: Option<Option<usize>>,
     /// Write the JSON result here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -299,12 +323,14 @@ pub struct CompareArgs {
     /// Number of examples n.
     #[arg(long)]
     pub n: usize,
-    /// Methods, comma separated: exact,flodance,slq,slq-large,pslq,block-diag,pseudo-ntk,f32,linear,stopped-cholesky.
+    /// Methods, comma separated.
     #[arg(
         long,
+        value_enum,
+        value_delimiter = ',',
         default_value = "exact,flodance,slq,pslq,block-diag,pseudo-ntk,f32,linear,stopped-cholesky"
     )]
-    pub methods: String,
+    pub methods: Vec<CompareMethod>,
     /// Repeat the stochastic methods R times with different seeds (mean and std).
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
@@ -330,18 +356,15 @@ pub struct CompareArgs {
 /// Arguments of `train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Built-in architecture name.
+    /// Built-in architecture name or JSON sequential spec file.
     #[arg(long)]
     pub arch: String,
     /// Base width (default: the architecture's own).
     #[arg(long)]
     pub width: Option<usize>,
-    /// Dataset name or directory.
-    #[arg(long)]
-    pub data: String,
-    /// Dataset directory to look in first.
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    /// The training data (its train split is used).
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Maximum number of epochs.
     #[arg(long, default_value_t = 30)]
     pub epochs: usize,
@@ -383,27 +406,39 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
 }
 
-/// The subcommand names, used to make `run` the default.
-pub const SUBCOMMANDS: &[&str] = &[
-    "run", "ntk", "logdet", "fit", "compare", "train", "eval", "help",
-];
-
-/// Parse `args`, inserting `run` when no subcommand is named (so `ntk-pipeline --model M --data D` works).
-pub fn parse_with_default_run<I: IntoIterator<Item = std::ffi::OsString>>(
-    args: I,
-) -> Result<Cli, clap::Error> {
-    let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
-    let names_subcommand = args
-        .iter()
-        .skip(1)
-        .any(|a| SUBCOMMANDS.contains(&a.to_string_lossy().as_ref()));
-    let top_level_flag = args.len() == 2
-        && matches!(
-            args[1].to_string_lossy().as_ref(),
-            "--help" | "-h" | "--version" | "-V"
-        );
-    if !names_subcommand && !top_level_flag && args.len() > 1 {
-        args.insert(1, "run".into());
-    }
-    Cli::try_parse_from(args)
+/// Arguments of `stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub md: ModelDataArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+    /// Number of examples n (the kernel is m x m with m = n·d for --outputs full).
+    #[arg(long)]
+    pub n: usize,
+    /// Matrix-free estimators, comma separated: hutchinson, hutchpp, one-sided-reverse, one-sided-forward,
+    /// one-sided (both one-sided ones) or all. Without it the statistics are computed exactly.
+    #[arg(long)]
+    pub estimate: Option<String>,
+    /// With --estimate: also run the exact pass and report each estimate's actual error and speed-up.
+    #[arg(long)]
+    pub exact: bool,
+    /// Probe counts S for --estimate, comma separated (e.g. 10,30,100); each is one run of each estimator.
+    #[arg(long, default_value = "30")]
+    pub probes: String,
+    /// A second model on the same sample: report the kernel–kernel alignment A(K, K2).
+    #[arg(long)]
+    pub against: Option<String>,
+    /// Architecture of --against (default: from its weights, as for --model).
+    #[arg(long)]
+    pub against_arch: Option<String>,
+    /// Resident memory limit, e.g. 4GiB, 500MB, 1e9.
+    #[arg(long, default_value = "4GiB")]
+    pub max_mem: String,
+    /// The part of --max-mem for cached per-example NTK features in the exact pass (default: half).
+    #[arg(long)]
+    pub feature_mem: Option<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }

@@ -48,7 +48,7 @@ pub enum Error {
         value: f64,
     },
     /// LDLᵀ without pivoting hit an exactly zero (or non-finite) pivot.
-    #[error("zero pivot at row {index} (value {value:e}) in LDL^T without pivoting: the leading {index}x{index} block is singular; the matrix may still be non-singular but needs pivoting (not available with --nested)")]
+    #[error("zero pivot at row {index} (value {value:e}) in LDL^T without pivoting: the leading {size}x{size} block (rows 0..={index}) is singular; the whole matrix may still be non-singular, but then it needs a pivoting factorisation", size = .index + 1)]
     ZeroPivot {
         /// Global row index of the pivot.
         index: usize,

@@ -459,6 +459,11 @@ fn compare_refuses_a_kernel_larger_than_max_mem() {
             "mnist",
             "--n",
             "20",
+            // A fit window the model can use, so the memory check is what refuses.
+            "--n-sample",
+            "10",
+            "--burn-in",
+            "2",
             "--max-mem",
             "200000",
             "--json",

@@ -153,3 +153,140 @@ fn bad_input_exits_2_and_writes_nothing() {
         assert!(!json.exists());
     }
 }
+
+/// `logdet --nested --json` output is `fit` input (issue 11, item 8): a diagonal matrix whose leading
+/// log-dets are `law(k)` (d_k = exp(ℓ_k − ℓ_{k−1})) gives the same fit as the law itself.
+#[test]
+fn fit_reads_logdet_nested_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let points = law(400);
+    let diag: Vec<f64> = points
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, l))| (l - if i == 0 { 0.0 } else { points[i - 1].1 }).exp())
+        .collect();
+    let d = faer::Mat::<f64>::from_fn(400, 400, |i, j| if i == j { diag[i] } else { 0.0 });
+    let npy = dir.path().join("D.npy");
+    ntk_pipeline::linalg::npy_write::write_npy_f64(&npy, d.as_ref()).unwrap();
+    let ld = dir.path().join("ld.json");
+    let out = bin()
+        .args([
+            "logdet",
+            "--quiet",
+            "--num-blocks",
+            "3",
+            "--nested",
+            "1",
+            "--matrix",
+        ])
+        .arg(&npy)
+        .arg("--json")
+        .arg(&ld)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, report) = run_fit(&ld, dir.path(), &[]);
+    check_report(&report);
+
+    // A nested log-det with a negative determinant is not a kernel's: refused, naming the entry.
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ld).unwrap()).unwrap();
+    doc["nested"]["logdets"][7]["sign"] = serde_json::json!(-1.0);
+    let bad = dir.path().join("neg.json");
+    std::fs::write(&bad, doc.to_string()).unwrap();
+    let out = bin()
+        .args([
+            "fit",
+            "--quiet",
+            "--target-n",
+            "5000",
+            "--burn-in",
+            "20",
+            "--logdets",
+        ])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("entry 7") && err.contains("sign"), "{err}");
+}
+
+/// `compare --json` output is `fit` input: its `nested` pairs give the same fit as the same pairs as CSV.
+#[test]
+fn fit_reads_compare_json() {
+    use ntk_pipeline::model::{arch, load::save_safetensors, SeededParams};
+    let dir = tempfile::tempdir().unwrap();
+    let net = arch::build("lenet", None, [1, 28, 28], 10, &mut SeededParams::new(2)).unwrap();
+    let model = dir.path().join("lenet.safetensors");
+    let meta = std::collections::HashMap::from([("arch".to_string(), "lenet".to_string())]);
+    save_safetensors(&net, &model, meta).unwrap();
+    let cmp = dir.path().join("c.json");
+    let out = bin()
+        .args([
+            "compare",
+            "--quiet",
+            "--data",
+            "mnist",
+            "--n",
+            "24",
+            "--methods",
+            "exact",
+            "--model",
+        ])
+        .arg(&model)
+        .arg("--json")
+        .arg(&cmp)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cmp).unwrap()).unwrap();
+    let csv: String = doc["nested"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{},{:e}\n", p[0], p[1].as_f64().unwrap()))
+        .collect();
+    let csv_path = dir.path().join("c.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    let estimate = |input: &Path| -> serde_json::Value {
+        let json = dir.path().join("f.json");
+        let out = bin()
+            .args([
+                "fit",
+                "--quiet",
+                "--target-n",
+                "100",
+                "--burn-in",
+                "4",
+                "--ensemble",
+                "5",
+            ])
+            .arg("--logdets")
+            .arg(input)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        v["estimate"].clone()
+    };
+    let from_json = estimate(&cmp);
+    assert!(from_json["logdet"].as_f64().unwrap().is_finite());
+    assert_eq!(from_json, estimate(&csv_path));
+}

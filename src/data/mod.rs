@@ -24,7 +24,7 @@ use rand::SeedableRng;
 use std::path::PathBuf;
 
 /// Which part of a dataset to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Split {
     /// The training set (the NTK is taken over it, with test-time transforms).
     #[default]

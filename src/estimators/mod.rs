@@ -2,15 +2,23 @@
 //! preconditioned SLQ, block diagonal, pseudo-NTK, and the naive extrapolations of nested log-dets.
 //! Each reads the kernel only through [`TileSource`], takes explicit seeds, and reports its own wall time
 //! and matrix–vector product count in an [`Estimate`].
+//!
+//! The NTK statistics (SPEC §6) live here too: [`trace`] (Hutchinson, Hutch++ over any [`operator::LinearOp`]),
+//! [`one_sided`] (reverse-only and forward-only trace estimators over a factored kernel), [`tile_moments`]
+//! (the exact moments in one streamed pass over tiles) and [`kernel_stats`] (the statistics from them).
 
 pub mod blockdiag;
 pub mod dense;
 pub mod extrapolate;
+pub mod kernel_stats;
 pub mod lanczos;
+pub mod one_sided;
 pub mod operator;
 pub mod precond;
 pub mod pseudo;
 pub mod slq;
+pub mod tile_moments;
+pub mod trace;
 
 use crate::linalg::TileSource;
 use crate::progress::Progress;

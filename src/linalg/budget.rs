@@ -32,8 +32,14 @@ pub fn parse_size(s: &str) -> Result<u64> {
         _ => return Err(bad()),
     };
     let bytes = value * factor;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+    if !value.is_finite() || bytes.is_nan() || bytes < 0.0 {
         return Err(bad());
+    }
+    // 2^64 is exactly representable; `u64::MAX as f64` rounds up to it, so compare with it directly.
+    if bytes >= 18_446_744_073_709_551_616.0 {
+        return Err(Error::Usage(format!(
+            "size {s:?} is 2^64 bytes or more, which no machine has; give e.g. 4GiB"
+        )));
     }
     Ok(bytes.round() as u64)
 }
@@ -188,6 +194,19 @@ mod tests {
         assert_eq!(parse_size("64 MiB").unwrap(), 64 << 20);
         for bad in ["", "abc", "4XB", "-1", "1e", "GiB"] {
             assert!(parse_size(bad).is_err(), "{bad} should not parse");
+        }
+    }
+
+    #[test]
+    fn sizes_of_2_pow_64_bytes_or_more_are_errors() {
+        // The largest f64 below 2^64 still fits a u64.
+        assert_eq!(
+            parse_size("18446744073709549568").unwrap(),
+            18_446_744_073_709_549_568
+        );
+        for big in ["18446744073709551616", "16777216TiB", "1e20", "1e300GiB"] {
+            let err = parse_size(big).expect_err(big).to_string();
+            assert!(err.contains("2^64"), "{big}: {err}");
         }
     }
 

@@ -9,7 +9,7 @@ use faer::{MatMut, MatRef, Par};
 use serde::Serialize;
 
 /// Which factorisation the matrix admits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Assume {
     /// Symmetric positive definite: Cholesky LLᵀ.

@@ -30,9 +30,10 @@ impl NpyDtype {
 }
 
 /// Which part of a stored matrix holds valid values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Triangle {
     /// The whole matrix (it is symmetric).
+    #[value(skip)]
     Full,
     /// Only entries with row ≤ column are valid.
     Upper,
@@ -184,6 +185,12 @@ impl NpySource {
     /// Open and validate `path`: a 2-D square f32/f64 array whose data are all present.
     pub fn open(path: &Path, triangle: Triangle) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(Error::Input(format!(
+                "{} is a directory; give a .npy file",
+                path.display()
+            )));
+        }
         // SAFETY: the file is only read; if another process truncates it while mapped, reads may fault,
         // which is the documented risk of every memory-mapped reader.
         let map =

@@ -1,5 +1,5 @@
 //! Writing a dense f64 matrix as a `.npy` file (format 1.0, little-endian `<f8`, C order), atomically:
-//! the data goes to a temporary file in the same directory, renamed over the target only on success.
+//! through [`crate::report::AtomicFile`] (a temporary file renamed over the target only on success).
 
 use crate::{Error, Result};
 use faer::MatRef;
@@ -8,13 +8,7 @@ use std::path::Path;
 
 /// Write `matrix` to `path` as an f64 C-order `.npy` (temp name + rename; nothing is left on failure).
 pub fn write_npy_f64(path: &Path, matrix: MatRef<'_, f64>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| Error::io("cannot create a file in", dir, e))?;
-    let _cleanup = crate::signals::remove_on_exit(tmp.path());
+    let mut out = crate::report::AtomicFile::create(path)?;
     let (rows, cols) = (matrix.nrows(), matrix.ncols());
     let mut header =
         format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
@@ -22,8 +16,8 @@ pub fn write_npy_f64(path: &Path, matrix: MatRef<'_, f64>) -> Result<()> {
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat(unpadded.div_ceil(64) * 64 - unpadded));
     header.push('\n');
-    let write = |tmp: &mut tempfile::NamedTempFile| -> std::io::Result<()> {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+    let mut write = || -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file());
         w.write_all(b"\x93NUMPY\x01\x00")?;
         w.write_all(&(header.len() as u16).to_le_bytes())?;
         w.write_all(header.as_bytes())?;
@@ -35,18 +29,14 @@ pub fn write_npy_f64(path: &Path, matrix: MatRef<'_, f64>) -> Result<()> {
                 w.write_all(&matrix[(r, c)].to_le_bytes())?;
             }
         }
-        w.flush()?;
-        drop(w);
-        tmp.as_file().sync_all()
+        w.flush()
     };
-    write(&mut tmp).map_err(|e| {
+    write().map_err(|e| {
         if crate::signals::requested() {
             Error::Interrupted
         } else {
             Error::io("cannot write", path, e)
         }
     })?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("cannot rename the temporary file to", path, e.error))?;
-    Ok(())
+    out.commit()
 }

@@ -192,10 +192,15 @@ fn backward<T: Elem>(
     c_out: usize,
     g: &ConvGeometry,
 ) -> (Vec<T>, Vec<T>) {
-    let (chw, kk, p) = (g.input_len(), g.patch_len(), g.positions());
     let dx = input_grad(w, dy, c_out, g);
-    let dw = x
-        .par_chunks(chw)
+    (dx, weight_grad(x, dy, c_out, g))
+}
+
+/// ∂w = Σ_images ∂y·colsᵀ (c_out × C_in·k·k, row-major) of conv(x, w) given ∂y (n images of c_out × U),
+/// batch-parallel with per-thread partial sums.
+pub fn weight_grad<T: Elem>(x: &[T], dy: &[T], c_out: usize, g: &ConvGeometry) -> Vec<T> {
+    let (chw, kk, p) = (g.input_len(), g.patch_len(), g.positions());
+    x.par_chunks(chw)
         .zip(dy.par_chunks(c_out * p))
         .with_min_len(4)
         .fold(
@@ -214,8 +219,7 @@ fn backward<T: Elem>(
                 a.iter_mut().zip(&b).for_each(|(a, b)| *a += *b);
                 a
             },
-        );
-    (dx, dw)
+        )
 }
 
 /// Gradient with respect to the input (rows, C_in, H, W) of an ungrouped square-kernel conv with `weight`

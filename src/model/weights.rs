@@ -30,6 +30,9 @@ impl Weights {
 /// Keys under which training scripts commonly nest the state dict in a `.pth` checkpoint.
 pub const CHECKPOINT_KEYS: &[&str] = &["state_dict", "net", "model", "model_state_dict", "module"];
 
+/// File extensions taken to mean a PyTorch `torch.save` file.
+const PYTORCH_EXTENSIONS: &[&str] = &["pth", "pt", "bin", "ckpt"];
+
 /// Read a weight file: safetensors by extension or content, otherwise a PyTorch zip `.pth`/`.pt`/`.bin`.
 pub fn read_weights(path: &Path) -> Result<Weights> {
     let mut magic = [0u8; 4];
@@ -59,6 +62,19 @@ pub fn read_weights(path: &Path) -> Result<Weights> {
         )));
     }
     let is_zip = &magic == b"PK\x03\x04";
+    let named_pytorch = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| PYTORCH_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+    if named_pytorch && !is_zip {
+        return Err(Error::Input(format!(
+            "{}: named like a PyTorch file, but it is not a zip archive (torch >= 1.6 saves zip archives, which \
+             start with `PK`; this file starts with {:?}); give the state dict saved by \
+             `torch.save(model.state_dict(), path)`, or a .safetensors file",
+            path.display(),
+            String::from_utf8_lossy(&magic)
+        )));
+    }
     let mut weights = if is_zip {
         read_pth(path)?
     } else {
@@ -119,7 +135,8 @@ pub fn read_safetensors(path: &Path) -> Result<Weights> {
         let t = view
             .load(&Device::Cpu)
             .map_err(|e| bad(&format!("tensor `{name}`: {e}")))?;
-        tensors.insert(name, to_f32(t, path)?);
+        let t = to_f32(t, &name, path)?;
+        tensors.insert(name, t);
     }
     Ok(Weights { tensors, metadata })
 }
@@ -150,7 +167,7 @@ pub fn read_pth(path: &Path) -> Result<Weights> {
             .get(name)
             .map_err(|e| bad(&format!("tensor `{name}`: {e}")))?;
         if let Some(t) = t {
-            tensors.insert(name.clone(), to_f32(t, path)?);
+            tensors.insert(name.clone(), to_f32(t, name, path)?);
         }
     }
     Ok(Weights {
@@ -159,16 +176,29 @@ pub fn read_pth(path: &Path) -> Result<Weights> {
     })
 }
 
-/// Convert a stored floating tensor (f16, bf16, f32, f64) to f32; integer tensors are an error.
-fn to_f32(t: Tensor, path: &Path) -> Result<Tensor> {
-    match t.dtype() {
-        DType::F32 => Ok(t),
-        DType::F16 | DType::BF16 | DType::F64 => Ok(t.to_dtype(DType::F32)?),
-        other => Err(Error::Input(format!(
-            "{}: tensor of type {other:?} where floating-point weights were expected",
+/// Convert the stored floating tensor `name` (f16, bf16, f32, f64) to f32; integer tensors and tensors
+/// holding NaN or ±Inf (which would make every kernel entry they touch meaningless) are errors.
+fn to_f32(t: Tensor, name: &str, path: &Path) -> Result<Tensor> {
+    let t = match t.dtype() {
+        DType::F32 => t,
+        DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
+        other => {
+            return Err(Error::Input(format!(
+                "{}: tensor `{name}` has type {other:?} where floating-point weights were expected",
+                path.display()
+            )))
+        }
+    };
+    let values = t.flatten_all()?.to_vec1::<f32>()?;
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        let count = values.iter().filter(|v| !v.is_finite()).count();
+        return Err(Error::Model(format!(
+            "{}: tensor `{name}` holds {count} non-finite value(s) (the first, {v}, at flat index {i}); the \
+             weights are corrupt or the training diverged",
             path.display()
-        ))),
+        )));
     }
+    Ok(t)
 }
 
 /// Save the network's parameters and buffers as f32 safetensors with `metadata`, via a temporary file
@@ -215,21 +245,11 @@ pub fn save_safetensors(
                 .map_err(|e| Error::Internal(format!("tensor `{n}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".ntk-pipeline-")
-        .suffix(".safetensors.tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("cannot create a temporary file in", dir, e))?;
-    let _cleanup = crate::signals::remove_on_exit(tmp.path());
-    safetensors::serialize_to_file(views, Some(metadata), tmp.path())
-        .map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("cannot write", path, e.error))?;
-    Ok(())
+    // In memory first: `serialize_to_file` renames its own 0600 temporary file over the path it is given,
+    // which would bypass the atomic writer's rules (symlinks, device nodes, mode from the umask).
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::Internal(format!("cannot serialise {}: {e}", path.display())))?;
+    crate::report::write_atomic(path, &bytes)
 }
 
 /// The Hugging Face hub cache directory: `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.

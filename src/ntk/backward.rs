@@ -267,7 +267,7 @@ fn dilate(g: &Tensor, s: usize) -> Result<Tensor> {
 
 /// One-hot masks (n, C, Ho, k, Wo, k) of the first maximum of each non-overlapping k×k window, in PyTorch's
 /// row-major window order (ties go to the first position, as in PyTorch).
-fn first_max_masks(input: &Tensor, output: &Tensor, k: usize) -> Result<Tensor> {
+pub fn first_max_masks(input: &Tensor, output: &Tensor, k: usize) -> Result<Tensor> {
     let (n, c, ho, wo) = output.dims4()?;
     let x = input
         .narrow(2, 0, ho * k)?

@@ -8,14 +8,21 @@
 //!   (route B), dense-layer factors (Hadamard-of-Grams rule);
 //! - [`contract`]: the per-layer tile rules, accumulated in f64;
 //! - [`tiles`]: `NtkTiles: TileSource` with a byte-budgeted feature cache;
+//! - [`layout`], [`tangent`], [`pullback`], [`matvec`]: matrix-free products `J W`, `Jᵀ V` and
+//!   `K V = J (Jᵀ V) / s` (forward-mode tangent pass, reverse pass seeded with V), for the statistics;
 //! - [`brute`]: the reference oracle (one autograd backward per example and logit), for tests and benchmarks.
 
 pub mod backward;
 pub mod brute;
 pub mod contract;
 pub mod features;
+pub mod layout;
+pub mod matvec;
+pub mod pullback;
+pub mod tangent;
 pub mod tiles;
 
+pub use matvec::NtkOperator;
 pub use tiles::NtkTiles;
 
 use crate::{Error, Result};
@@ -36,7 +43,7 @@ pub enum Outputs {
 }
 
 /// The scale s in `J Jᵀ / s`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scale {
     /// s = sqrt(p) (the paper's choice, default).
@@ -48,7 +55,7 @@ pub enum Scale {
 }
 
 /// Floating-point precision of kernel formation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Forward, backward and contractions in f64 (the reference).

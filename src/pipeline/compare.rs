@@ -3,54 +3,31 @@
 //! the same `TileSource` interface (same precision, same order); each method's "forming" time is the time to
 //! form what it needs (the full kernel, K_{n_s}, or the n diagonal blocks), measured separately.
 
-use crate::cli::{CompareArgs, KernelArgs};
+use crate::cli::{CompareArgs, CompareMethod, KernelArgs};
 use crate::estimators::{
     BlockDiagonal, Estimate, Estimator, LinearExtrapolation, PreconditionedSlq, PseudoNtk, Slq,
     SlqOptions, StoppedCholesky, StoppedCholeskyRule,
 };
 use crate::linalg::{Assume, DenseSource, MemdetOptions, TileSource};
-use crate::ntk::NtkTiles;
+use crate::ntk::{NtkTiles, Precision};
+use crate::pipeline::fit::check_window;
 use crate::pipeline::inputs::{
-    budget_split, dense_kernel, kernel_identity, kernel_meta, memory_split, prepare, Prepared,
+    budget_split, check_scratch_dir, dense_kernel, kernel_identity, kernel_meta, memory_split,
+    prepare, Prepared,
 };
 use crate::pipeline::logdet::{checkpoint_for, memdet_recorded};
 use crate::progress::Progress;
 use crate::report::compare::{table, CompareReport, MethodRow};
 use crate::report::run::process_peak_rss;
-use crate::report::write_json;
+use crate::report::{check_outputs, write_json};
 use crate::scaling::{fit, nested_logdets, FitOptions};
 use crate::{Error, Result};
 use faer::Mat;
 use std::time::Instant;
 
-/// Every method `compare` knows.
-pub const METHODS: &[&str] = &[
-    "exact",
-    "flodance",
-    "slq",
-    "slq-large",
-    "pslq",
-    "block-diag",
-    "pseudo-ntk",
-    "f32",
-    "linear",
-    "stopped-cholesky",
-];
-
 /// Execute `compare`.
 pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
-    let methods: Vec<&str> = args
-        .methods
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if let Some(bad) = methods.iter().find(|m| !METHODS.contains(m)) {
-        return Err(Error::Usage(format!(
-            "--methods: unknown method `{bad}`; known: {}",
-            METHODS.join(",")
-        )));
-    }
+    check_outputs(&[("--json", args.json.as_deref())])?;
     let ns = args.n_sample.unwrap_or((args.n / 10).max(2));
     let n0 = args.burn_in.unwrap_or(ns / 5);
     if ns > args.n || n0 >= ns {
@@ -59,14 +36,27 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
             args.n
         )));
     }
+    if args.methods.contains(&CompareMethod::Flodance) {
+        let window = FitOptions {
+            n0,
+            q: args.q,
+            ..FitOptions::default()
+        };
+        check_window(ns, &window)?;
+    }
     memory_split(&args.mem)?;
+    check_scratch_dir(&args.mem)?;
     let prepared = prepare(&args.md, progress)?;
     // Outside the split: the inputs, and the in-memory kernels K_n (twice with f32) and K_{n_s}.
     let d = prepared.model.network.num_outputs()?;
-    let rows = crate::ntk::KernelSpec::parse(&args.kernel.outputs, &args.kernel.scale, "f64")?
-        .rows_per_example(d) as u64;
+    let rows = crate::ntk::KernelSpec {
+        outputs: args.kernel.outputs,
+        scale: args.kernel.scale,
+        precision: Precision::F64,
+    }
+    .rows_per_example(d) as u64;
     let dense = |n: usize| 8 * (n as u64 * rows).pow(2);
-    let copies = 1 + u64::from(methods.contains(&"f32"));
+    let copies = 1 + u64::from(args.methods.contains(&CompareMethod::F32));
     let total = crate::linalg::parse_size(&args.mem.max_mem)?;
     let m = args.n as u64 * rows;
     if copies * dense(args.n) + dense(ns) > total {
@@ -84,7 +74,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         + dense(ns);
     let (feature_mem, memdet_mem) = budget_split(&args.mem, outside)?;
     let f64_kernel = KernelArgs {
-        precision: "f64".into(),
+        precision: Precision::F64,
         ..args.kernel.clone()
     };
 
@@ -160,9 +150,9 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         }
     };
     let repeat = args.repeat.max(1);
-    for method in &methods {
-        let r = match *method {
-            "exact" => {
+    for &method in &args.methods {
+        let r = match method {
+            CompareMethod::Exact => {
                 let e = Estimate {
                     logdet: exact.logdet,
                     std_error: None,
@@ -172,7 +162,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 };
                 row("exact", &[e], form_s, 0.0)
             }
-            "flodance" => {
+            CompareMethod::Flodance => {
                 let t = Instant::now();
                 let fopts = FitOptions {
                     n0,
@@ -198,7 +188,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                     small_factor_s,
                 )
             }
-            "linear" => {
+            CompareMethod::Linear => {
                 let e = LinearExtrapolation {
                     n0,
                     target_n: args.n,
@@ -206,7 +196,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 .estimate(&sample)?;
                 row("linear", &[e], small_form_s, small_factor_s)
             }
-            "stopped-cholesky" => {
+            CompareMethod::StoppedCholesky => {
                 let e = StoppedCholesky {
                     window: ns - n0,
                     target_n: args.n,
@@ -215,11 +205,11 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 .estimate(&sample)?;
                 row("stopped-cholesky", &[e], small_form_s, small_factor_s)
             }
-            "slq" | "slq-large" => {
+            CompareMethod::Slq | CompareMethod::SlqLarge => {
                 let est: Vec<Estimate> = (0..repeat)
                     .map(|i| {
                         let seed = args.md.seed + i as u64;
-                        let mut o = if *method == "slq" {
+                        let mut o = if method == CompareMethod::Slq {
                             SlqOptions::paper_table2(seed)
                         } else {
                             SlqOptions::paper_table1(seed)
@@ -228,9 +218,32 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                         Slq { options: o }.run(&k, progress)
                     })
                     .collect::<Result<_>>()?;
-                row(method, &est, form_s, 0.0)
+                row(&method.name(), &est, form_s, 0.0)
             }
-            "pslq" => {
+            CompareMethod::SlqMatvec => {
+                // SLQ with the same settings and seeds as `slq`, its products K·V from the matrix-free
+                // NTK operator (no kernel formed), so its forming time is 0.
+                let spec = crate::ntk::KernelSpec {
+                    outputs: f64_kernel.outputs,
+                    scale: f64_kernel.scale,
+                    precision: f64_kernel.precision,
+                };
+                let op = crate::ntk::NtkOperator::new(
+                    &prepared.model.network,
+                    prepared.inputs(args.n)?,
+                    spec,
+                    memdet_mem as usize,
+                )?;
+                let est: Vec<Estimate> = (0..repeat)
+                    .map(|i| {
+                        let mut o = SlqOptions::paper_table2(args.md.seed + i as u64);
+                        o.memory_bytes = memdet_mem as usize;
+                        slq_matvec(&op, &o, progress)
+                    })
+                    .collect::<Result<_>>()?;
+                row(&method.name(), &est, 0.0, 0.0)
+            }
+            CompareMethod::Pslq => {
                 let est: Vec<Estimate> = (0..repeat)
                     .map(|i| {
                         let mut o = SlqOptions::paper_table2(args.md.seed + i as u64);
@@ -240,7 +253,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                     .collect::<Result<_>>()?;
                 row(&format!("pslq(r={})", args.precond_rank), &est, form_s, 0.0)
             }
-            "block-diag" => {
+            CompareMethod::BlockDiag => {
                 // Forming only the diagonal blocks costs one feature pass per example (from a cold cache).
                 let t = Instant::now();
                 let mut block = Mat::<f64>::zeros(d, d);
@@ -253,13 +266,13 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 let e = BlockDiagonal.run(&k, progress)?;
                 row("block-diag", &[e], form, 0.0)
             }
-            "pseudo-ntk" => {
+            CompareMethod::PseudoNtk => {
                 let e = PseudoNtk::default().run(&k, progress)?;
                 row("pseudo-ntk", &[e], form_s, 0.0)
             }
-            "f32" => {
+            CompareMethod::F32 => {
                 let f32_kernel = KernelArgs {
-                    precision: "f32".into(),
+                    precision: Precision::F32,
                     ..args.kernel.clone()
                 };
                 let (k32, _, form32) =
@@ -275,7 +288,6 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 };
                 row("f32 formation", &[e], form32, 0.0)
             }
-            _ => unreachable!("checked above"),
         };
         rows.push(r);
     }
@@ -288,11 +300,36 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         nested: nested.points.clone(),
         methods: rows,
     };
+    // The result goes to stdout first, so a failing write at the end loses nothing.
+    print!("{}", table(&report));
     if let Some(path) = &args.json {
         write_json(path, &report)?;
     }
-    print!("{}", table(&report));
     Ok(())
+}
+
+/// SLQ on the matrix-free NTK operator.
+fn slq_matvec(
+    op: &crate::ntk::NtkOperator,
+    options: &SlqOptions,
+    progress: &dyn Progress,
+) -> Result<Estimate> {
+    let start = Instant::now();
+    let out = crate::estimators::slq::slq_on(op, options, progress)?;
+    Ok(Estimate {
+        logdet: out.mean,
+        std_error: out.std_error,
+        matvecs: op.products(),
+        seconds: start.elapsed().as_secs_f64(),
+        details: serde_json::json!({
+            "options": options,
+            "probes": out.per_probe.len(),
+            "mean_lanczos_steps": out.mean_steps,
+            "ritz_min": out.ritz_range.0,
+            "ritz_max": out.ritz_range.1,
+            "matrix_free": true,
+        }),
+    })
 }
 
 fn memdet_options(args: &CompareArgs, memdet_mem: u64) -> MemdetOptions {

@@ -6,7 +6,7 @@ use crate::model::layers::argmax_rows;
 use crate::model::Network;
 use crate::pipeline::inputs::prepare;
 use crate::progress::Progress;
-use crate::report::write_json;
+use crate::report::{check_outputs, write_json};
 use crate::{Error, Result};
 use serde::Serialize;
 
@@ -102,6 +102,7 @@ struct EvalReport<'a> {
 
 /// Execute `eval`.
 pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
+    check_outputs(&[("--json", args.json.as_deref())])?;
     let prepared = prepare(&args.md, progress)?;
     let total = prepared.order.len();
     let n = match args.limit {
@@ -125,9 +126,7 @@ pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
         split: prepared.dataset.split().as_str(),
         accuracy: &acc,
     };
-    if let Some(path) = &args.json {
-        write_json(path, &report)?;
-    }
+    // The result goes to stdout first, so a failing write at the end loses nothing.
     println!(
         "{} ({}, {} parameters) on {} {}: accuracy {:.2}% ({}/{})",
         report.model,
@@ -150,6 +149,9 @@ pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
             "-".into()
         };
         println!("{:>6} {:>8} {:>8} {:>9}", c.class, c.count, c.correct, pct);
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
     }
     Ok(())
 }

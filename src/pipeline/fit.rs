@@ -5,7 +5,7 @@ use crate::cli::{FitArgs, FitModelArgs};
 use crate::progress::Progress;
 use crate::report::fit::{EstimateJson, FitJson, FitReport};
 use crate::report::plot::plot_fit;
-use crate::report::write_json;
+use crate::report::{check_outputs, write_json};
 use crate::scaling::{fit, Fit, FitOptions};
 use crate::{Error, Result};
 use std::path::Path;
@@ -22,8 +22,27 @@ pub fn fit_options(args: &FitModelArgs, seed: u64) -> FitOptions {
     }
 }
 
+/// Check before any work that the window k ∈ [n0, ns] of nested log-dets k = 1..=ns holds at least as many
+/// points as the model has coefficients (3 + q + r), so a run does not fail at its fit after the kernel.
+pub fn check_window(ns: usize, opts: &FitOptions) -> Result<()> {
+    let points = (ns + 1).saturating_sub(opts.n0.max(1));
+    let coefficients = 3 + opts.q + opts.r;
+    if points < coefficients {
+        return Err(Error::Usage(format!(
+            "the fit window k in [{}, {ns}] holds {points} point(s) but the model (q = {}, r = {}) has \
+             {coefficients} coefficients; lower --burn-in, --q or --plain-terms, or raise --n-sample",
+            opts.n0, opts.q, opts.r
+        )));
+    }
+    Ok(())
+}
+
 /// Execute `fit`.
 pub fn run(args: &FitArgs, progress: &dyn Progress) -> Result<()> {
+    check_outputs(&[
+        ("--json", args.json.as_deref()),
+        ("--plot", args.plot.as_deref()),
+    ])?;
     if args.target_n == 0 {
         return Err(Error::Usage("--target-n must be at least 1".into()));
     }
@@ -37,13 +56,14 @@ pub fn run(args: &FitArgs, progress: &dyn Progress) -> Result<()> {
         fit: FitJson::from_fit(&fitted),
         input: args.logdets.display().to_string(),
     };
+    // The result goes to stdout first, so a failing write at the end loses nothing.
+    print!("{}", table(&fitted, &report));
     if let Some(path) = &args.plot {
         plot_fit(path, &nested, &fitted, args.target_n, &[])?;
     }
     if let Some(path) = &args.json {
         write_json(path, &report)?;
     }
-    print!("{}", table(&fitted, &report));
     Ok(())
 }
 
@@ -76,9 +96,11 @@ pub fn table(fit: &Fit, report: &FitReport) -> String {
     s
 }
 
-/// Read nested log-dets `(k, ℓ_k)`: JSON (`[[k, l], ...]`, `{"nested": [...]}`, entries may also be
-/// objects with `k` and one of `l_k`, `logdet`, `l`) or CSV/whitespace text (`k,l_k` per line; blank lines,
-/// `#` comments and one header line are skipped).
+/// Read nested log-dets `(k, ℓ_k)`: JSON (`[[k, l], ...]`, `{"nested": [...]}` as `run --json` and
+/// `compare --json` write it, `{"nested": {"granule": d, "logdets": [...]}}` as `logdet --nested --json`
+/// writes it; entries may be pairs or objects with `k` and one of `l_k`, `logdet`, `l`, and an optional
+/// `sign` that must be +1) or CSV/whitespace text (`k,l_k` per line; blank lines, `#` comments and one
+/// header line are skipped).
 pub fn read_nested(path: &Path) -> Result<Vec<(usize, f64)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
     let trimmed = text.trim_start();
@@ -111,8 +133,16 @@ fn parse_json(text: &str) -> std::result::Result<Vec<(usize, f64)>, String> {
         serde_json::Value::Array(a) => a,
         serde_json::Value::Object(o) => match o.get("nested") {
             Some(serde_json::Value::Array(a)) => a,
+            Some(serde_json::Value::Object(n)) => match n.get("logdets") {
+                Some(serde_json::Value::Array(a)) => a,
+                _ => return Err(
+                    "\"nested\" is an object without a \"logdets\" array (as `logdet --nested --json` writes)"
+                        .into(),
+                ),
+            },
             _ => return Err(
-                "a JSON object must hold the nested log-dets as an array under the key \"nested\""
+                "a JSON object must hold the nested log-dets under the key \"nested\" (an array of [k, l_k] \
+                 pairs, or `logdet --nested --json`'s {\"granule\", \"logdets\"}); was `logdet` run without --nested?"
                     .into(),
             ),
         },
@@ -130,6 +160,12 @@ fn parse_json(text: &str) -> std::result::Result<Vec<(usize, f64)>, String> {
                 (pair[0].as_f64(), pair[1].as_f64())
             }
             serde_json::Value::Object(o) => {
+                if let Some(sign) = o.get("sign").and_then(|v| v.as_f64()).filter(|&s| s != 1.0) {
+                    return Err(format!(
+                        "{what}: sign {sign}: det K_k is not positive, so this is not the kernel of a \
+                         positive definite matrix and ℓ_k cannot be fitted"
+                    ));
+                }
                 let l = ["l_k", "logdet", "l"]
                     .iter()
                     .find_map(|key| o.get(*key))

@@ -1,7 +1,7 @@
 //! Shared set-up of the NTK subcommands: load the dataset and the model, order the sample, and build the
 //! kernel's tile source for the first n examples.
 
-use crate::cli::{KernelArgs, MemArgs, ModelDataArgs};
+use crate::cli::{DataArgs, KernelArgs, MemArgs, ModelDataArgs};
 use crate::data::{self, DataOptions, Dataset, Split};
 use crate::model::load::{load_model, LoadedModel};
 use crate::ntk::{KernelSpec, NtkTiles};
@@ -24,25 +24,15 @@ pub struct Prepared {
 
 /// Load the data and model that `md` names (a download, if asked for, reports through `progress`).
 pub fn prepare(md: &ModelDataArgs, progress: &dyn crate::progress::Progress) -> Result<Prepared> {
-    let split = match md.split.as_str() {
-        "train" => Split::Train,
-        "test" => Split::Test,
-        s => return Err(Error::Usage(format!("--split {s}: expected train or test"))),
-    };
-    let opts = DataOptions {
-        split,
-        data_dir: md.data_dir.clone(),
-        download: md.download,
-    };
-    let dataset = data::load_with(&md.data, &opts, &data::Locations::from_env(), progress)?;
+    let dataset = load_data(&md.data, md.split, progress)?;
     let model = load_model(
-        &md.model,
+        md.model()?,
         md.arch.as_deref(),
         md.width,
         Some(dataset.image_shape()),
         Some(dataset.num_classes()),
     )?;
-    let order = data::sample_order(dataset.len(), &md.order, md.seed)?;
+    let order = data::sample_order(dataset.len(), md.order.as_str(), md.seed)?;
     let model_sha256 = crate::report::provenance::record_model(&model.source)?;
     let data_sha256 = crate::report::provenance::record_dataset(&dataset);
     Ok(Prepared {
@@ -52,6 +42,28 @@ pub fn prepare(md: &ModelDataArgs, progress: &dyn crate::progress::Progress) -> 
         model_sha256,
         data_sha256,
     })
+}
+
+/// Load the `split` of the dataset that `data` names (downloading it if asked and needed).
+pub fn load_data(
+    data: &DataArgs,
+    split: Split,
+    progress: &dyn crate::progress::Progress,
+) -> Result<Dataset> {
+    if let Some(dir) = data.data_dir.as_deref().filter(|d| !d.is_dir()) {
+        return Err(Error::Usage(format!(
+            "--data-dir {}: no such directory (it is searched first for --data {}); fix the path or drop \
+             the option",
+            dir.display(),
+            data.name()?
+        )));
+    }
+    let opts = DataOptions {
+        split,
+        data_dir: data.data_dir.clone(),
+        download: data.download,
+    };
+    data::load_with(data.name()?, &opts, &data::Locations::from_env(), progress)
 }
 
 impl Prepared {
@@ -74,7 +86,11 @@ impl Prepared {
     /// features, the rest for the forward/backward working set (at most a third of the cache's share).
     /// Warns on stderr when m = n·d exceeds p (the kernel is then singular, SPEC §5).
     pub fn tiles(&self, n: usize, kernel: &KernelArgs, feature_budget: usize) -> Result<NtkTiles> {
-        let spec = KernelSpec::parse(&kernel.outputs, &kernel.scale, &kernel.precision)?;
+        let spec = KernelSpec {
+            outputs: kernel.outputs,
+            scale: kernel.scale,
+            precision: kernel.precision,
+        };
         let cache = feature_budget - feature_budget / 4;
         let tiles = NtkTiles::new(&self.model.network, self.inputs(n)?, spec, cache)?;
         warn_if_singular(&tiles);
@@ -103,12 +119,12 @@ pub fn kernel_identity(
         ("data", prepared.dataset.name().to_string()),
         ("split", prepared.dataset.split().as_str().to_string()),
         ("data_sha256", prepared.data_sha256.clone()),
-        ("order", format!("{} (seed {})", md.order, md.seed)),
+        ("order", format!("{} (seed {})", md.order.as_str(), md.seed)),
         ("sample_sha256", format!("{:x}", order.finalize())),
         ("n", n.to_string()),
-        ("outputs", kernel.outputs.clone()),
-        ("kernel_scale", kernel.scale.clone()),
-        ("precision", kernel.precision.clone()),
+        ("outputs", format!("{:?}", kernel.outputs)),
+        ("kernel_scale", format!("{:?}", kernel.scale)),
+        ("precision", format!("{:?}", kernel.precision)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -174,6 +190,30 @@ pub fn memory_split(mem: &MemArgs) -> Result<(u64, u64)> {
     Ok((features, total - features))
 }
 
+/// Check before any work that `--scratch-dir`, when given, is a directory MEMDET can create its private
+/// scratch directory in (the same test MEMDET makes later, made first).
+pub fn check_scratch_dir(mem: &MemArgs) -> Result<()> {
+    let Some(dir) = &mem.scratch_dir else {
+        return Ok(());
+    };
+    if !dir.is_dir() {
+        return Err(Error::Scratch(format!(
+            "--scratch-dir {}: no such directory; create it or choose another",
+            dir.display()
+        )));
+    }
+    tempfile::Builder::new()
+        .prefix("ntk-memdet-probe-")
+        .tempdir_in(dir)
+        .map(drop)
+        .map_err(|e| {
+            Error::Scratch(format!(
+                "--scratch-dir {}: cannot create a directory there ({e}); choose a writable directory",
+                dir.display()
+            ))
+        })
+}
+
 /// Print a warning when the kernel's order m exceeds the number of parameters p (rank K ≤ p).
 pub fn warn_if_singular(tiles: &NtkTiles) {
     use crate::linalg::TileSource;
@@ -205,52 +245,54 @@ pub fn kernel_meta(prepared: &Prepared, tiles: &NtkTiles, n: usize) -> serde_jso
     })
 }
 
-/// The whole kernel as a dense symmetric matrix: upper-triangle tiles are computed (with a progress bar) and
-/// mirrored. 8·m² bytes: for kernels that fit in memory.
-///
-/// Tiles are 512 rows square when every example's features fit in the feature cache. Otherwise the columns
-/// go in panels of as many examples as the cache can hold ([`NtkTiles::held_examples`]) and the rows above
-/// each panel stream past it in 512-row pieces, so features are recomputed as little as possible.
+/// The upper-triangle tiles of `source`'s kernel in feature-friendly order, each either on the diagonal
+/// (rows == cols) or strictly above it, covering the upper triangle exactly once. Tiles are `piece` rows
+/// (rounded to whole examples) square when every example's features fit in the feature cache ("held");
+/// otherwise the columns go in panels of `held` examples ([`NtkTiles::held_examples`]) and the rows above
+/// each panel stream past it in `piece`-row pieces, so features are recomputed as little as possible.
+pub fn upper_tile_plan(
+    source: &NtkTiles,
+    held_examples: usize,
+    piece: usize,
+) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    use crate::linalg::TileSource;
+    let m = source.dim();
+    let g = source.granule();
+    let piece = (piece / g).max(1) * g;
+    let held = held_examples.max(1) * g;
+    let panel = if held >= m { piece } else { held };
+    let mut plan = Vec::new();
+    for c0 in (0..m).step_by(panel) {
+        let c1 = (c0 + panel).min(m);
+        for r0 in (0..c0).step_by(piece) {
+            plan.push((r0..(r0 + piece).min(c0), c0..c1));
+        }
+        for a in (c0..c1).step_by(piece) {
+            for b in (a..c1).step_by(piece) {
+                plan.push((a..(a + piece).min(c1), b..(b + piece).min(c1)));
+            }
+        }
+    }
+    plan
+}
+
+/// The whole kernel as a dense symmetric matrix: the tiles of [`upper_tile_plan`] (512-row pieces) are
+/// computed (with a progress bar) and mirrored. 8·m² bytes: for kernels that fit in memory.
 pub fn dense_kernel(
     source: &NtkTiles,
     progress: &dyn crate::progress::Progress,
 ) -> Result<faer::Mat<f64>> {
     use crate::linalg::TileSource;
     let m = source.dim();
-    let g = source.granule();
-    let piece = (512 / g).max(1) * g;
-    let held = source.held_examples() * g;
-    let panel = if held >= m { piece } else { held };
-    let pieces_above = |c0: usize| c0.div_ceil(piece);
-    let pieces_in = |w: usize| {
-        let k = w.div_ceil(piece);
-        k * (k + 1) / 2
-    };
-    let steps: usize = (0..m)
-        .step_by(panel)
-        .map(|c0| pieces_above(c0) + pieces_in(panel.min(m - c0)))
-        .sum();
+    let plan = upper_tile_plan(source, source.held_examples(), 512);
     let mut k = faer::Mat::<f64>::zeros(m, m);
-    let mut fill = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| -> Result<()> {
+    progress.start("NTK tiles", plan.len() as u64);
+    for (rows, cols) in plan {
         let tile = k
             .as_mut()
             .submatrix_mut(rows.start, cols.start, rows.len(), cols.len());
-        crate::signals::check()?;
         source.fill(rows, cols, tile)?;
         progress.advance(1);
-        Ok(())
-    };
-    progress.start("NTK tiles", steps as u64);
-    for c0 in (0..m).step_by(panel) {
-        let c1 = (c0 + panel).min(m);
-        for r0 in (0..c0).step_by(piece) {
-            fill(r0..(r0 + piece).min(c0), c0..c1)?;
-        }
-        for a in (c0..c1).step_by(piece) {
-            for b in (a..c1).step_by(piece) {
-                fill(a..(a + piece).min(c1), b..(b + piece).min(c1))?;
-            }
-        }
     }
     progress.finish();
     for c in 0..m {

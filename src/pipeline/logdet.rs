@@ -3,25 +3,31 @@
 
 use crate::cli::LogdetArgs;
 use crate::linalg::{
-    memdet, parse_size, Assume, Checkpoint, LogDet, MemdetOptions, NpySource, Shift, TileSource,
-    Triangle,
+    memdet, parse_size, Checkpoint, LogDet, MemdetOptions, NpySource, Shift, TileSource, Triangle,
 };
 use crate::progress::Progress;
 use crate::report::logdet::LogdetReport;
-use crate::report::write_json;
+use crate::report::{check_outputs, write_json};
 use crate::{Error, Result};
 
 /// Execute `logdet`.
 pub fn run(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
-    match (&args.matrix, &args.model) {
+    check_outputs(&[("--json", args.json.as_deref())])?;
+    if args.nested == Some(Some(0)) {
+        return Err(Error::Usage(
+            "--nested 0: D (rows per nested step) must be at least 1; give --nested alone for the granule"
+                .into(),
+        ));
+    }
+    memdet_options(args)?;
+    crate::pipeline::inputs::check_scratch_dir(&args.mem)?;
+    match (&args.matrix, &args.md.model) {
         (Some(path), None) => {
-            let triangle = args
-                .triangle
-                .as_deref()
-                .map_or(Ok(Triangle::Full), Triangle::parse)?;
+            let triangle = args.triangle.unwrap_or(Triangle::Full);
             let source = NpySource::open(path, triangle)?;
             let identity = matrix_identity(path, args)?;
-            factor_and_report(&source, args, None, identity, progress)
+            let report = factor_and_report(&source, args, None, identity, progress)?;
+            write_report(args, &report)
         }
         (None, Some(_)) => factor_ntk(args, progress),
         (Some(_), Some(_)) => Err(Error::Usage(
@@ -37,23 +43,19 @@ pub fn run(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
 /// and streamed into MEMDET (the kernel is never stored). `--feature-mem` (default half of `--max-mem`) goes
 /// to cached NTK features, the rest to MEMDET.
 fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
-    let (Some(model), Some(data), Some(n)) = (&args.model, &args.data, args.n) else {
+    let md = &args.md;
+    let (Some(_), Some(n)) = (&md.data.name, args.n) else {
         return Err(Error::Usage(
             "logdet --model needs --data NAME and --n N as well".into(),
         ));
     };
-    let md = crate::cli::ModelDataArgs {
-        model: model.clone(),
-        arch: args.arch.clone(),
-        width: args.width,
-        data: data.clone(),
-        split: args.split.clone(),
-        data_dir: args.data_dir.clone(),
-        download: false,
-        order: args.order.clone(),
-        seed: args.seed,
-    };
-    let prepared = crate::pipeline::inputs::prepare(&md, progress)?;
+    if args.triangle.is_some() {
+        return Err(Error::Usage(
+            "--triangle is for --matrix; an NTK is formed symmetric".into(),
+        ));
+    }
+    crate::pipeline::inputs::memory_split(&args.mem)?;
+    let prepared = crate::pipeline::inputs::prepare(md, progress)?;
     let outside = prepared.resident_bytes(n.min(prepared.order.len()));
     let (feature_mem, memdet_mem) = crate::pipeline::inputs::budget_split(&args.mem, outside)?;
     let tiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
@@ -61,18 +63,11 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
     memdet_args.mem.max_mem = memdet_mem.to_string();
     let t0 = std::time::Instant::now();
     let meta = crate::pipeline::inputs::kernel_meta(&prepared, &tiles, n);
-    let identity = crate::pipeline::inputs::kernel_identity(&prepared, &md, n, &args.kernel);
-    factor_and_report(&tiles, &memdet_args, Some(meta), identity, progress)?;
+    let identity = crate::pipeline::inputs::kernel_identity(&prepared, md, n, &args.kernel);
+    let mut report = factor_and_report(&tiles, &memdet_args, Some(meta), identity, progress)?;
     let stats = tiles.stats();
-    if let Some(path) = &args.json {
-        // The tile-forming times are known only now: patch them into the report just written.
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::io("cannot read back", path, e))?;
-        let mut report: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Internal(format!("re-reading {}: {e}", path.display())))?;
-        report["kernel_stats"] = serde_json::json!(stats);
-        write_json(path, &report)?;
-    }
+    // The tile-forming times are known only now.
+    report["kernel_stats"] = serde_json::json!(stats);
     println!(
         "kernel: n = {n}, d = {}, p = {}, outputs {}; forming tiles took {:.2} s (features {:.2} s, contractions {:.2} s) of {:.2} s",
         tiles.num_logits(),
@@ -83,7 +78,15 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
         stats.contract_seconds,
         t0.elapsed().as_secs_f64()
     );
-    Ok(())
+    write_report(args, &report)
+}
+
+/// Write `--json`, if asked for.
+fn write_report(args: &LogdetArgs, report: &serde_json::Value) -> Result<()> {
+    match &args.json {
+        Some(path) => write_json(path, report),
+        None => Ok(()),
+    }
 }
 
 /// The MEMDET options that `args` ask for.
@@ -96,7 +99,7 @@ pub fn memdet_options(args: &LogdetArgs) -> Result<MemdetOptions> {
         Shift::Scalar(args.shift)
     };
     Ok(MemdetOptions {
-        assume: Assume::parse(&args.assume)?,
+        assume: args.assume,
         num_blocks: args.mem.num_blocks,
         max_mem: Some(max_mem),
         scratch_dir: args.mem.scratch_dir.clone(),
@@ -126,7 +129,7 @@ fn matrix_identity(path: &std::path::Path, args: &LogdetArgs) -> Result<Vec<(Str
         ("matrix_modified_ns".into(), modified.to_string()),
         (
             "triangle".into(),
-            args.triangle.clone().unwrap_or_else(|| "full".into()),
+            format!("{:?}", args.triangle.unwrap_or(Triangle::Full)),
         ),
     ])
 }
@@ -157,28 +160,26 @@ pub fn memdet_recorded(
     Ok(result)
 }
 
-/// Run MEMDET on `source` as `args` say, print log|det|, sign and a summary on stdout, and write `--json`
-/// (with `kernel_meta`'s keys merged in at the top level).
+/// Run MEMDET on `source` as `args` say, print log|det|, sign and a summary on stdout, and return the
+/// `--json` document (with `kernel_meta`'s keys merged in at the top level) for the caller to write.
 pub fn factor_and_report(
     source: &dyn TileSource,
     args: &LogdetArgs,
     kernel_meta: Option<serde_json::Value>,
     identity: Vec<(String, String)>,
     progress: &dyn Progress,
-) -> Result<()> {
+) -> Result<serde_json::Value> {
     let mut opts = memdet_options(args)?;
     opts.checkpoint = checkpoint_for(&args.ckpt, None, identity);
-    let nested = args
-        .nested
-        .map(|d| if d == 0 { source.granule() } else { d });
-    if nested.is_some_and(|d| d > source.dim()) {
+    let nested = args.nested.map(|d| d.unwrap_or(source.granule()));
+    if let Some(d) = nested.filter(|&d| d == 0 || d > source.dim()) {
         return Err(Error::Usage(format!(
-            "--nested {} exceeds the matrix order {}",
-            nested.unwrap_or(0),
+            "--nested {d}: D must be between 1 and the matrix order {}",
             source.dim()
         )));
     }
-    let result = memdet_recorded(source, &opts, progress)?;
+    let result =
+        memdet_recorded(source, &opts, progress).map_err(|e| explain_zero_pivot(e, nested))?;
     let report = LogdetReport::new(
         &result,
         opts.assume.name(),
@@ -186,11 +187,19 @@ pub fn factor_and_report(
         args.shift,
         nested,
     );
-    if let Some(path) = &args.json {
-        write_json(path, &report.to_json(kernel_meta)?)?;
-    }
     print_result(&result, &report);
-    Ok(())
+    report.to_json(kernel_meta)
+}
+
+/// A zero LDLᵀ pivot under `--nested`: say why the factorisation ran without pivoting.
+fn explain_zero_pivot(err: Error, nested: Option<usize>) -> Error {
+    match (&err, nested) {
+        (Error::ZeroPivot { .. }, Some(_)) => Error::Input(format!(
+            "{err}; --nested asks for the log-dets of the leading blocks, which must be factored in order, \
+             without pivoting: a singular leading block ends them here"
+        )),
+        _ => err,
+    }
 }
 
 /// The human-readable result on stdout.

@@ -8,6 +8,7 @@ pub mod inputs;
 pub mod logdet;
 pub mod ntk;
 pub mod run;
+pub mod stats;
 pub mod train;
 
 use crate::cli::{Cli, Command};
@@ -38,5 +39,6 @@ pub fn execute(cli: &Cli) -> Result<()> {
         Command::Compare(args) => compare::run(args, progress),
         Command::Train(args) => train::run(args, progress),
         Command::Eval(args) => eval::run(args, progress),
+        Command::Stats(args) => stats::run(args, progress),
     }
 }

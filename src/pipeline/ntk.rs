@@ -5,7 +5,7 @@ use crate::cli::NtkArgs;
 use crate::linalg::npy_write::write_npy_f64;
 use crate::pipeline::inputs::{dense_kernel, kernel_meta, prepare};
 use crate::progress::Progress;
-use crate::report::write_json;
+use crate::report::{check_outputs, write_json};
 use crate::{Error, Result};
 use std::time::Instant;
 
@@ -15,13 +15,17 @@ pub const MAX_DENSE_ORDER: usize = 16384;
 /// Execute `ntk`.
 pub fn run(args: &NtkArgs, progress: &dyn Progress) -> Result<()> {
     let t0 = Instant::now();
+    check_outputs(&[
+        ("--out", Some(args.out.as_path())),
+        ("--json", args.json.as_deref()),
+    ])?;
     let prepared = prepare(&args.md, progress)?;
     let max_mem = crate::linalg::parse_size(&args.mem.max_mem)?;
-    let spec = crate::ntk::KernelSpec::parse(
-        &args.kernel.outputs,
-        &args.kernel.scale,
-        &args.kernel.precision,
-    )?;
+    let spec = crate::ntk::KernelSpec {
+        outputs: args.kernel.outputs,
+        scale: args.kernel.scale,
+        precision: args.kernel.precision,
+    };
     let rows = spec.rows_per_example(prepared.model.network.num_outputs()?);
     let m = args.n * rows;
     if args.n == 0 || args.n > prepared.order.len() {

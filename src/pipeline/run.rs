@@ -5,9 +5,9 @@
 use crate::cli::RunArgs;
 use crate::linalg::{Assume, Checkpoint, LogDet, MemdetOptions, TileSource};
 use crate::ntk::NtkTiles;
-use crate::pipeline::fit::fit_options;
+use crate::pipeline::fit::{check_window, fit_options};
 use crate::pipeline::inputs::{
-    budget_split, kernel_identity, kernel_meta, memory_split, prepare, Prepared,
+    budget_split, check_scratch_dir, kernel_identity, kernel_meta, memory_split, prepare, Prepared,
 };
 use crate::pipeline::logdet::{checkpoint_for, memdet_recorded};
 use crate::progress::Progress;
@@ -16,7 +16,7 @@ use crate::report::plot::plot_fit;
 use crate::report::run::{
     process_peak_rss, ExactJson, MemoryJson, RunReport, SampleJson, TimingsJson,
 };
-use crate::report::write_json;
+use crate::report::{check_outputs, write_json};
 use crate::scaling::{fit, nested_logdets};
 use crate::{Error, Result};
 use std::time::Instant;
@@ -25,27 +25,46 @@ use std::time::Instant;
 pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     let t0 = Instant::now();
     let ns = args.n_sample;
+    check_outputs(&[
+        ("--json", args.json.as_deref()),
+        ("--plot", args.plot.as_deref()),
+    ])?;
     if args.fit.burn_in >= ns {
         return Err(Error::Usage(format!(
             "--burn-in {} must be smaller than --n-sample {ns} (the fit uses k in [burn-in, n-sample])",
             args.fit.burn_in
         )));
     }
+    if let Some(exact_n) = args.exact_n.filter(|&n| n <= ns) {
+        return Err(Error::Usage(format!(
+            "--exact-n {exact_n} must exceed --n-sample {ns}"
+        )));
+    }
+    let opts = fit_options(&args.fit, args.md.seed);
+    check_window(ns, &opts)?;
     let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
     let max_mem = feature_mem + memdet_mem;
+    check_scratch_dir(&args.mem)?;
     let prepared = prepare(&args.md, progress)?;
-    let (feature_mem, memdet_mem) = budget_split(
-        &args.mem,
-        prepared.resident_bytes(ns.min(prepared.order.len())),
-    )?;
-    let target_n = args.target_n.unwrap_or(prepared.dataset.len());
-    if let Some(exact_n) = args.exact_n {
-        if exact_n <= ns {
-            return Err(Error::Usage(format!(
-                "--exact-n {exact_n} must exceed --n-sample {ns}"
-            )));
-        }
+    if ns == 0 || ns > prepared.order.len() {
+        return Err(Error::Usage(format!(
+            "--n-sample {ns}: the {} {} split has {} examples (choose 1..={})",
+            prepared.dataset.name(),
+            prepared.dataset.split().as_str(),
+            prepared.order.len(),
+            prepared.order.len()
+        )));
     }
+    let (feature_mem, memdet_mem) = budget_split(&args.mem, prepared.resident_bytes(ns))?;
+    if let Some(exact_n) = args.exact_n.filter(|&n| n > prepared.order.len()) {
+        return Err(Error::Usage(format!(
+            "--exact-n {exact_n}: the {} {} split has {} examples",
+            prepared.dataset.name(),
+            prepared.dataset.split().as_str(),
+            prepared.order.len()
+        )));
+    }
+    let target_n = args.target_n.unwrap_or(prepared.dataset.len());
     let load_s = t0.elapsed().as_secs_f64();
 
     let tiles = prepared.tiles(ns, &args.kernel, feature_mem as usize)?;
@@ -73,7 +92,6 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     }
 
     let t_fit = Instant::now();
-    let opts = fit_options(&args.fit, args.md.seed);
     progress.start("fit", 1);
     let fitted = fit(&nested.points, &opts)?;
     progress.finish();
@@ -97,7 +115,7 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
         sample: SampleJson {
             n: ns,
             m: tiles.dim(),
-            order: args.md.order.clone(),
+            order: args.md.order.as_str().to_string(),
             seed: args.md.seed,
         },
         exact: exact.clone(),
@@ -119,6 +137,8 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
         },
         memdet: factored.info.clone(),
     };
+    // The result goes to stdout first, so a failing write at the end loses nothing.
+    print_summary(&report, &prepared);
     if let Some(path) = &args.plot {
         let exact_points: Vec<(usize, f64)> = exact.iter().map(|e| (e.n, e.logdet)).collect();
         plot_fit(path, &nested.points, &fitted, target_n, &exact_points)?;
@@ -126,7 +146,6 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     if let Some(path) = &args.json {
         write_json(path, &report)?;
     }
-    print_summary(&report, &prepared);
     Ok(())
 }
 
@@ -159,10 +178,7 @@ fn exact_logdet(
     predict: impl Fn(f64) -> f64,
 ) -> Result<ExactJson> {
     let t0 = Instant::now();
-    let (feature_mem, memdet_mem) = budget_split(
-        &args.mem,
-        prepared.resident_bytes(n.min(prepared.order.len())),
-    )?;
+    let (feature_mem, memdet_mem) = budget_split(&args.mem, prepared.resident_bytes(n))?;
     let tiles: NtkTiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
     let checkpoint = checkpoint_for(
         &args.ckpt,

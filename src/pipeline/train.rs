@@ -11,7 +11,7 @@
 //! (momentum, schedule position, random state; see `model::train::state`); it is removed at the end.
 
 use crate::cli::TrainArgs;
-use crate::data::{self, DataOptions, Dataset, Split};
+use crate::data::{Dataset, Split};
 use crate::model::arch;
 use crate::model::load::{parse_shape, save_safetensors};
 use crate::model::recognise;
@@ -102,21 +102,16 @@ pub struct TrainLog {
 pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
     check_args(args)?;
     let log_path = log_path(&args.out);
-    let data = data::load_with(
-        &args.data,
-        &DataOptions {
-            split: Split::Train,
-            data_dir: args.data_dir.clone(),
-            download: false,
-        },
-        &data::Locations::from_env(),
-        progress,
-    )?;
+    crate::report::check_outputs(&[
+        ("--out", Some(args.out.as_path())),
+        ("--out's training log", Some(log_path.as_path())),
+    ])?;
+    let data = crate::pipeline::inputs::load_data(&args.data, Split::Train, progress)?;
     let n = args.limit.map_or(data.len(), |l| l.min(data.len()));
     if n < 2 {
         return Err(Error::Usage(format!(
             "need at least 2 training examples, {} has {n}",
-            args.data
+            args.data.name()?
         )));
     }
     let input_shape = match &args.input_shape {
@@ -143,7 +138,7 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
     let mut log = TrainLog {
         arch: args.arch.clone(),
         width,
-        dataset: args.data.clone(),
+        dataset: args.data.name()?.to_string(),
         train_examples: n,
         input_shape,
         num_classes: data.num_classes(),
@@ -169,7 +164,7 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
         log.num_params,
         input_shape,
         n,
-        args.data,
+        args.data.name()?,
         args.epochs,
         if augmentation { "crop+flip" } else { "off (1-channel data)" }
     ));
@@ -316,7 +311,7 @@ fn train_identity(
     [
         ("arch", args.arch.clone()),
         ("width", format!("{:?}", args.width)),
-        ("data", args.data.clone()),
+        ("data", format!("{:?}", args.data)),
         (
             "data_sha256",
             crate::report::provenance::record_dataset(data),
@@ -362,12 +357,6 @@ fn check_args(args: &TrainArgs) -> Result<()> {
         return Err(Error::Usage(format!(
             "--target-acc must be in (0, 1], got {}",
             args.target_acc
-        )));
-    }
-    if args.out.as_os_str().is_empty() || args.out.is_dir() {
-        return Err(Error::Usage(format!(
-            "--out {} must be a file name",
-            args.out.display()
         )));
     }
     Ok(())

@@ -1,12 +1,15 @@
-//! Reports: JSON output schema, SVG plots, terminal tables.
+//! Reports: JSON output schema, SVG plots, terminal tables, and the atomic writer with its pre-flight check.
 
 mod atomic;
 pub mod compare;
 pub mod fit;
 pub mod logdet;
+mod output_path;
 pub mod plot;
 pub mod provenance;
 pub mod run;
+pub mod stats;
 
-pub use atomic::write_atomic;
+pub use atomic::{resolve_output, write_atomic, AtomicFile};
+pub use output_path::check_outputs;
 pub use provenance::write_json;

@@ -1,0 +1,409 @@
+//! The `stats` subcommand: trace, Frobenius norm, effective rank and alignments of the NTK (SPEC §6),
+//! exact in one streamed pass over the tiles (each upper-triangle tile formed once and dropped), or
+//! matrix-free from NTK–vector products with the trace estimators (`--estimate`).
+
+use crate::cli::{MemArgs, StatsArgs};
+use crate::estimators::kernel_stats::{
+    label_targets, probe_columns, KernelStatistics, TargetTerms,
+};
+use crate::estimators::one_sided::{one_sided, Side};
+use crate::estimators::operator::LinearOp;
+use crate::estimators::tile_moments::stream_moments;
+use crate::estimators::trace::{hutchinson, hutchpp, kernel_alignment, Estimated, TraceMoments};
+use crate::linalg::TileSource;
+use crate::model::load::load_model;
+use crate::ntk::{KernelSpec, NtkOperator, NtkTiles};
+use crate::pipeline::inputs::{kernel_meta, memory_split, prepare, upper_tile_plan, Prepared};
+use crate::progress::Progress;
+use crate::report::stats::{table, AgainstStats, EstimateRow, ExactStats, StatsReport};
+use crate::report::{check_outputs, write_json};
+use crate::{Error, Result};
+use faer::Mat;
+use std::time::Instant;
+
+/// The matrix-free estimators `--estimate` accepts.
+pub const ESTIMATORS: &[&str] = &[
+    "hutchinson",
+    "hutchpp",
+    "one-sided-reverse",
+    "one-sided-forward",
+];
+
+/// Execute `stats`.
+pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
+    // Every check that can be made before the work.
+    check_outputs(&[("--json", args.json.as_deref())])?;
+    let methods = parse_methods(args.estimate.as_deref())?;
+    let probes = parse_probes(&args.probes)?;
+    // Fewest probes giving a standard error: 2 iid samples (Hutchinson), 2 residual probes after a
+    // one-probe sketch (Hutch++), 3 probes for the jackknife over probe pairs (one-sided tr K²).
+    for method in &methods {
+        let least = match *method {
+            "hutchinson" => 2,
+            "hutchpp" => 4,
+            _ => 3,
+        };
+        if let Some(&s) = probes.iter().find(|&&s| s < least) {
+            return Err(Error::Usage(format!(
+                "--probes {s}: {method} needs at least {least} probes for a standard error"
+            )));
+        }
+    }
+    let spec = KernelSpec {
+        outputs: args.kernel.outputs,
+        scale: args.kernel.scale,
+        precision: args.kernel.precision,
+    };
+    let mem = MemArgs {
+        max_mem: args.max_mem.clone(),
+        num_blocks: None,
+        scratch_dir: None,
+        feature_mem: args.feature_mem.clone(),
+    };
+    let (feature_mem, rest_mem) = memory_split(&mem)?;
+    let prepared = prepare(&args.md, progress)?;
+    let inputs = prepared.inputs(args.n)?;
+    let against = match &args.against {
+        Some(path) => Some(load_model(
+            path,
+            args.against_arch.as_deref(),
+            args.md.width,
+            Some(prepared.dataset.image_shape()),
+            Some(prepared.dataset.num_classes()),
+        )?),
+        None => None,
+    };
+    let labels: Vec<usize> = prepared.order[..args.n]
+        .iter()
+        .map(|&i| prepared.dataset.labels()[i] as usize)
+        .collect();
+
+    let tiles = prepared.tiles(
+        args.n,
+        &args.kernel,
+        feature_mem as usize / against.as_ref().map_or(1, |_| 2),
+    )?;
+    let m = tiles.dim();
+    let rows = tiles.rows_per_example();
+    let y = label_targets(&labels, tiles.num_logits(), rows);
+    if tiles.spec().outputs == crate::ntk::Outputs::Full
+        && prepared.dataset.num_classes() != tiles.num_logits()
+    {
+        return Err(Error::Usage(format!(
+            "the network has {} logits but the dataset {} classes: the one-hot targets need one logit per class",
+            tiles.num_logits(),
+            prepared.dataset.num_classes()
+        )));
+    }
+    let x = probe_columns(y.as_ref());
+
+    let exact = if methods.is_empty() || args.exact {
+        let second = match &against {
+            Some(model) => Some(NtkTiles::new(
+                &model.network,
+                inputs.clone(),
+                spec,
+                feature_mem as usize / 2,
+            )?),
+            None => None,
+        };
+        Some(exact_pass(
+            &tiles,
+            second.as_ref(),
+            args,
+            x.as_ref(),
+            y.as_ref(),
+            rest_mem,
+            progress,
+        )?)
+    } else {
+        None
+    };
+    tiles.clear_features();
+    drop(tiles);
+
+    let mut report = StatsReport {
+        kernel: kernel_meta_for(&prepared, args, spec)?,
+        n: args.n,
+        m,
+        target_terms: None,
+        target_products: 0,
+        target_seconds: 0.0,
+        exact,
+        estimates: Vec::new(),
+    };
+    if !methods.is_empty() {
+        let op = NtkOperator::new(
+            &prepared.model.network,
+            inputs.clone(),
+            spec,
+            rest_mem as usize,
+        )?;
+        let op2 = match &against {
+            Some(model) => Some(NtkOperator::new(
+                &model.network,
+                inputs.clone(),
+                spec,
+                rest_mem as usize,
+            )?),
+            None => None,
+        };
+        if let Some(op2) = &op2 {
+            if op2.order() != m {
+                return Err(Error::Usage(format!(
+                    "--against: its kernel has order {} but the first model's has {m}; both models need the same number of logits",
+                    op2.order()
+                )));
+            }
+        }
+        // The alignment numerators: K [1, Y], exact.
+        let t = Instant::now();
+        progress.start("NTK products K [1, Y]", 1);
+        let mut kx = Mat::<f64>::zeros(m, x.ncols());
+        op.apply(x.as_ref(), kx.as_mut())?;
+        progress.finish();
+        let terms = TargetTerms::new(kx.as_ref(), y.as_ref());
+        report.target_terms = Some(terms);
+        report.target_products = x.ncols();
+        report.target_seconds = t.elapsed().as_secs_f64();
+        for &s in &probes {
+            for (k, method) in methods.iter().enumerate() {
+                let mut row = estimate(
+                    &op,
+                    method,
+                    s,
+                    args.md.seed,
+                    rest_mem as usize,
+                    &terms,
+                    progress,
+                )?;
+                if k == 0 {
+                    if let (Some(op2), Some(path)) = (&op2, &args.against) {
+                        row.against =
+                            Some(against_estimate(&op, op2, s, args.md.seed, path, progress)?);
+                    }
+                }
+                if let Some(e) = &report.exact {
+                    row.speedup_vs_exact = Some(e.seconds / row.seconds);
+                    row.relative_error = Some(relative_errors(&row.statistics, &e.statistics));
+                }
+                report.estimates.push(row);
+            }
+        }
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    print!("{}", table(&report));
+    Ok(())
+}
+
+/// `--estimate` as a list of known estimators (`all` = every one); empty without the flag.
+fn parse_methods(arg: Option<&str>) -> Result<Vec<&'static str>> {
+    let Some(arg) = arg else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for name in arg.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if name == "all" {
+            out.extend_from_slice(ESTIMATORS);
+            continue;
+        }
+        if name == "one-sided" {
+            out.extend_from_slice(&ESTIMATORS[2..]);
+            continue;
+        }
+        match ESTIMATORS.iter().find(|&&e| e == name) {
+            Some(&e) => out.push(e),
+            None => {
+                return Err(Error::Usage(format!(
+                    "--estimate: unknown estimator `{name}`; known: {}, one-sided (both), all",
+                    ESTIMATORS.join(", ")
+                )))
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Usage(
+            "--estimate: name at least one estimator".into(),
+        ));
+    }
+    let mut seen = Vec::new();
+    out.retain(|m| {
+        let new = !seen.contains(m);
+        seen.push(*m);
+        new
+    });
+    Ok(out)
+}
+
+/// `--probes` as positive integers.
+fn parse_probes(arg: &str) -> Result<Vec<usize>> {
+    let probes: Vec<usize> =
+        arg.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<usize>().ok().filter(|&v| v > 0).ok_or_else(|| {
+                    Error::Usage(format!("--probes: `{s}` is not a positive integer"))
+                })
+            })
+            .collect::<Result<_>>()?;
+    if probes.is_empty() {
+        return Err(Error::Usage(
+            "--probes: give at least one probe count".into(),
+        ));
+    }
+    Ok(probes)
+}
+
+fn kernel_meta_for(
+    prepared: &Prepared,
+    args: &StatsArgs,
+    spec: KernelSpec,
+) -> Result<serde_json::Value> {
+    // Metadata from a one-example tile source (cheap; the real one is gone by now).
+    let tiles = NtkTiles::new(&prepared.model.network, prepared.inputs(1)?, spec, 1)?;
+    let mut meta = kernel_meta(prepared, &tiles, args.n);
+    meta["m"] = serde_json::json!(args.n * tiles.rows_per_example());
+    meta["against"] = serde_json::json!(args.against);
+    if let Some(obj) = meta.as_object_mut() {
+        obj.remove("kernel_stats");
+    }
+    Ok(meta)
+}
+
+/// The exact statistics in one pass over the upper-triangle tiles, with tiles of at most a quarter of
+/// the non-feature memory each (two kernels: each gets half of that).
+fn exact_pass(
+    tiles: &NtkTiles,
+    second: Option<&NtkTiles>,
+    args: &StatsArgs,
+    x: faer::MatRef<'_, f64>,
+    y: faer::MatRef<'_, f64>,
+    rest_mem: u64,
+    progress: &dyn Progress,
+) -> Result<ExactStats> {
+    let t0 = Instant::now();
+    let g = tiles.granule();
+    let held = second.map_or(tiles.held_examples(), |b| {
+        tiles.held_examples().min(b.held_examples())
+    });
+    let kernels = if second.is_some() { 2 } else { 1 };
+    let m = tiles.dim();
+    // A tile is at most piece × panel values (piece × piece when every example's features stay cached);
+    // keep it (and its product scratch) within a quarter of the memory left.
+    let budget_values = (rest_mem as usize / 4 / 8 / kernels).max(g * g);
+    let piece = if held * g >= m {
+        (budget_values as f64).sqrt() as usize
+    } else {
+        budget_values / (held * g).max(g)
+    }
+    .clamp(g, 512);
+    let plan = upper_tile_plan(tiles, held, piece);
+    let moments = stream_moments(
+        tiles,
+        second.map(|b| b as &dyn TileSource),
+        x,
+        &plan,
+        progress,
+    )?;
+    let terms = TargetTerms::new(moments.kx.as_ref(), y);
+    let statistics = KernelStatistics::new(
+        Estimated::exact(moments.trace),
+        Estimated::exact(moments.frob_sq),
+        &terms,
+    );
+    let per_example_trace: Vec<f64> = moments.diag.chunks(g).map(|c| c.iter().sum()).collect();
+    let against = match (&moments.cross, &args.against) {
+        (Some(c), Some(path)) => Some(AgainstStats {
+            model: path.clone(),
+            alignment: Estimated::exact(c.inner / (moments.frob_sq.sqrt() * c.frob_sq.sqrt())),
+            inner: Estimated::exact(c.inner),
+            trace_other: Estimated::exact(c.trace),
+            frobenius_other: Estimated::exact(c.frob_sq.sqrt()),
+        }),
+        _ => None,
+    };
+    Ok(ExactStats {
+        statistics,
+        frobenius_sq: moments.frob_sq,
+        per_example_trace,
+        against,
+        tiles: moments.tiles,
+        seconds: t0.elapsed().as_secs_f64(),
+        kernel_stats: serde_json::json!(tiles.stats()),
+    })
+}
+
+/// One estimator at one probe count.
+fn estimate(
+    op: &NtkOperator,
+    method: &str,
+    probes: usize,
+    seed: u64,
+    memory: usize,
+    terms: &TargetTerms,
+    progress: &dyn Progress,
+) -> Result<EstimateRow> {
+    let t = Instant::now();
+    progress.start(&format!("{method}, {probes} probes"), 1);
+    let moments: TraceMoments = match method {
+        "hutchinson" => hutchinson(op, probes, seed)?,
+        "hutchpp" => hutchpp(op, probes, seed)?,
+        "one-sided-reverse" => one_sided(op, Side::Reverse, probes, seed, memory)?,
+        "one-sided-forward" => one_sided(op, Side::Forward, probes, seed, memory)?,
+        other => return Err(Error::Internal(format!("unknown estimator {other}"))),
+    };
+    progress.finish();
+    Ok(EstimateRow {
+        method: method.to_string(),
+        probes,
+        seed,
+        statistics: KernelStatistics::new(moments.trace, moments.trace_sq, terms),
+        frobenius_sq: moments.trace_sq,
+        products: moments.products,
+        reverse_products: moments.reverse_products,
+        forward_products: moments.forward_products,
+        seconds: t.elapsed().as_secs_f64(),
+        speedup_vs_exact: None,
+        relative_error: None,
+        against: None,
+    })
+}
+
+/// A(K, K2) by Hutchinson on both kernels with the same probes ([`kernel_alignment`]).
+fn against_estimate(
+    op: &NtkOperator,
+    op2: &NtkOperator,
+    probes: usize,
+    seed: u64,
+    path: &str,
+    progress: &dyn Progress,
+) -> Result<AgainstStats> {
+    progress.start(&format!("kernel-kernel alignment, {probes} probes"), 1);
+    let a = kernel_alignment(op, op2, probes, seed)?;
+    progress.finish();
+    Ok(AgainstStats {
+        model: path.to_string(),
+        alignment: a.alignment,
+        inner: a.inner,
+        trace_other: a.trace_other,
+        frobenius_other: a.frobenius_other,
+    })
+}
+
+/// |estimate − exact| / |exact| for each statistic.
+fn relative_errors(est: &KernelStatistics, exact: &KernelStatistics) -> serde_json::Value {
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
+    serde_json::json!({
+        "trace": rel(est.trace.value, exact.trace.value),
+        "frobenius": rel(est.frobenius.value, exact.frobenius.value),
+        "effective_rank": rel(est.effective_rank.value, exact.effective_rank.value),
+        "alignment": rel(est.alignment.value, exact.alignment.value),
+        "centred_alignment": match (&est.centred_alignment, &exact.centred_alignment) {
+            (Some(a), Some(b)) => serde_json::json!(rel(a.value, b.value)),
+            _ => serde_json::Value::Null,
+        },
+    })
+}
