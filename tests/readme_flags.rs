@@ -22,6 +22,13 @@ const OTHER_TOOLS: &[&str] = &[
     "ignored",
     "include-ignored",
     "exact",
+    // Slurm (`#SBATCH` lines of the multi-day job example)
+    "time",
+    "mem",
+    "cpus-per-task",
+    "signal",
+    "requeue",
+    "open-mode",
 ];
 
 /// Every long flag of the top-level command and of each subcommand, as `--help` shows them (hidden ones
