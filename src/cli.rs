@@ -45,6 +45,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a model's accuracy on a dataset split.
     Eval(EvalArgs),
+    /// Score FLODANCE and the naive extrapolations on exact nested log-dets (docs/results) and print tables.
+    Report(ReportArgs),
     /// NTK statistics without storing the kernel: trace, Frobenius norm, effective rank, alignment
     /// (exact in one streamed pass over the tiles, or matrix-free with --estimate).
     Stats(StatsArgs),
@@ -114,7 +116,7 @@ impl DataArgs {
 /// How the kernel is defined.
 #[derive(Debug, Args, Clone)]
 pub struct KernelArgs {
-    /// Network outputs: full (all d logits), sum, trace, or logit:K (K a class index).
+    /// Network outputs: full (all d logits), centered (the d−1 logit contrasts), sum, trace, or logit:K (K a class index).
     #[arg(long, default_value = "full", value_parser = OutputsParser)]
     pub outputs: Outputs,
     /// Kernel scale s in J Jᵀ / s.
@@ -179,18 +181,77 @@ pub struct FitModelArgs {
     /// Burn-in n_0: the fit uses k in [n_0, n_s].
     #[arg(long, default_value_t = 100)]
     pub burn_in: usize,
-    /// Laurent order q of the scaling-law fit.
-    #[arg(long, default_value_t = 2)]
-    pub q: usize,
+    /// Laurent order q of the scaling-law fit, or `auto`: the q in 1..4 whose backtests (sub-windows
+    /// predicting ℓ_{n_s}) err least.
+    #[arg(long, default_value = "2")]
+    pub q: Auto<usize>,
     /// Number r of plain k^-i terms (i = 1..r) added to the model.
     #[arg(long, default_value_t = 0)]
     pub plain_terms: usize,
-    /// Fit weight exponent alpha (0 fits ℓ_k, 1 fits ℓ_k / k).
-    #[arg(long, default_value_t = 0.0)]
-    pub alpha: f64,
+    /// Fit weight exponent alpha (0 fits ℓ_k, 1 fits ℓ_k / k), or `auto`: 0 or 1, whichever backtests
+    /// better.
+    #[arg(long, default_value = "0")]
+    pub alpha: Auto<f64>,
+    /// Constrain the fitted law's per-example increments ℓ_k − ℓ_{k−1} to be non-increasing on
+    /// [n_0, target n] (constrained least squares; equal to the plain fit when that already has the shape).
+    #[arg(long)]
+    pub shape_constrained: bool,
+    /// Nominal level of the calibrated interval (the quantile of the backtests' normalised errors).
+    #[arg(long, default_value_t = 0.9)]
+    pub interval_level: f64,
     /// Number of refits on random subsamples of the window for the interval.
     #[arg(long, default_value_t = 50)]
     pub ensemble: usize,
+}
+
+/// Arguments of `report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Results files or directories of them (every *.json): run --exact-n or logdet --nested output, or
+    /// any JSON object with `nested: [[k, l_k], ...]`.
+    #[arg(long, num_args = 1.., default_value = "docs/results")]
+    pub results: Vec<PathBuf>,
+    /// Fit windows as N0:NS pairs, comma-separated.
+    #[arg(long, default_value = "1:100,100:500,300:500")]
+    pub windows: String,
+    /// Target sizes n, comma-separated (cells whose n exceeds a file's largest k are skipped).
+    #[arg(long, value_delimiter = ',', default_value = "1000,2500")]
+    pub targets: Vec<usize>,
+    #[command(flatten)]
+    pub fit: FitModelArgs,
+    /// Seed of the refit ensembles.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write every cell and the coverage summary as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the SVG of relative error against extrapolation ratio here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// A value, or `auto` (chosen by the program; see the option's help).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Auto<T> {
+    /// Let the program choose.
+    Auto,
+    /// This value.
+    Value(T),
+}
+
+impl<T: std::str::FromStr> std::str::FromStr for Auto<T>
+where
+    T::Err: std::fmt::Display,
+{
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Auto::Auto);
+        }
+        s.parse()
+            .map(Auto::Value)
+            .map_err(|e| format!("expected `auto` or a number: {e}"))
+    }
 }
 
 /// Arguments of `run`.
@@ -287,6 +348,16 @@ pub struct LogdetArgs {
     pub scratch_cap: Option<String>,
     #[command(flatten)]
     pub ckpt: CheckpointArgs,
+    /// MPI build only: the process grid PxQ for the distributed factorisation (default: the squarest for
+    /// the job's ranks; used whenever the job has more than one rank or this is given).
+    #[cfg(feature = "mpi")]
+    #[arg(long)]
+    pub grid: Option<String>,
+    /// MPI build only: the block-cyclic block size (a multiple of the granule, d for an NTK; default
+    /// 256 rounded up to the granule).
+    #[cfg(feature = "mpi")]
+    #[arg(long)]
+    pub block_size: Option<usize>,
 }
 
 /// Arguments of `fit`.

@@ -79,6 +79,9 @@ pub enum Error {
     /// A bug: an invariant of ours did not hold.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Another process of the same MPI job reported the failure; this one exits with the code, silently.
+    #[error("failed on another rank (exit code {0})")]
+    Reported(i32),
 }
 
 impl Error {
@@ -88,6 +91,7 @@ impl Error {
         match self {
             Error::Candle(_) | Error::Internal(_) => 1,
             Error::Interrupted => crate::signals::exit_code(),
+            Error::Reported(code) => *code,
             _ => 2,
         }
     }

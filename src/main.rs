@@ -11,8 +11,19 @@ fn main() {
             std::process::exit(code);
         }
     };
-    if let Err(err) = pipeline::execute(&cli) {
-        eprintln!("error: {err}");
+    let result = pipeline::execute(&cli);
+    if let Err(err) = &result {
+        if !matches!(err, ntk_pipeline::Error::Reported(_)) {
+            // One write, so that the line is not interleaved with other output (e.g. mpirun's own).
+            use std::io::Write as _;
+            let _ = std::io::stderr().write_all(format!("error: {err}\n").as_bytes());
+        }
+    }
+    // Under MPI every rank waits here until all have printed, so that no early exit makes mpirun kill a
+    // rank that is still reporting.
+    #[cfg(feature = "mpi")]
+    ntk_pipeline::linalg::dist::finalize();
+    if let Err(err) = result {
         std::process::exit(err.exit_code());
     }
 }

@@ -130,7 +130,11 @@ fn every_model_or_data_subcommand_shares_one_argument_group() {
 fn option_values_are_enums_whose_choices_help_lists() {
     let command = Cli::command();
     let expect: &[(&str, &str, &[&str])] = &[
-        ("run", "outputs", &["full", "sum", "trace", "logit:K"]),
+        (
+            "run",
+            "outputs",
+            &["full", "centered", "sum", "trace", "logit:K"],
+        ),
         ("run", "scale", &["sqrt-p", "none", "p"]),
         ("run", "precision", &["f64", "f32"]),
         ("run", "split", &["train", "test"]),

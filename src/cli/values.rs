@@ -23,7 +23,7 @@ impl SampleOrder {
     }
 }
 
-/// Parses `--outputs` (full, sum, trace, logit:K) and lists those choices in `--help`.
+/// Parses `--outputs` (full, centered, sum, trace, logit:K) and lists those choices in `--help`.
 #[derive(Debug, Clone, Copy)]
 pub struct OutputsParser;
 
@@ -39,6 +39,7 @@ impl TypedValueParser for OutputsParser {
         let text = value.to_string_lossy();
         let parsed = match text.as_ref() {
             "full" => Some(Outputs::Full),
+            "centered" => Some(Outputs::Centered),
             "sum" => Some(Outputs::Sum),
             "trace" => Some(Outputs::Trace),
             s => s
@@ -62,7 +63,7 @@ impl TypedValueParser for OutputsParser {
             err.insert(
                 ContextKind::ValidValue,
                 ContextValue::Strings(
-                    ["full", "sum", "trace", "logit:K"]
+                    ["full", "centered", "sum", "trace", "logit:K"]
                         .map(String::from)
                         .to_vec(),
                 ),
@@ -73,7 +74,7 @@ impl TypedValueParser for OutputsParser {
 
     fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
         Some(Box::new(
-            ["full", "sum", "trace", "logit:K"]
+            ["full", "centered", "sum", "trace", "logit:K"]
                 .into_iter()
                 .map(PossibleValue::new),
         ))

@@ -4,6 +4,8 @@
 pub mod budget;
 pub mod checkpoint;
 mod column;
+#[cfg(feature = "mpi")]
+pub mod dist;
 pub mod factor;
 pub mod gemm;
 pub mod lockfile;

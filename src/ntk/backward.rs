@@ -326,7 +326,7 @@ fn pad_to_input(g: Tensor, input: &Tensor) -> Result<Tensor> {
 }
 
 /// The seed rows for a kernel with `r` rows per example: row i·r + c is e_c (full/trace), all ones (sum),
-/// or e_K (logit:K).
+/// e_K (logit:K), or column c of the centering basis U (centered).
 pub fn seed(n: usize, d: usize, outputs: crate::ntk::Outputs, dtype: DType) -> Result<Tensor> {
     use crate::ntk::Outputs;
     let dev = candle_core::Device::Cpu;
@@ -336,6 +336,16 @@ pub fn seed(n: usize, d: usize, outputs: crate::ntk::Outputs, dtype: DType) -> R
             repeat_block(&eye, n)?
         }
         Outputs::Sum => Tensor::ones((n, d), DType::F64, &dev)?,
+        Outputs::Centered => {
+            if d < 2 {
+                return Err(Error::Usage(
+                    "--outputs centered needs a network with at least 2 logits".into(),
+                ));
+            }
+            let u = crate::ntk::centering_basis(d);
+            let ut = Tensor::from_vec(u, (d, d - 1), &dev)?.t()?.contiguous()?;
+            repeat_block(&ut, n)?
+        }
         Outputs::Logit(k) => {
             if k >= d {
                 return Err(Error::Usage(format!(

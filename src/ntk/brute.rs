@@ -67,6 +67,14 @@ pub fn jacobian(network: &Network, inputs: &Tensor, spec: &KernelSpec) -> Result
                 .map(|c| y.narrow(0, c, 1))
                 .collect::<candle_core::Result<_>>()?,
             Outputs::Sum => vec![y.sum_all()?],
+            Outputs::Centered => {
+                let u = crate::ntk::centering_basis(d);
+                let u = Tensor::from_vec(u, (d, d - 1), y.device())?;
+                let contrasts = y.unsqueeze(0)?.matmul(&u)?.squeeze(0)?;
+                (0..d - 1)
+                    .map(|c| contrasts.narrow(0, c, 1))
+                    .collect::<candle_core::Result<_>>()?
+            }
             Outputs::Logit(k) => vec![y.narrow(0, k, 1)?],
         };
         for s in seeds {

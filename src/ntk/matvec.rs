@@ -214,11 +214,16 @@ impl NtkOperator {
     fn seeds(&self, v: MatRef<'_, f64>) -> Mat<f64> {
         let (n, d, e) = (self.num_examples(), self.logits, self.expand());
         let q = v.ncols();
+        let u = crate::ntk::centering_basis(d);
         Mat::from_fn(n * d, q * e, |row, col| {
             let (i, c) = (row / d, row % d);
             let t = col / e;
             match self.spec.outputs {
                 Outputs::Full => v[(row, t)],
+                // Seed U v_i: the contrasts' kernel is (I ⊗ Uᵀ) K (I ⊗ U).
+                Outputs::Centered => (0..d - 1)
+                    .map(|a| u[c * (d - 1) + a] * v[(i * (d - 1) + a, t)])
+                    .sum(),
                 Outputs::Sum => v[(i, t)],
                 Outputs::Logit(k) => {
                     if c == k {
@@ -241,8 +246,13 @@ impl NtkOperator {
     /// Kernel-space rows (m × q) of full-mode outputs Y (n·d × q·expand), the transpose of [`Self::seeds`].
     fn gather(&self, y: MatRef<'_, f64>, q: usize) -> Mat<f64> {
         let (d, e) = (self.logits, self.expand());
+        let u = crate::ntk::centering_basis(d);
         Mat::from_fn(self.order(), q, |row, t| match self.spec.outputs {
             Outputs::Full => y[(row, t)],
+            Outputs::Centered => {
+                let (i, a) = (row / (d - 1), row % (d - 1));
+                (0..d).map(|c| u[c * (d - 1) + a] * y[(i * d + c, t)]).sum()
+            }
             Outputs::Sum => (0..d).map(|c| y[(row * d + c, t)]).sum(),
             Outputs::Logit(k) => y[(row * d + k, t)],
             Outputs::Trace => (0..e).map(|c| y[(row * d + c, t * e + c)]).sum(),

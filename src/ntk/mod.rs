@@ -40,6 +40,26 @@ pub enum Outputs {
     Trace,
     /// One logit K (n×n).
     Logit(usize),
+    /// The d−1 logit contrasts: rows `Uᵀ f` with U the Helmert basis of the complement of the all-ones
+    /// vector (see [`centering_basis`]); m = n·(d−1) and `K_c = (I_n ⊗ Uᵀ) K (I_n ⊗ U)` (SPEC §1).
+    Centered,
+}
+
+/// The orthonormal basis U (d × (d−1), row-major) of the complement of the all-ones vector used by
+/// `--outputs centered`: Helmert contrasts, column k (k = 1..d−1) = (1, …, 1, −k, 0, …, 0) / √(k(k+1)) with k
+/// ones. Softmax ignores a common shift of the logits, so this drops exactly the direction training leaves
+/// undetermined.
+pub fn centering_basis(d: usize) -> Vec<f64> {
+    let cols = d.saturating_sub(1);
+    let mut u = vec![0.0f64; d * cols];
+    for k in 1..=cols {
+        let norm = ((k * (k + 1)) as f64).sqrt();
+        for i in 0..k {
+            u[i * cols + (k - 1)] = 1.0 / norm;
+        }
+        u[k * cols + (k - 1)] = -(k as f64) / norm;
+    }
+    u
 }
 
 /// The scale s in `J Jᵀ / s`.
@@ -92,11 +112,12 @@ impl KernelSpec {
             "full" => Outputs::Full,
             "sum" => Outputs::Sum,
             "trace" => Outputs::Trace,
+            "centered" => Outputs::Centered,
             s => match s.strip_prefix("logit:").map(str::parse::<usize>) {
                 Some(Ok(k)) => Outputs::Logit(k),
                 _ => {
                     return Err(Error::Usage(format!(
-                        "--outputs {s}: expected full, sum, trace or logit:K (K a class index)"
+                        "--outputs {s}: expected full, centered, sum, trace or logit:K (K a class index)"
                     )))
                 }
             },
@@ -127,10 +148,11 @@ impl KernelSpec {
         })
     }
 
-    /// Kernel rows per example: d for `full`, 1 otherwise.
+    /// Kernel rows per example: d for `full`, d − 1 for `centered`, 1 otherwise.
     pub fn rows_per_example(&self, num_logits: usize) -> usize {
         match self.outputs {
             Outputs::Full => num_logits,
+            Outputs::Centered => num_logits.saturating_sub(1),
             _ => 1,
         }
     }
@@ -150,6 +172,7 @@ impl KernelSpec {
             Outputs::Full => "full".into(),
             Outputs::Sum => "sum".into(),
             Outputs::Trace => "trace".into(),
+            Outputs::Centered => "centered".into(),
             Outputs::Logit(k) => format!("logit:{k}"),
         }
     }

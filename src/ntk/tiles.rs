@@ -99,8 +99,14 @@ impl NtkTiles {
                 )));
             }
         }
+        if spec.outputs == Outputs::Centered && logits < 2 {
+            return Err(Error::Usage(
+                "--outputs centered needs a network with at least 2 logits".into(),
+            ));
+        }
         let rows = match spec.outputs {
             Outputs::Full | Outputs::Trace => logits,
+            Outputs::Centered => logits - 1,
             Outputs::Sum | Outputs::Logit(_) => 1,
         };
         let plan = LayerPlan::new(&network, &probe, rows)?;

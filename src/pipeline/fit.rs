@@ -1,24 +1,38 @@
 //! The `fit` subcommand: read nested log-dets from a JSON or CSV file, fit the FLODANCE scaling law,
 //! print a short table, and optionally write the JSON report and the SVG plot.
 
-use crate::cli::{FitArgs, FitModelArgs};
+use crate::cli::{Auto, FitArgs, FitModelArgs};
 use crate::progress::Progress;
 use crate::report::fit::{EstimateJson, FitJson, FitReport};
 use crate::report::plot::plot_fit;
 use crate::report::{check_outputs, write_json};
-use crate::scaling::{fit, Fit, FitOptions};
+use crate::scaling::{estimate, Estimate, EstimateOptions, FitOptions};
 use crate::{Error, Result};
 use std::path::Path;
 
-/// The fit's options from its command-line arguments and the seed of its ensemble.
-pub fn fit_options(args: &FitModelArgs, seed: u64) -> FitOptions {
-    FitOptions {
-        n0: args.burn_in,
-        q: args.q,
-        r: args.plain_terms,
-        alpha: args.alpha,
-        ensemble: args.ensemble,
-        seed,
+/// The estimate's options from the fit's command-line arguments and the seed of its ensemble.
+pub fn estimate_options(args: &FitModelArgs, seed: u64) -> EstimateOptions {
+    let (q, auto_q) = match args.q {
+        Auto::Auto => (2, true),
+        Auto::Value(q) => (q, false),
+    };
+    let (alpha, auto_alpha) = match args.alpha {
+        Auto::Auto => (0.0, true),
+        Auto::Value(a) => (a, false),
+    };
+    EstimateOptions {
+        fit: FitOptions {
+            n0: args.burn_in,
+            q,
+            r: args.plain_terms,
+            alpha,
+            ensemble: args.ensemble,
+            seed,
+        },
+        auto_q,
+        auto_alpha,
+        shape_constrained: args.shape_constrained,
+        level: args.interval_level,
     }
 }
 
@@ -47,19 +61,19 @@ pub fn run(args: &FitArgs, progress: &dyn Progress) -> Result<()> {
         return Err(Error::Usage("--target-n must be at least 1".into()));
     }
     let nested = read_nested(&args.logdets)?;
-    let opts = fit_options(&args.fit, args.seed);
+    let opts = estimate_options(&args.fit, args.seed);
     progress.start("fit", 1);
-    let fitted = fit(&nested, &opts)?;
+    let est = estimate(&nested, &opts, args.target_n)?;
     progress.finish();
     let report = FitReport {
-        estimate: EstimateJson::from_fit(&fitted, args.target_n),
-        fit: FitJson::from_fit(&fitted),
+        estimate: EstimateJson::from_estimate(&est),
+        fit: FitJson::from_estimate(&est),
         input: args.logdets.display().to_string(),
     };
     // The result goes to stdout first, so a failing write at the end loses nothing.
-    print!("{}", table(&fitted, &report));
+    print!("{}", table(&est));
     if let Some(path) = &args.plot {
-        plot_fit(path, &nested, &fitted, args.target_n, &[])?;
+        plot_fit(path, &nested, &est.fit, args.target_n, &[])?;
     }
     if let Some(path) = &args.json {
         write_json(path, &report)?;
@@ -67,12 +81,32 @@ pub fn run(args: &FitArgs, progress: &dyn Progress) -> Result<()> {
     Ok(())
 }
 
-/// The terminal summary of a fit.
-pub fn table(fit: &Fit, report: &FitReport) -> String {
+/// The terminal summary of an estimate: the law, its diagnostics, the estimate with both intervals, and
+/// any warnings (also on stderr).
+pub fn table(est: &Estimate) -> String {
+    let fit = &est.fit;
     let mut s = format!(
-        "FLODANCE fit: {} points, k in [{}, {}], q = {}, alpha = {}\n",
-        fit.points, fit.window.0, fit.window.1, fit.q, fit.alpha
+        "FLODANCE fit: {} points, k in [{}, {}], q = {}, alpha = {}{}\n",
+        fit.points,
+        fit.window.0,
+        fit.window.1,
+        fit.q,
+        fit.alpha,
+        if fit.concave_to.is_some() {
+            ", shape-constrained"
+        } else {
+            ""
+        }
     );
+    for c in &est.candidates {
+        s.push_str(&format!(
+            "  candidate q = {}, alpha = {}: backtest rms relative error {:.3e}{}\n",
+            c.q,
+            c.alpha,
+            c.backtest_rms,
+            if c.chosen { "  (chosen)" } else { "" }
+        ));
+    }
     for c in &fit.coefficients {
         s.push_str(&format!("  {:<8} {:>24.15e}\n", c.name, c.value));
     }
@@ -84,15 +118,33 @@ pub fn table(fit: &Fit, report: &FitReport) -> String {
         fit.coefficients.len(),
         fit.condition
     ));
-    let e = &report.estimate;
     s.push_str(&format!(
-        "estimate: l_{} = {:.10e}   interval [{:.10e}, {:.10e}] (2.5-97.5 % of {} half-window refits)\n",
-        e.n,
-        e.logdet,
-        e.low,
-        e.high,
+        "estimate: l_{} = {:.10e}   sensitivity [{:.10e}, {:.10e}] (2.5-97.5 % of {} half-window refits)\n",
+        est.target_n,
+        est.logdet,
+        est.sensitivity.0,
+        est.sensitivity.1,
         fit.ensemble_size()
     ));
+    s.push_str(&calibrated_and_warnings(est));
+    s
+}
+
+/// The calibrated-interval line of an estimate; its warnings go to stderr.
+pub fn calibrated_and_warnings(est: &Estimate) -> String {
+    let mut s = String::new();
+    if let (Some(cal), Some((lo, hi))) = (&est.calibration, est.calibrated) {
+        s.push_str(&format!(
+            "          calibrated [{lo:.10e}, {hi:.10e}] (level {}, error model {:.3e}·(ratio−1)^{:.2} from {} backtests)\n",
+            cal.level,
+            cal.scale,
+            cal.exponent,
+            cal.backtests.len()
+        ));
+    }
+    for w in &est.warnings {
+        eprintln!("warning: {w}");
+    }
     s
 }
 

@@ -65,6 +65,10 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
     let meta = crate::pipeline::inputs::kernel_meta(&prepared, &tiles, n);
     let identity = crate::pipeline::inputs::kernel_identity(&prepared, md, n, &args.kernel);
     let mut report = factor_and_report(&tiles, &memdet_args, Some(meta), identity, progress)?;
+    #[cfg(feature = "mpi")]
+    if crate::linalg::dist::is_follower() {
+        return Ok(()); // rank 0 alone reports
+    }
     let stats = tiles.stats();
     // The tile-forming times are known only now.
     report["kernel_stats"] = serde_json::json!(stats);
@@ -83,6 +87,10 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
 
 /// Write `--json`, if asked for.
 fn write_report(args: &LogdetArgs, report: &serde_json::Value) -> Result<()> {
+    #[cfg(feature = "mpi")]
+    if crate::linalg::dist::is_follower() {
+        return Ok(()); // rank 0 alone writes
+    }
     match &args.json {
         Some(path) => write_json(path, report),
         None => Ok(()),
@@ -169,6 +177,10 @@ pub fn factor_and_report(
     identity: Vec<(String, String)>,
     progress: &dyn Progress,
 ) -> Result<serde_json::Value> {
+    #[cfg(feature = "mpi")]
+    if crate::pipeline::distributed::requested(args) {
+        return crate::pipeline::distributed::factor_and_report(source, args, kernel_meta);
+    }
     let mut opts = memdet_options(args)?;
     opts.checkpoint = checkpoint_for(&args.ckpt, None, identity);
     let nested = args.nested.map(|d| d.unwrap_or(source.granule()));

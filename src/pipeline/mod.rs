@@ -2,11 +2,14 @@
 //! One file per subcommand.
 
 pub mod compare;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 pub mod eval;
 pub mod fit;
 pub mod inputs;
 pub mod logdet;
 pub mod ntk;
+pub mod report;
 pub mod run;
 pub mod stats;
 pub mod train;
@@ -39,6 +42,7 @@ pub fn execute(cli: &Cli) -> Result<()> {
         Command::Compare(args) => compare::run(args, progress),
         Command::Train(args) => train::run(args, progress),
         Command::Eval(args) => eval::run(args, progress),
+        Command::Report(args) => report::run(args, progress),
         Command::Stats(args) => stats::run(args, progress),
     }
 }

@@ -5,7 +5,7 @@
 use crate::cli::RunArgs;
 use crate::linalg::{Assume, Checkpoint, LogDet, MemdetOptions, TileSource};
 use crate::ntk::NtkTiles;
-use crate::pipeline::fit::{check_window, fit_options};
+use crate::pipeline::fit::{calibrated_and_warnings, check_window, estimate_options};
 use crate::pipeline::inputs::{
     budget_split, check_scratch_dir, kernel_identity, kernel_meta, memory_split, prepare, Prepared,
 };
@@ -17,7 +17,7 @@ use crate::report::run::{
     process_peak_rss, ExactJson, MemoryJson, RunReport, SampleJson, TimingsJson,
 };
 use crate::report::{check_outputs, write_json};
-use crate::scaling::{fit, nested_logdets};
+use crate::scaling::{estimate, nested_logdets};
 use crate::{Error, Result};
 use std::time::Instant;
 
@@ -40,8 +40,8 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
             "--exact-n {exact_n} must exceed --n-sample {ns}"
         )));
     }
-    let opts = fit_options(&args.fit, args.md.seed);
-    check_window(ns, &opts)?;
+    let opts = estimate_options(&args.fit, args.md.seed);
+    check_window(ns, &opts.fit)?;
     let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
     let max_mem = feature_mem + memdet_mem;
     check_scratch_dir(&args.mem)?;
@@ -93,8 +93,9 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
 
     let t_fit = Instant::now();
     progress.start("fit", 1);
-    let fitted = fit(&nested.points, &opts)?;
+    let est = estimate(&nested.points, &opts, target_n)?;
     progress.finish();
+    let fitted = &est.fit;
     let fit_s = t_fit.elapsed().as_secs_f64();
 
     let stats = tiles.stats();
@@ -106,10 +107,9 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
         })?),
         None => None,
     };
-    let estimate = EstimateJson::from_fit(&fitted, target_n);
     let report = RunReport {
-        estimate: estimate.clone(),
-        fit: FitJson::from_fit(&fitted),
+        estimate: EstimateJson::from_estimate(&est),
+        fit: FitJson::from_estimate(&est),
         nested: nested.points.clone(),
         kernel: kernel_meta(&prepared, &tiles, ns),
         sample: SampleJson {
@@ -139,9 +139,14 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     };
     // The result goes to stdout first, so a failing write at the end loses nothing.
     print_summary(&report, &prepared);
+    print!("{}", calibrated_and_warnings(&est));
     if let Some(path) = &args.plot {
-        let exact_points: Vec<(usize, f64)> = exact.iter().map(|e| (e.n, e.logdet)).collect();
-        plot_fit(path, &nested.points, &fitted, target_n, &exact_points)?;
+        // The exact nested ℓ_k beyond the sample, when --exact-n computed them, ending at ℓ_N.
+        let exact_points: Vec<(usize, f64)> = exact
+            .iter()
+            .flat_map(|e| e.nested.iter().copied().filter(|p| p.0 > ns))
+            .collect();
+        plot_fit(path, &nested.points, fitted, target_n, &exact_points)?;
     }
     if let Some(path) = &args.json {
         write_json(path, &report)?;
@@ -235,7 +240,7 @@ fn print_summary(r: &RunReport, prepared: &Prepared) {
     );
     println!("  l_{ns:<8} {ls:.10e} (exact, from the factorisation)");
     println!(
-        "  l_{:<8} {:.10e}  interval [{:.10e}, {:.10e}] ({} refits)",
+        "  l_{:<8} {:.10e}  sensitivity [{:.10e}, {:.10e}] ({} refits)",
         r.estimate.n, r.estimate.logdet, r.estimate.low, r.estimate.high, r.fit.ensemble
     );
     if let Some(e) = &r.exact {

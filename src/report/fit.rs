@@ -1,25 +1,61 @@
 //! The JSON schema of a FLODANCE fit (`fit --json`, and the `estimate`/`fit` parts of `run --json`), and
 //! atomic file writing (temp name in the same directory, renamed on success).
 
-use crate::scaling::Fit;
-use serde::{Deserialize, Serialize};
+use crate::scaling::calibrate::Calibration;
+use crate::scaling::estimate::Candidate;
+use crate::scaling::{Estimate, Fit, ShapeCheck};
+use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// The extrapolated log-det at the target size.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The sensitivity band: how much the extrapolation depends on which window points were fitted.
+#[derive(Debug, Clone, Serialize)]
+pub struct SensitivityJson {
+    /// 2.5th percentile of the half-window refits' predictions (≤ logdet).
+    pub low: f64,
+    /// 97.5th percentile (≥ logdet).
+    pub high: f64,
+    /// Number of refits.
+    pub refits: usize,
+}
+
+/// The calibrated interval (SPEC §3.7): the backtests' error model carried to the target's ratio.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibratedJson {
+    /// Lower end.
+    pub low: f64,
+    /// Upper end.
+    pub high: f64,
+    /// Nominal level (the quantile of normalised backtest errors used); coverage is measured, not assumed.
+    pub level: f64,
+    /// The extrapolation ratio n / n_s the model was carried to.
+    pub ratio: f64,
+    /// The error model `|r(ρ)| ≈ scale · (ρ − 1)^exponent`, its quantile factor and its backtests.
+    pub model: Calibration,
+}
+
+/// The extrapolated log-det at the target size, its two intervals and the shape check.
+#[derive(Debug, Clone, Serialize)]
 pub struct EstimateJson {
     /// Target size n (number of examples).
     pub n: usize,
     /// Extrapolated ℓ̂_n.
     pub logdet: f64,
-    /// Lower end of the sensitivity interval (2.5th percentile of the refits, ≤ logdet).
+    /// Same as `sensitivity.low` (kept for scripts written against the first schema).
     pub low: f64,
-    /// Upper end of the sensitivity interval (97.5th percentile of the refits, ≥ logdet).
+    /// Same as `sensitivity.high`.
     pub high: f64,
+    /// The refit-sensitivity band.
+    pub sensitivity: SensitivityJson,
+    /// The calibrated interval, or null when the window is too short for backtests.
+    pub calibrated: Option<CalibratedJson>,
+    /// The fitted curve's per-example increments checked on [n_s, n].
+    pub shape: ShapeCheck,
+    /// Warnings (also printed): a law that turns up, no calibrated interval, …
+    pub warnings: Vec<String>,
 }
 
 /// The fitted model and its diagnostics.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct FitJson {
     /// Burn-in n₀.
     pub n0: usize,
@@ -45,10 +81,14 @@ pub struct FitJson {
     pub condition: Option<f64>,
     /// Number of half-window refits behind the interval.
     pub ensemble: usize,
+    /// Whether the law was fitted with non-increasing increments on [n₀, n] (`--shape-constrained`).
+    pub shape_constrained: bool,
+    /// The laws scored by backtest error when q or α was `auto` (empty otherwise).
+    pub candidates: Vec<Candidate>,
 }
 
 /// The `fit` subcommand's JSON document.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct FitReport {
     /// The extrapolated log-det.
     pub estimate: EstimateJson,
@@ -59,19 +99,45 @@ pub struct FitReport {
 }
 
 impl EstimateJson {
-    /// ℓ̂_n and its interval from a fit.
-    pub fn from_fit(fit: &Fit, n: usize) -> Self {
-        let (low, high) = fit.interval(n as f64);
+    /// The JSON form of an estimate.
+    pub fn from_estimate(e: &Estimate) -> Self {
+        let (low, high) = e.sensitivity;
         Self {
-            n,
-            logdet: fit.predict(n as f64),
+            n: e.target_n,
+            logdet: e.logdet,
             low,
             high,
+            sensitivity: SensitivityJson {
+                low,
+                high,
+                refits: e.fit.ensemble_size(),
+            },
+            calibrated: e
+                .calibration
+                .as_ref()
+                .zip(e.calibrated)
+                .map(|(cal, (low, high))| CalibratedJson {
+                    low,
+                    high,
+                    level: cal.level,
+                    ratio: e.target_n as f64 / e.fit.ns as f64,
+                    model: cal.clone(),
+                }),
+            shape: e.shape.clone(),
+            warnings: e.warnings.clone(),
         }
     }
 }
 
 impl FitJson {
+    /// The serialisable summary of an estimate's fit.
+    pub fn from_estimate(e: &Estimate) -> Self {
+        Self {
+            candidates: e.candidates.clone(),
+            ..Self::from_fit(&e.fit)
+        }
+    }
+
     /// The serialisable summary of a fit.
     pub fn from_fit(fit: &Fit) -> Self {
         Self {
@@ -91,6 +157,8 @@ impl FitJson {
             rank: fit.rank,
             condition: fit.condition.is_finite().then_some(fit.condition),
             ensemble: fit.ensemble_size(),
+            shape_constrained: fit.concave_to.is_some(),
+            candidates: Vec::new(),
         }
     }
 }

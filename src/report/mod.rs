@@ -2,11 +2,13 @@
 
 mod atomic;
 pub mod compare;
+pub mod error_plot;
 pub mod fit;
 pub mod logdet;
 mod output_path;
 pub mod plot;
 pub mod provenance;
+pub mod results;
 pub mod run;
 pub mod stats;
 

@@ -195,7 +195,22 @@ pub fn render(
         ex - 4.5,
         ey - 4.5
     );
-    for p in &exact_t {
+    // Exact values: a curve when there are many (the exact nested ℓ_k/k beyond n_s), a marker at the last.
+    if exact_t.len() > 1 {
+        let stride = exact_t.len().div_ceil(MAX_MARKERS).max(1);
+        let pts: Vec<String> = exact_t
+            .iter()
+            .step_by(stride)
+            .chain(exact_t.last())
+            .map(|p| format!("{:.2},{:.2}", f.px(p.0), f.py(p.1)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r##"<polyline class="exact" points="{}" fill="none" stroke="#1b9e77" stroke-width="2"/>"##,
+            pts.join(" ")
+        );
+    }
+    if let Some(p) = exact_t.last() {
         let (x, y) = (f.px(p.0), f.py(p.1));
         let _ = writeln!(
             s,

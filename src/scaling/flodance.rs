@@ -5,8 +5,10 @@
 //! (row weights k^{-α}), extrapolate to the full size n, and measure how sensitive the extrapolation is to
 //! which window points were fitted (the ensemble interval).
 
+use super::constrained::lstsq_nonpositive;
+use super::law::{basis, evaluate, names};
 use super::lstsq::lstsq;
-use super::special::ln_factorial;
+use super::shape::{check_increments, concavity_rows, ShapeCheck};
 use crate::{Error, Result};
 use rand::seq::index::sample;
 use rand::SeedableRng;
@@ -78,44 +80,20 @@ pub struct Fit {
     pub r: usize,
     /// Weight exponent α.
     pub alpha: f64,
+    /// `Some(n)` when the fit was constrained to non-increasing increments on [n₀, n].
+    pub concave_to: Option<usize>,
     /// Coefficient vectors of the ensemble refits (empty without an ensemble).
     ensemble: Vec<Vec<f64>>,
 }
 
-/// The basis functions at x, in coefficient order.
-fn basis(x: f64, q: usize, r: usize) -> Vec<f64> {
-    let lf = ln_factorial(x);
-    let mut row = Vec::with_capacity(3 + q + r);
-    row.push(1.0);
-    row.push(x);
-    row.push(lf);
-    let mut p = 1.0;
-    for _ in 1..=q {
-        p /= x;
-        row.push(lf * p);
-    }
-    let mut p = 1.0;
-    for _ in 1..=r {
-        p /= x;
-        row.push(p);
-    }
-    row
-}
-
-/// Coefficient names in model order.
-fn names(q: usize, r: usize) -> Vec<String> {
-    let mut v = vec!["a".to_string(), "c".to_string(), "beta0".to_string()];
-    v.extend((1..=q).map(|i| format!("beta{i}")));
-    v.extend((1..=r).map(|i| format!("gamma{i}")));
-    v
-}
-
-fn evaluate(coef: &[f64], x: f64, q: usize, r: usize) -> f64 {
-    basis(x, q, r).iter().zip(coef).map(|(b, c)| b * c).sum()
-}
-
 /// Weighted least-squares fit of the model to the given (x, y) points; returns coefficients, rank, condition.
-fn solve(points: &[(f64, f64)], opts: &FitOptions) -> Result<(Vec<f64>, usize, f64)> {
+/// With `concave`, the coefficients are constrained so that the curve's increments do not increase on
+/// those rows' grid (see [`super::shape::concavity_rows`]).
+fn solve(
+    points: &[(f64, f64)],
+    opts: &FitOptions,
+    concave: Option<&[Vec<f64>]>,
+) -> Result<(Vec<f64>, usize, f64)> {
     let mut rows = Vec::with_capacity(points.len());
     let mut rhs = Vec::with_capacity(points.len());
     for &(x, y) in points {
@@ -128,7 +106,10 @@ fn solve(points: &[(f64, f64)], opts: &FitOptions) -> Result<(Vec<f64>, usize, f
         );
         rhs.push(y * w);
     }
-    let sol = lstsq(&rows, &rhs)?;
+    let sol = match concave {
+        None => lstsq(&rows, &rhs)?,
+        Some(g) => lstsq_nonpositive(&rows, &rhs, g)?,
+    };
     Ok((sol.coef, sol.rank, sol.condition))
 }
 
@@ -138,8 +119,20 @@ pub fn fit(points: &[(usize, f64)], opts: &FitOptions) -> Result<Fit> {
     fit_xy(&xy, opts)
 }
 
+/// Fit nested log-dets with the shape constraint: the curve's per-example increments ℓ_k − ℓ_{k−1} do not
+/// increase on [max(n₀, 2), `upto`] (constrained least squares; the ensemble refits are constrained too).
+/// When the unconstrained fit already has that shape, the result equals it.
+pub fn fit_concave(points: &[(usize, f64)], opts: &FitOptions, upto: usize) -> Result<Fit> {
+    let xy: Vec<(f64, f64)> = points.iter().map(|&(k, l)| (k as f64, l)).collect();
+    fit_inner(&xy, opts, Some(upto))
+}
+
 /// Fit the model to real abscissae `(x, y)` (x > 0) on the window x ≥ `opts.n0`.
 pub fn fit_xy(points: &[(f64, f64)], opts: &FitOptions) -> Result<Fit> {
+    fit_inner(points, opts, None)
+}
+
+fn fit_inner(points: &[(f64, f64)], opts: &FitOptions, concave_to: Option<usize>) -> Result<Fit> {
     if !opts.alpha.is_finite() {
         return Err(Error::Usage(format!(
             "--alpha must be finite, got {}",
@@ -172,14 +165,15 @@ pub fn fit_xy(points: &[(f64, f64)], opts: &FitOptions) -> Result<Fit> {
             ncoef
         )));
     }
-    let (coef, rank, condition) = solve(&window, opts)?;
+    let rows = concave_to.map(|to| concavity_rows(opts.q, opts.r, opts.n0, to));
+    let (coef, rank, condition) = solve(&window, opts, rows.as_deref())?;
     let (mut ss, mut max_abs) = (0.0f64, 0.0f64);
     for &(x, y) in &window {
         let res = y - evaluate(&coef, x, opts.q, opts.r);
         ss += res * res;
         max_abs = max_abs.max(res.abs());
     }
-    let ensemble = refits(&window, opts, ncoef)?;
+    let ensemble = refits(&window, opts, ncoef, rows.as_deref())?;
     let first = window[0].0;
     let last = window[window.len() - 1].0;
     Ok(Fit {
@@ -199,13 +193,19 @@ pub fn fit_xy(points: &[(f64, f64)], opts: &FitOptions) -> Result<Fit> {
         q: opts.q,
         r: opts.r,
         alpha: opts.alpha,
+        concave_to,
         ensemble,
     })
 }
 
 /// The ensemble: `opts.ensemble` refits, each on a uniformly random subset (without replacement) of
 /// max(⌈N/2⌉, p) of the N window points, drawn from a ChaCha8 stream seeded with `opts.seed`.
-fn refits(window: &[(f64, f64)], opts: &FitOptions, ncoef: usize) -> Result<Vec<Vec<f64>>> {
+fn refits(
+    window: &[(f64, f64)],
+    opts: &FitOptions,
+    ncoef: usize,
+    concave: Option<&[Vec<f64>]>,
+) -> Result<Vec<Vec<f64>>> {
     let n = window.len();
     let size = n.div_ceil(2).max(ncoef).min(n);
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
@@ -214,7 +214,7 @@ fn refits(window: &[(f64, f64)], opts: &FitOptions, ncoef: usize) -> Result<Vec<
         let mut idx = sample(&mut rng, n, size).into_vec();
         idx.sort_unstable();
         let subset: Vec<(f64, f64)> = idx.iter().map(|&i| window[i]).collect();
-        out.push(solve(&subset, opts)?.0);
+        out.push(solve(&subset, opts, concave)?.0);
     }
     Ok(out)
 }
@@ -268,6 +268,16 @@ impl Fit {
         (low, high)
     }
 
+    /// The coefficient values in model order.
+    pub fn coefficient_values(&self) -> Vec<f64> {
+        self.coefficients.iter().map(|c| c.value).collect()
+    }
+
+    /// Whether the fitted curve's per-example increments stay non-increasing on [from, to] (SPEC §3.6).
+    pub fn check_shape(&self, from: usize, to: usize) -> ShapeCheck {
+        check_increments(&self.coefficient_values(), self.q, self.r, from, to)
+    }
+
     /// Number of ensemble refits behind the interval.
     pub fn ensemble_size(&self) -> usize {
         self.ensemble.len()
@@ -285,11 +295,5 @@ mod tests {
         assert_eq!(percentile(&v, 50.0), 3.0);
         assert!((percentile(&v, 2.5) - 1.1).abs() < 1e-12);
         assert_eq!(percentile(&v, 100.0), 5.0);
-    }
-
-    #[test]
-    fn basis_matches_names() {
-        assert_eq!(basis(3.0, 2, 1).len(), names(2, 1).len());
-        assert_eq!(names(2, 1), ["a", "c", "beta0", "beta1", "beta2", "gamma1"]);
     }
 }

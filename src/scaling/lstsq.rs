@@ -15,6 +15,109 @@ pub struct Lstsq {
     pub condition: f64,
 }
 
+/// The thin SVD `A D⁻¹ = U Σ Vᵀ` of a column-scaled design matrix (D: the columns' 2-norms), with the
+/// rank tolerance applied. Shared by the plain and the shape-constrained least-squares solvers.
+pub(crate) struct ScaledSvd {
+    /// Column 2-norms D (1 for an all-zero column).
+    pub scale: Vec<f64>,
+    /// U (N × p).
+    pub u: Mat<f64>,
+    /// Singular values, in faer's (descending) order.
+    pub sigma: Vec<f64>,
+    /// V (p × p).
+    pub v: Mat<f64>,
+    /// Singular values at or below this are treated as zero: `σ_max · max(N, p) · ε`.
+    pub tol: f64,
+}
+
+impl ScaledSvd {
+    /// Scale and decompose the design given row by row (N × p, N ≥ p, every entry finite).
+    pub fn new(rows: &[Vec<f64>]) -> Result<Self> {
+        let n = rows.len();
+        let p = rows.first().map_or(0, Vec::len);
+        if p == 0 || n < p {
+            return Err(Error::Input(format!(
+                "least squares needs at least as many points as coefficients: {n} point(s) for {p} coefficient(s)"
+            )));
+        }
+        if let Some((i, v)) = rows
+            .iter()
+            .flatten()
+            .enumerate()
+            .find(|(_, v)| !v.is_finite())
+        {
+            return Err(Error::Input(format!(
+                "least squares: non-finite value {v} (entry {i}) in the design"
+            )));
+        }
+        let mut scale = vec![0.0f64; p];
+        for row in rows {
+            for (s, v) in scale.iter_mut().zip(row) {
+                *s = s.hypot(*v);
+            }
+        }
+        for s in &mut scale {
+            if *s == 0.0 {
+                *s = 1.0;
+            }
+        }
+        let a = Mat::from_fn(n, p, |i, j| rows[i][j] / scale[j]);
+        let svd = a.thin_svd().map_err(|e| {
+            Error::Internal(format!(
+                "SVD of the {n}x{p} design matrix did not converge: {e:?}"
+            ))
+        })?;
+        let sigma: Vec<f64> = svd.S().column_vector().iter().copied().collect();
+        let smax = sigma.iter().copied().fold(0.0, f64::max);
+        Ok(Self {
+            scale,
+            u: svd.U().to_owned(),
+            sigma,
+            v: svd.V().to_owned(),
+            tol: smax * (n.max(p) as f64) * f64::EPSILON,
+        })
+    }
+
+    /// Indices of the singular values above the rank tolerance.
+    pub fn kept(&self) -> Vec<usize> {
+        (0..self.sigma.len())
+            .filter(|&k| self.sigma[k] > self.tol)
+            .collect()
+    }
+
+    /// `Uᵀ b` restricted to the kept singular triplets, divided by σ (the unconstrained solution's
+    /// coordinates in the basis `V`).
+    pub fn coordinates(&self, rhs: &[f64]) -> Vec<f64> {
+        self.kept()
+            .into_iter()
+            .map(|k| (0..rhs.len()).map(|i| self.u[(i, k)] * rhs[i]).sum::<f64>() / self.sigma[k])
+            .collect()
+    }
+
+    /// The scaled coefficients `y = Σ_kept V_k c_k` for coordinates `c` (as from [`Self::coordinates`]).
+    pub fn scaled_from(&self, coords: &[f64]) -> Vec<f64> {
+        let p = self.scale.len();
+        let mut y = vec![0.0f64; p];
+        for (&k, c) in self.kept().iter().zip(coords) {
+            for (j, yj) in y.iter_mut().enumerate() {
+                *yj += self.v[(j, k)] * c;
+            }
+        }
+        y
+    }
+
+    /// 2-norm condition number `σ_max / σ_min` (∞ when the design is rank-deficient).
+    pub fn condition(&self) -> f64 {
+        let smax = self.sigma.iter().copied().fold(0.0, f64::max);
+        let smin = self.sigma.iter().copied().fold(f64::INFINITY, f64::min);
+        if smin > 0.0 {
+            smax / smin
+        } else {
+            f64::INFINITY
+        }
+    }
+}
+
 /// Solve `min ‖A x − b‖₂` for a tall `A` (N × p, N ≥ p) given row by row.
 ///
 /// Each column is first divided by its 2-norm (a diagonal change of variables that does not change the
@@ -22,74 +125,24 @@ pub struct Lstsq {
 /// `k` and `ln k!`), then the thin SVD `A D⁻¹ = U Σ Vᵀ` gives `x = D⁻¹ V Σ⁺ Uᵀ b`, with singular values below
 /// the rank tolerance treated as zero (minimum-norm solution).
 pub fn lstsq(rows: &[Vec<f64>], rhs: &[f64]) -> Result<Lstsq> {
-    let n = rows.len();
-    let p = rows.first().map_or(0, Vec::len);
-    if n != rhs.len() {
+    if rows.len() != rhs.len() {
         return Err(Error::Internal(format!(
-            "lstsq: {n} rows but {} right-hand sides",
+            "lstsq: {} rows but {} right-hand sides",
+            rows.len(),
             rhs.len()
         )));
     }
-    if p == 0 || n < p {
+    if let Some((i, v)) = rhs.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(Error::Input(format!(
-            "least squares needs at least as many points as coefficients: {n} point(s) for {p} coefficient(s)"
+            "least squares: non-finite value {v} (right-hand side {i}) in the data"
         )));
     }
-    if let Some((i, v)) = rows
-        .iter()
-        .flatten()
-        .chain(rhs.iter())
-        .enumerate()
-        .find(|(_, v)| !v.is_finite())
-    {
-        return Err(Error::Input(format!(
-            "least squares: non-finite value {v} (entry {i}) in the data"
-        )));
-    }
-    let mut scale = vec![0.0f64; p];
-    for row in rows {
-        for (s, v) in scale.iter_mut().zip(row) {
-            *s = s.hypot(*v);
-        }
-    }
-    for s in &mut scale {
-        if *s == 0.0 {
-            *s = 1.0;
-        }
-    }
-    let a = Mat::from_fn(n, p, |i, j| rows[i][j] / scale[j]);
-    let svd = a.thin_svd().map_err(|e| {
-        Error::Internal(format!(
-            "SVD of the {n}x{p} design matrix did not converge: {e:?}"
-        ))
-    })?;
-    let sigma: Vec<f64> = svd.S().column_vector().iter().copied().collect();
-    let smax = sigma.iter().copied().fold(0.0, f64::max);
-    let smin = sigma.iter().copied().fold(f64::INFINITY, f64::min);
-    let tol = smax * (n.max(p) as f64) * f64::EPSILON;
-    let (u, v) = (svd.U(), svd.V());
-    let mut y = vec![0.0f64; p];
-    let mut rank = 0;
-    for (k, &s) in sigma.iter().enumerate() {
-        if s <= tol {
-            continue;
-        }
-        rank += 1;
-        let utb: f64 = (0..n).map(|i| u[(i, k)] * rhs[i]).sum::<f64>() / s;
-        for (j, yj) in y.iter_mut().enumerate() {
-            *yj += v[(j, k)] * utb;
-        }
-    }
-    let coef = y.iter().zip(&scale).map(|(y, s)| y / s).collect();
-    let condition = if smin > 0.0 {
-        smax / smin
-    } else {
-        f64::INFINITY
-    };
+    let svd = ScaledSvd::new(rows)?;
+    let y = svd.scaled_from(&svd.coordinates(rhs));
     Ok(Lstsq {
-        coef,
-        rank,
-        condition,
+        coef: y.iter().zip(&svd.scale).map(|(y, s)| y / s).collect(),
+        rank: svd.kept().len(),
+        condition: svd.condition(),
     })
 }
 

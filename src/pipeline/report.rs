@@ -1,0 +1,149 @@
+//! The `report` subcommand: score FLODANCE (and the naive extrapolations) on committed exact nested
+//! log-dets (`docs/results/`), every (file, window, target) cell, with both intervals and the shape check,
+//! and print the markdown tables README carries. Anyone can re-score a new estimator without forming a
+//! kernel.
+
+use crate::cli::ReportArgs;
+use crate::estimators::extrapolate::{LinearExtrapolation, StoppedCholesky, StoppedCholeskyRule};
+use crate::pipeline::fit::estimate_options;
+use crate::progress::Progress;
+use crate::report::results::{markdown, Cell, Coverage, IntervalScore, ResultFile};
+use crate::report::{check_outputs, error_plot, write_atomic, write_json};
+use crate::scaling::estimate;
+use crate::{Error, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// The `report --json` document.
+#[derive(Debug, Serialize)]
+struct ReportJson {
+    /// Every scored cell.
+    cells: Vec<Cell>,
+    /// Coverage of the refit-sensitivity band.
+    sensitivity: Coverage,
+    /// Coverage of the calibrated interval.
+    calibrated: Coverage,
+    /// The files read, with their provenance.
+    files: Vec<serde_json::Value>,
+}
+
+/// Parse `N0:NS` window pairs.
+fn windows(spec: &str) -> Result<Vec<(usize, usize)>> {
+    spec.split(',')
+        .map(|w| {
+            let parsed = w
+                .split_once(':')
+                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+            match parsed {
+                Some((n0, ns)) if n0 >= 1 && n0 < ns => Ok((n0, ns)),
+                _ => Err(Error::Usage(format!(
+                    "--windows: `{w}` is not N0:NS with 1 <= N0 < NS (e.g. 1:100,300:500)"
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// The results files: every `*.json` of a directory (sorted), or the given files.
+fn inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let entries = std::fs::read_dir(p).map_err(|e| Error::io("cannot list", p, e))?;
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "json"))
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Usage("report: no results files found".into()));
+    }
+    Ok(out)
+}
+
+/// Execute `report`.
+pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
+    check_outputs(&[
+        ("--json", args.json.as_deref()),
+        ("--plot", args.plot.as_deref()),
+    ])?;
+    let windows = windows(&args.windows)?;
+    let files: Vec<ResultFile> = inputs(&args.results)?
+        .iter()
+        .map(|p| ResultFile::read(p))
+        .collect::<Result<_>>()?;
+    let opts = estimate_options(&args.fit, args.seed);
+    let total: usize = files.len() * windows.len() * args.targets.len();
+    progress.start("report cells", total as u64);
+    let mut cells = Vec::new();
+    for file in &files {
+        for &(n0, ns) in &windows {
+            for &n in &args.targets {
+                progress.advance(1);
+                let (Some(exact), true) = (file.at(n), n > ns && file.at(ns).is_some()) else {
+                    continue;
+                };
+                let sample: Vec<(usize, f64)> =
+                    file.nested.iter().copied().filter(|p| p.0 <= ns).collect();
+                let mut o = opts.clone();
+                o.fit.n0 = n0;
+                let est = estimate(&sample, &o, n)?;
+                let err = |v: f64| 100.0 * (v - exact) / exact.abs();
+                let linear = LinearExtrapolation { n0, target_n: n }.estimate(&sample)?;
+                let stopped = StoppedCholesky {
+                    window: ns - n0,
+                    target_n: n,
+                    rule: StoppedCholeskyRule::Average,
+                }
+                .estimate(&sample)?;
+                cells.push(Cell {
+                    file: file.name.clone(),
+                    n0,
+                    ns,
+                    n,
+                    ratio: n as f64 / ns as f64,
+                    exact,
+                    flodance: est.logdet,
+                    flodance_error_percent: err(est.logdet),
+                    q: est.fit.q,
+                    alpha: est.fit.alpha,
+                    sensitivity: IntervalScore::new(est.sensitivity, exact),
+                    calibrated: est.calibrated.map(|iv| IntervalScore::new(iv, exact)),
+                    shape_ok: est.shape.ok,
+                    linear_error_percent: err(linear.logdet),
+                    stopped_cholesky_error_percent: err(stopped.logdet),
+                });
+            }
+        }
+    }
+    progress.finish();
+    if cells.is_empty() {
+        return Err(Error::Usage(format!(
+            "report: no cell has both its window end and its target among the files' k (largest k: {}); \
+             check --windows and --targets",
+            files.iter().map(ResultFile::max_k).max().unwrap_or(0)
+        )));
+    }
+    if let Some(path) = &args.plot {
+        write_atomic(path, error_plot::render(&cells)?.as_bytes())?;
+    }
+    if let Some(path) = &args.json {
+        let doc = ReportJson {
+            sensitivity: Coverage::of(cells.iter().map(|c| &c.sensitivity)),
+            calibrated: Coverage::of(cells.iter().filter_map(|c| c.calibrated.as_ref())),
+            files: files
+                .iter()
+                .map(|f| serde_json::json!({"file": f.name, "max_k": f.max_k(), "provenance": f.provenance}))
+                .collect(),
+            cells: cells.clone(),
+        };
+        write_json(path, &doc)?;
+    }
+    print!("{}", markdown(&cells));
+    Ok(())
+}

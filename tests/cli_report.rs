@@ -1,0 +1,146 @@
+//! `report` on the committed exact data (docs/results): each cell's FLODANCE estimate equals `fit` run on
+//! the same cut of the file, its exact value is the file's ℓ_n, and coverage is counted from the cells.
+
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ntk-pipeline"))
+}
+
+const RESULTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/docs/results/lenet-mnist-2500.json"
+);
+
+/// The file's nested log-dets, read independently of the library.
+fn nested() -> Vec<(usize, f64)> {
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(RESULTS).unwrap()).unwrap();
+    doc["nested"]["logdets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["k"].as_u64().unwrap() as usize,
+                e["logdet"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn report_cells_equal_fit_on_the_same_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report.json");
+    let plot = dir.path().join("errors.svg");
+    let status = bin()
+        .args([
+            "--quiet",
+            "report",
+            "--results",
+            RESULTS,
+            "--windows",
+            "100:500",
+            "--targets",
+            "1000,2500",
+        ])
+        .args(["--shape-constrained", "--json"])
+        .arg(&out)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        stdout.contains("| lenet-mnist-2500.json | (100, 500) | 1000 |"),
+        "{stdout}"
+    );
+    let report = json(&out);
+    let cells = report["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2);
+
+    let all = nested();
+    let cut: String = all
+        .iter()
+        .filter(|p| p.0 <= 500)
+        .map(|(k, l)| format!("{k},{l:e}\n"))
+        .collect();
+    let csv = dir.path().join("cut.csv");
+    std::fs::write(&csv, cut).unwrap();
+    for cell in cells {
+        let n = cell["n"].as_u64().unwrap() as usize;
+        assert_eq!(cell["exact"].as_f64().unwrap(), all[n - 1].1);
+        let fit_json = dir.path().join(format!("fit-{n}.json"));
+        let fit = bin()
+            .args(["--quiet", "fit", "--logdets"])
+            .arg(&csv)
+            .args([
+                "--burn-in",
+                "100",
+                "--q",
+                "2",
+                "--shape-constrained",
+                "--target-n",
+                &n.to_string(),
+            ])
+            .arg("--json")
+            .arg(&fit_json)
+            .output()
+            .unwrap();
+        assert!(
+            fit.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fit.stderr)
+        );
+        let est = json(&fit_json)["estimate"].clone();
+        assert_eq!(cell["flodance"].as_f64(), est["logdet"].as_f64());
+        assert_eq!(
+            cell["calibrated"]["low"].as_f64(),
+            est["calibrated"]["low"].as_f64()
+        );
+        let exact = all[n - 1].1;
+        let want = 100.0 * (est["logdet"].as_f64().unwrap() - exact) / exact.abs();
+        assert!(
+            (cell["flodance_error_percent"].as_f64().unwrap() - want).abs() < 1e-12 * want.abs()
+        );
+    }
+    let covered = cells
+        .iter()
+        .filter(|c| c["sensitivity"]["covers"] == true)
+        .count();
+    assert_eq!(
+        report["sensitivity"]["covered"].as_u64(),
+        Some(covered as u64)
+    );
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    // One FLODANCE mark per cell (the legend's mark has its own class).
+    assert_eq!(
+        svg.matches(r#"<circle class="FLODANCE""#).count(),
+        cells.len()
+    );
+    assert!(svg.starts_with("<svg") && svg.contains("extrapolation ratio"));
+}
+
+#[test]
+fn report_refuses_files_without_exact_nested_logdets() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"logdet": 1.0}"#).unwrap();
+    let out = bin()
+        .args(["--quiet", "report", "--results"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no exact nested log-dets"));
+}
