@@ -29,6 +29,7 @@ pub fn tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
         .unwrap()
 }
 
+/// A conv with one group.
 pub fn conv(
     c_in: usize,
     c_out: usize,
@@ -38,13 +39,28 @@ pub fn conv(
     bias: bool,
     seed: u64,
 ) -> Op {
-    let scale = 1.0 / ((c_in * k * k) as f64).sqrt();
+    grouped_conv(c_in, c_out, k, stride, padding, 1, bias, seed)
+}
+
+/// A conv with `groups` groups (weight C_out × C_in/groups × k × k; groups = C_in is depthwise).
+#[allow(clippy::too_many_arguments)]
+pub fn grouped_conv(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+    bias: bool,
+    seed: u64,
+) -> Op {
+    let scale = 1.0 / ((c_in / groups * k * k) as f64).sqrt();
     Op::Conv2d(Conv2d {
-        weight: tensor(&[c_out, c_in, k, k], seed, scale * 1.5),
+        weight: tensor(&[c_out, c_in / groups, k, k], seed, scale * 1.5),
         bias: bias.then(|| tensor(&[c_out], seed + 1, 0.1)),
         stride,
         padding,
-        groups: 1,
+        groups,
     })
 }
 
