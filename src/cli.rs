@@ -145,6 +145,36 @@ pub struct MemArgs {
     pub feature_mem: Option<String>,
 }
 
+/// Checkpoint and resume of the exact factorisation, for long runs (`logdet`, `run`, `compare`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct CheckpointArgs {
+    /// Keep MEMDET's factor tiles and a manifest in DIR after every block column, so that a killed run can
+    /// be resumed (put DIR on a persistent disk; it replaces --scratch-dir for the tiles).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: Option<PathBuf>,
+    /// Continue the checkpoint in --checkpoint DIR after its last complete block column (bitwise the same
+    /// result; starts from the beginning if DIR holds no checkpoint yet).
+    #[arg(long, requires = "checkpoint")]
+    pub resume: bool,
+}
+
+/// `train --resume`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TrainResumeArgs {
+    /// Continue an interrupted training from its last completed epoch (weights, momentum, schedule position
+    /// and random state from NAME.train-state.safetensors next to --out), bitwise as if never stopped.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// `ntk --max-mem`.
+#[derive(Debug, Args, Clone)]
+pub struct NtkMemArgs {
+    /// Memory limit: the dense kernel (8·m² bytes) plus the cached NTK features must fit, e.g. 4GiB.
+    #[arg(long, default_value = "4GiB")]
+    pub max_mem: String,
+}
+
 /// The scaling-law fit and its interval (SPEC §3), shared by `run` and `fit`.
 #[derive(Debug, Args, Clone)]
 pub struct FitModelArgs {
@@ -250,6 +280,8 @@ pub struct RunArgs {
     /// Write an SVG plot of the fit here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub ckpt: CheckpointArgs,
 }
 
 /// Arguments of `ntk`.
@@ -268,6 +300,8 @@ pub struct NtkArgs {
     /// Write JSON metadata here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub mem: NtkMemArgs,
 }
 
 /// Arguments of `logdet`: `--matrix`, or the model and data whose NTK is factored (then required).
@@ -312,6 +346,8 @@ pub struct LogdetArgs {
     /// Testing aid: fail as if the scratch disk were full after this many bytes.
     #[arg(long, hide = true)]
     pub scratch_cap: Option<String>,
+    #[command(flatten)]
+    pub ckpt: CheckpointArgs,
     /// MPI build only: the process grid PxQ for the distributed factorisation (default: the squarest for
     /// the job's ranks; used whenever the job has more than one rank or this is given).
     #[cfg(feature = "mpi")]
@@ -384,6 +420,8 @@ pub struct CompareArgs {
     /// Write the JSON result here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub ckpt: CheckpointArgs,
 }
 
 /// Arguments of `train`.
@@ -422,6 +460,8 @@ pub struct TrainArgs {
     /// Output weights (.safetensors); a training log is written next to it as .log.json.
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub resume: TrainResumeArgs,
 }
 
 /// Arguments of `eval`.

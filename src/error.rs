@@ -85,8 +85,11 @@ pub enum Error {
     /// A network operation failed (an internal error unless wrapped into `Model`).
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
-    /// The run was interrupted (Ctrl-C).
-    #[error("interrupted")]
+    /// The run was stopped by SIGINT, SIGTERM or SIGHUP (see `signals`); exit code 128 + the signal.
+    #[error(
+        "interrupted by {}; scratch and temporary outputs removed",
+        crate::signals::name()
+    )]
     Interrupted,
     /// A bug: an invariant of ours did not hold.
     #[error("internal error: {0}")]
@@ -108,11 +111,12 @@ fn not_pd_hint(sym_pivoted: bool) -> &'static str {
 }
 
 impl Error {
-    /// The process exit code for this error: 2 for bad usage or bad input, 130 for Ctrl-C, 1 otherwise.
+    /// The process exit code for this error: 2 for bad usage or bad input, 128 + the signal (130 for
+    /// Ctrl-C, 143 for SIGTERM, 129 for SIGHUP) when stopped by one, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Candle(_) | Error::Internal(_) => 1,
-            Error::Interrupted => 130,
+            Error::Interrupted => crate::signals::exit_code(),
             Error::Reported(code) => *code,
             _ => 2,
         }

@@ -25,5 +25,6 @@ pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod scaling;
+pub mod signals;
 
 pub use error::{Error, Result};

@@ -28,6 +28,12 @@ const OTHER_TOOLS: &[&str] = &[
     "ntasks",
     "cpus-per-task",
     "export",
+    // sbatch (`#SBATCH` lines of README's multi-day job example)
+    "time",
+    "mem",
+    "signal",
+    "requeue",
+    "open-mode",
 ];
 
 /// Flags of the optional `mpi` feature: in README, and in `--help` only when built with `--features mpi`.

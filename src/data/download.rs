@@ -144,6 +144,7 @@ pub fn fetch(
         .prefix(".download-")
         .tempdir_in(cache_dir)
         .map_err(|e| Error::io("cannot create a temporary folder in", cache_dir, e))?;
+    let _cleanup = crate::signals::remove_on_exit(stage.path());
     let unpacked = stage.path().join("unpacked");
     std::fs::create_dir(&unpacked).map_err(|e| Error::io("cannot create", &unpacked, e))?;
     let target = cache_dir.join(name);
@@ -245,7 +246,7 @@ fn copy_hashing(
                 )))
             }
         };
-        if crate::linalg::interrupt::requested() {
+        if crate::signals::requested() {
             return Err(Error::Interrupted);
         }
         hasher.update(&buf[..n]);

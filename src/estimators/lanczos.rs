@@ -56,6 +56,7 @@ pub fn quadrature(op: &dyn LinearOp, probes: MatRef<'_, f64>, steps: usize) -> R
         })
         .collect();
     for t in 0..steps {
+        crate::signals::check()?;
         let active: Vec<usize> = (0..p).filter(|&j| states[j].active).collect();
         if active.is_empty() {
             break;

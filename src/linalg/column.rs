@@ -6,7 +6,6 @@ use super::budget::BlockPlan;
 use super::factor::{factor_pivot, schur_pivot_value, solve_lower, Assume};
 use super::gemm::{matmul, matmul_lower};
 use super::growth::{GrowthMonitor, Remedy};
-use super::interrupt;
 use super::memdet::{MemdetOptions, PhaseSeconds, Shift};
 use super::pivots::Pivots;
 use super::scratch::ScratchStore;
@@ -78,22 +77,58 @@ impl<'a> ColumnRun<'a> {
         }
     }
 
+    /// Continue a checkpointed run: the pivots of its complete columns (rows `0..logabs.len()`), their D
+    /// blocks (LDLᵀ) and the source requests made so far.
+    pub fn restore(
+        &mut self,
+        logabs: &[f64],
+        signs: &[f64],
+        d: Vec<Vec<f64>>,
+        tiles_requested: u64,
+    ) -> Result<()> {
+        let rows = logabs.len();
+        if rows > self.plan.m || signs.len() != rows {
+            return Err(Error::Input(format!(
+                "the checkpoint holds {rows} pivots for a matrix of order {}",
+                self.plan.m
+            )));
+        }
+        if !d.is_empty() {
+            return Err(Error::Input(
+                "the checkpoint holds LDLᵀ pivot blocks: only --assume spd runs can be resumed"
+                    .into(),
+            ));
+        }
+        self.logabs[..rows].copy_from_slice(logabs);
+        self.signs[..rows].copy_from_slice(signs);
+        self.tiles_requested = tiles_requested;
+        Ok(())
+    }
+
+    /// D of each finished pivot block, for the checkpoint: always empty, since only Cholesky (`spd`) runs
+    /// are checkpointed (a `sym` run's pivot permutations and growth state are not).
+    pub fn d_values(&self) -> &[Vec<f64>] {
+        &[]
+    }
+
     /// The per-row pivot logs and signs.
     pub fn into_pivots(self) -> (Vec<f64>, Vec<f64>) {
         (self.logabs, self.signs)
     }
 
     fn check_interrupt(&self) -> Result<()> {
-        interrupt::check(self.opts.interrupt.as_deref())
+        crate::signals::check_with(self.opts.interrupt.as_deref())
     }
 
     /// Request tile (i, j) from the source, check it is finite, and apply t and the shift.
-    fn load_source(&mut self, i: usize, j: usize) -> Result<Tile> {
+    fn load_source(&mut self, i: usize, j: usize, progress: &dyn Progress) -> Result<Tile> {
         let t = Instant::now();
         let (rows, cols) = (self.plan.range(i), self.plan.range(j));
         let mut tile = Tile::new(rows.len(), cols.len(), &self.ledger);
         self.source
-            .fill(rows.clone(), cols.clone(), tile.mat_mut())?;
+            .fill_reporting(rows.clone(), cols.clone(), tile.mat_mut(), &|u| {
+                progress.advance(u)
+            })?;
         self.tiles_requested += 1;
         let nr = rows.len();
         if let Some(pos) = first_non_finite(tile.data()) {
@@ -135,7 +170,10 @@ impl<'a> ColumnRun<'a> {
         let mut pending = Vec::with_capacity(j + 1);
         for i in 0..=j {
             self.check_interrupt()?;
-            pending.push(self.load_source(i, j)?);
+            if i == 1 {
+                kill_point("source", j);
+            }
+            pending.push(self.load_source(i, j, progress)?);
         }
         let scratch = self.scratch;
         let store = j + 1 < n;
@@ -164,6 +202,9 @@ impl<'a> ColumnRun<'a> {
             for (i, mut c) in pending.into_iter().enumerate() {
                 if i < j {
                     self.finish_off_diagonal(i, &mut c, &finished, &tile_rx, &free_tx)?;
+                    if i == 1 {
+                        kill_point("update", j);
+                    }
                 } else {
                     self.finish_diagonal(j, &mut c, &finished, temp.as_mut())?;
                 }
@@ -275,7 +316,7 @@ impl<'a> ColumnRun<'a> {
             Err(Error::NotPositiveDefinite { index, .. }) => {
                 // faer has overwritten the block: rebuild it (one more source request, on this error path
                 // only) and eliminate its leading part to report the failing pivot's value.
-                let mut fresh = self.load_source(j, j)?;
+                let mut fresh = self.load_source(j, j, &crate::progress::Silent)?;
                 self.update_diagonal(&mut fresh, finished, temp)?;
                 let value = schur_pivot_value(fresh.mat_mut(), index - rows.start);
                 return Err(Error::NotPositiveDefinite {
@@ -343,6 +384,25 @@ impl<'a> ColumnRun<'a> {
             self.seconds.update += t.elapsed().as_secs_f64();
         }
         Ok(())
+    }
+}
+
+/// Testing aid for the resume tests: with `NTK_PIPELINE_TEST_KILL_AT=PHASE:J` in the environment the process
+/// kills itself with SIGKILL at that point of block column J: `source` after the column's first source tile
+/// (in the middle of tile formation), `update` after its second tile's updates (in the middle of the
+/// factorisation). A real SIGKILL at a known instant, so the tests need no timing.
+fn kill_point(phase: &str, j: usize) {
+    static AT: std::sync::OnceLock<Option<(String, usize)>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("NTK_PIPELINE_TEST_KILL_AT").ok()?;
+        let (p, col) = v.split_once(':')?;
+        Some((p.to_string(), col.parse().ok()?))
+    });
+    if at.as_ref().is_some_and(|(p, col)| p == phase && *col == j) {
+        // SAFETY: raising a signal on our own process.
+        unsafe {
+            libc::raise(libc::SIGKILL);
+        }
     }
 }
 

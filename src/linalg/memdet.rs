@@ -21,15 +21,17 @@
 //! rows factored so far (Cholesky of an SPD matrix has g ≤ 1).
 
 use super::budget::{self, BlockPlan};
+use super::checkpoint::{Checkpoint, Session};
 use super::column::ColumnRun;
 use super::factor::Assume;
 pub use super::growth::GROWTH_LIMIT;
-use super::scratch::ScratchStore;
+use super::scratch::{check_free_space, ScratchStore};
 use super::tile::TileSource;
 use super::tile_buf::Ledger;
 use crate::progress::Progress;
 use crate::{Error, Result};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -74,6 +76,8 @@ pub struct MemdetOptions {
     pub scratch_cap: Option<u64>,
     /// An extra interrupt flag polled between tile operations (besides the Ctrl-C flag).
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// Keep the factor tiles and a manifest in a directory after every block column, to resume after a kill.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl Default for MemdetOptions {
@@ -89,6 +93,7 @@ impl Default for MemdetOptions {
             pivoting: false,
             scratch_cap: None,
             interrupt: None,
+            checkpoint: None,
         }
     }
 }
@@ -144,6 +149,8 @@ pub struct MemdetInfo {
     pub growth: Option<f64>,
     /// Warnings about the result (near-singular pivots), also printed by the CLI.
     pub warnings: Vec<String>,
+    /// Block columns taken from a checkpoint (`--resume`) instead of computed in this run.
+    pub resumed_columns: usize,
 }
 
 /// The result of MEMDET: log|det M|, its sign, per-row pivots (for nested log-dets) and run statistics.
@@ -282,6 +289,72 @@ fn near_singular_warning(magnitudes: &[f64], max_diag: f64) -> Option<String> {
     ))
 }
 
+/// What a checkpoint of this run must match on resume: the caller's identity, the tool version, the
+/// matrix order, the factorisation, t, D and the block plan.
+fn identity(c: &Checkpoint, opts: &MemdetOptions, plan: &BlockPlan) -> BTreeMap<String, String> {
+    let mut id: BTreeMap<String, String> = c.identity.iter().cloned().collect();
+    let shift = match &opts.shift {
+        Shift::None => "none".to_string(),
+        Shift::Scalar(s) => format!("scalar {s:e} (bits {:016x})", s.to_bits()),
+        Shift::Diagonal(v) => {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            v.iter().for_each(|x| h.update(x.to_bits().to_le_bytes()));
+            format!("diagonal sha256 {:x}", h.finalize())
+        }
+    };
+    let entries = [
+        ("tool_version", env!("CARGO_PKG_VERSION").to_string()),
+        ("m", plan.m.to_string()),
+        ("assume", opts.assume.name().to_string()),
+        ("num_blocks", plan.num_blocks.to_string()),
+        ("block_size", plan.block_size.to_string()),
+        (
+            "scale_t",
+            format!("{:e} (bits {:016x})", opts.scale, opts.scale.to_bits()),
+        ),
+        ("shift", shift),
+    ];
+    for (k, v) in entries {
+        id.insert(k.to_string(), v);
+    }
+    id
+}
+
+/// The scratch store: the checkpoint's persistent tile file (its complete columns kept), or a private
+/// temporary one; either way after checking the disk has room for the tiles still to be written.
+fn open_scratch(
+    opts: &MemdetOptions,
+    plan: BlockPlan,
+    session: Option<&Session>,
+    done: usize,
+) -> Result<ScratchStore> {
+    let total = plan.scratch_bytes();
+    match session {
+        Some(s) => {
+            let store = ScratchStore::open_checkpoint(s.dir(), plan, opts.scratch_cap, done > 0)?;
+            let have = store.bytes_before_column(done);
+            let len = std::fs::metadata(s.dir().join(super::checkpoint::TILES_NAME))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            if len < have {
+                return Err(Error::Input(format!(
+                    "the checkpoint in {} says {done} block columns are complete, but its tile file holds only {len} of \
+                     their {have} bytes; it was damaged, remove the directory and start afresh",
+                    s.dir().display()
+                )));
+            }
+            check_free_space(s.dir(), total.saturating_sub(have.max(len)))?;
+            Ok(store)
+        }
+        None => {
+            let parent = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+            check_free_space(&parent, total)?;
+            ScratchStore::create(Some(&parent), plan, opts.scratch_cap)
+        }
+    }
+}
+
 /// Compute log|det(t·A + D)| and its sign with at most the planned number of blocks in RAM.
 pub fn memdet(
     source: &dyn TileSource,
@@ -292,24 +365,67 @@ pub fn memdet(
     let m = source.dim();
     validate(opts, m)?;
     let ldlt = opts.assume == Assume::Sym;
+    if ldlt && opts.checkpoint.is_some() {
+        return Err(Error::Usage(
+            "--checkpoint works with --assume spd only: a sym run's Bunch-Kaufman pivots and growth monitor are \
+             not checkpointed"
+                .into(),
+        ));
+    }
     let plan: BlockPlan = budget::plan(m, source.granule(), opts.num_blocks, opts.max_mem, ldlt)?;
     let n = plan.num_blocks;
-    let scratch = if n > 1 {
-        Some(ScratchStore::create(
-            opts.scratch_dir.as_deref(),
-            plan,
-            opts.scratch_cap,
-        )?)
+    let mut session = opts
+        .checkpoint
+        .as_ref()
+        .map(|c| Session::open(c, identity(c, opts, &plan), n))
+        .transpose()?;
+    let done = session.as_ref().map_or(0, |s| s.manifest().columns_done);
+    let scratch = if n > 1 && done < n {
+        Some(open_scratch(opts, plan, session.as_ref(), done)?)
     } else {
         None
     };
     let ledger = Arc::new(Ledger::default());
     let mut run = ColumnRun::new(source, opts, plan, scratch.as_ref(), Arc::clone(&ledger));
-    let total_units: u64 = (0..n as u64).map(|j| (j + 1) * (j + 2) / 2).sum();
+    if let Some(s) = &session {
+        let (logabs, signs, d) = s.manifest().pivots();
+        run.restore(&logabs, &signs, d, s.manifest().tiles_requested)?;
+    }
+    // Progress units: each tile's source parts (an NTK's chunk pairs) plus one per update it receives.
+    let units = |j: usize| -> u64 {
+        (0..=j)
+            .map(|i| source.fill_units(plan.range(i), plan.range(j)) + i as u64 + 1)
+            .sum()
+    };
+    let total_units: u64 = (0..n).map(units).sum();
+    progress.note(&super::plan_note::describe(&plan, opts, done));
     progress.start("memdet", total_units);
-    let outcome = (0..n).try_for_each(|j| run.column(j, progress));
+    progress.advance((0..done).map(units).sum());
+    let outcome = (done..n).try_for_each(|j| {
+        run.column(j, progress)?;
+        match (&mut session, &scratch) {
+            (Some(s), store) => {
+                if let Some(store) = store {
+                    store.sync()?;
+                }
+                let rows = plan.range(j).end;
+                s.commit(
+                    j + 1,
+                    rows,
+                    &run.logabs,
+                    &run.signs,
+                    run.d_values(),
+                    run.tiles_requested,
+                )
+            }
+            _ => Ok(()),
+        }
+    });
     progress.finish();
     outcome?;
+    if let Some(s) = &session {
+        s.finish();
+    }
 
     let mut sum = NeumaierSum::default();
     let mut sign = 1.0;
@@ -355,6 +471,7 @@ pub fn memdet(
         pivoted: opts.pivoting,
         growth,
         warnings,
+        resumed_columns: done,
     };
     let (pivots_logabs, pivot_signs) = run.into_pivots();
     Ok(LogDet {

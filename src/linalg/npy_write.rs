@@ -22,12 +22,21 @@ pub fn write_npy_f64(path: &Path, matrix: MatRef<'_, f64>) -> Result<()> {
         w.write_all(&(header.len() as u16).to_le_bytes())?;
         w.write_all(header.as_bytes())?;
         for r in 0..rows {
+            if crate::signals::requested() {
+                return Err(std::io::Error::other("interrupted"));
+            }
             for c in 0..cols {
                 w.write_all(&matrix[(r, c)].to_le_bytes())?;
             }
         }
         w.flush()
     };
-    write().map_err(|e| Error::io("cannot write", path, e))?;
+    write().map_err(|e| {
+        if crate::signals::requested() {
+            Error::Interrupted
+        } else {
+            Error::io("cannot write", path, e)
+        }
+    })?;
     out.commit()
 }

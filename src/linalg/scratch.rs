@@ -1,9 +1,16 @@
-//! The on-disk scratch store of MEMDET: one file in a private temporary directory (removed on drop, so also
-//! on error and after Ctrl-C), holding the finished tiles (k, j), k ≤ j, of every block column but the last,
-//! column after column, each tile column-major. A later column re-reads this file's prefix sequentially.
+//! The on-disk scratch store of MEMDET: one file holding the finished tiles (k, j), k ≤ j, of every block
+//! column but the last, column after column, each tile column-major. A later column re-reads this file's
+//! prefix sequentially.
+//!
+//! Without a checkpoint the file lives in a private temporary directory holding a lock file with the pid
+//! (removed on drop, so also on error and after a signal; a later run removes directories of dead pids).
+//! With `--checkpoint DIR` it is `DIR/tiles.f64` and survives the process (see `checkpoint.rs`).
 
 use super::budget::BlockPlan;
+use super::checkpoint::TILES_NAME;
+use super::lockfile;
 use super::tile_buf::Tile;
+use crate::signals::CleanupGuard;
 use crate::{Error, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -12,10 +19,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Tiles of the factor on disk, with byte counters and an optional size cap (to simulate a full disk).
 pub struct ScratchStore {
-    // Field order matters: the file is closed before the directory is removed.
+    // Field order matters: the file is closed before the directory is removed, and the directory is
+    // removed before it leaves the signal clean-up list.
     file: File,
     path: PathBuf,
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+    _cleanup: Option<CleanupGuard>,
+    location: PathBuf,
     plan: BlockPlan,
     column_offset: Vec<u64>,
     cap: Option<u64>,
@@ -35,22 +45,89 @@ impl std::fmt::Debug for ScratchStore {
 }
 
 impl ScratchStore {
-    /// Create the store in a fresh temporary directory under `parent` (default: the OS temp dir).
+    /// Create the store in a fresh temporary directory under `parent` (default: the OS temp dir), after
+    /// removing the scratch directories there of runs that no longer exist.
     pub fn create(parent: Option<&Path>, plan: BlockPlan, cap: Option<u64>) -> Result<Self> {
         let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
-        let dir = tempfile::Builder::new().prefix("ntk-memdet-").tempdir_in(&parent).map_err(|e| {
-            Error::Scratch(format!(
+        let removed = lockfile::remove_stale_scratch(&parent);
+        if removed > 0 {
+            eprintln!(
+                "note: removed {removed} scratch director{} of killed runs from {}",
+                if removed == 1 { "y" } else { "ies" },
+                parent.display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(lockfile::SCRATCH_PREFIX)
+            .tempdir_in(&parent)
+            .map_err(|e| {
+                Error::Scratch(format!(
                 "cannot create a scratch directory in {}: {e}; choose a writable directory with --scratch-dir",
                 parent.display()
             ))
-        })?;
-        let path = dir.path().join("tiles.f64");
+            })?;
+        let cleanup = crate::signals::remove_on_exit(dir.path());
+        lockfile::write_lock(dir.path())?;
+        let path = dir.path().join(TILES_NAME);
         let file = File::options()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::Scratch(format!("cannot create {}: {e}", path.display())))?;
+        let location = dir.path().to_path_buf();
+        Ok(Self::with_file(
+            file,
+            path,
+            Some(dir),
+            Some(cleanup),
+            location,
+            plan,
+            cap,
+        ))
+    }
+
+    /// Open the persistent store `dir/tiles.f64` of a checkpoint (truncated unless `keep` is true, when
+    /// the tiles of the complete columns are reused).
+    pub fn open_checkpoint(
+        dir: &Path,
+        plan: BlockPlan,
+        cap: Option<u64>,
+        keep: bool,
+    ) -> Result<Self> {
+        let path = dir.join(TILES_NAME);
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(!keep)
+            .open(&path)
+            .map_err(|e| {
+                Error::Scratch(format!(
+                    "cannot open {}: {e}; check the --checkpoint directory",
+                    path.display()
+                ))
+            })?;
+        Ok(Self::with_file(
+            file,
+            path,
+            None,
+            None,
+            dir.to_path_buf(),
+            plan,
+            cap,
+        ))
+    }
+
+    fn with_file(
+        file: File,
+        path: PathBuf,
+        dir: Option<tempfile::TempDir>,
+        cleanup: Option<CleanupGuard>,
+        location: PathBuf,
+        plan: BlockPlan,
+        cap: Option<u64>,
+    ) -> Self {
         let mut column_offset = Vec::with_capacity(plan.num_blocks + 1);
         let mut offset = 0u64;
         for j in 0..plan.num_blocks {
@@ -58,10 +135,12 @@ impl ScratchStore {
             offset += 8 * plan.range(j).end as u64 * plan.len(j) as u64;
         }
         column_offset.push(offset);
-        Ok(Self {
+        Self {
             file,
             path,
             dir,
+            _cleanup: cleanup,
+            location,
             plan,
             column_offset,
             cap,
@@ -69,12 +148,22 @@ impl ScratchStore {
             read: AtomicU64::new(0),
             tiles_written: AtomicU64::new(0),
             tiles_read: AtomicU64::new(0),
-        })
+        }
     }
 
-    /// The private directory holding the store (removed when the store is dropped).
+    /// The directory holding the store (a private one is removed when the store is dropped).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().map_or(&self.location, |d| d.path())
+    }
+
+    /// Flush the written tiles to the disk (before a checkpoint manifest calls them complete).
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| self.io_error("sync", e))
+    }
+
+    /// Bytes the tiles of the first `columns` block columns occupy (where column `columns` starts).
+    pub fn bytes_before_column(&self, columns: usize) -> u64 {
+        self.column_offset[columns.min(self.plan.num_blocks)]
     }
 
     /// Byte offset and element count of tile (k, j), k ≤ j.
@@ -157,6 +246,37 @@ impl ScratchStore {
     pub fn tiles_read(&self) -> u64 {
         self.tiles_read.load(Ordering::Relaxed)
     }
+}
+
+/// Bytes free for unprivileged users on the filesystem holding `dir` (None when it cannot be asked).
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a zeroed statvfs is a valid out-parameter; `c` is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Refuse to start when the filesystem of `dir` has less than `need` bytes free (the plan's scratch bytes
+/// still to write): a full disk would otherwise show up hours into the run.
+pub fn check_free_space(dir: &Path, need: u64) -> Result<()> {
+    let Some(free) = free_bytes(dir) else {
+        return Ok(());
+    };
+    if need > free {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        return Err(Error::Scratch(format!(
+            "the plan needs {:.2} GiB of scratch in {} but only {:.2} GiB are free; free space, choose another \
+             --scratch-dir (or --checkpoint directory), or raise --max-mem so that fewer blocks spill",
+            gib(need),
+            dir.display(),
+            gib(free)
+        )));
+    }
+    Ok(())
 }
 
 /// The bytes of an f64 slice (native endianness; the store is private to this process).

@@ -14,6 +14,25 @@ pub trait TileSource: Sync {
     }
     /// Write A[rows, cols] into `out` (rows.len() × cols.len()).
     fn fill(&self, rows: Range<usize>, cols: Range<usize>, out: MatMut<'_, f64>) -> Result<()>;
+    /// Units of work of filling A[rows, cols], for progress reports (default 1). A source whose tiles take
+    /// long to form counts parts that finish one by one (an NTK: its chunk pairs).
+    fn fill_units(&self, _rows: Range<usize>, _cols: Range<usize>) -> u64 {
+        1
+    }
+    /// [`fill`](Self::fill), calling `done(units)` as parts of the tile are finished (in total
+    /// [`fill_units`](Self::fill_units)); the default reports the whole tile at the end.
+    fn fill_reporting(
+        &self,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        out: MatMut<'_, f64>,
+        done: &dyn Fn(u64),
+    ) -> Result<()> {
+        let units = self.fill_units(rows.clone(), cols.clone());
+        self.fill(rows, cols, out)?;
+        done(units);
+        Ok(())
+    }
 }
 
 /// An in-memory dense matrix as a tile source.

@@ -7,6 +7,7 @@
 
 pub mod forward;
 pub mod sgd;
+pub mod state;
 
 pub use forward::{batch_norm_train, forward_train, BatchStats, ConvMode};
 pub use sgd::{cosine_lr, Sgd};
@@ -113,6 +114,11 @@ impl Trainer {
             bn_momentum: 0.1,
             conv_mode: ConvMode::Fast,
         })
+    }
+
+    /// The BatchNorm running-statistics `Var`s by full name.
+    pub fn buffer_vars(&self) -> impl Iterator<Item = (&String, &Var)> {
+        self.buffers.iter()
     }
 
     /// One SGD step on the batch (`x`, `labels`) at learning rate `lr`: train-mode forward, cross-entropy,

@@ -275,6 +275,7 @@ pub fn compute(
     };
     let mut start = 0;
     while start < n {
+        crate::signals::check()?;
         let len = micro.max(1).min(n - start);
         let x = inputs.narrow(0, start, len)?.to_dtype(dtype)?;
         let cache = network.forward_cached(&x)?;

@@ -44,6 +44,10 @@ pub struct NtkStats {
 /// Chunks per feature budget: the budget holds this many chunks.
 const CHUNKS_PER_BUDGET: usize = 8;
 
+/// The examples are split into at least this many chunks (when there are as many examples), so that even a
+/// single-tile kernel reports progress chunk pair by chunk pair.
+const MIN_CHUNKS: usize = 16;
+
 /// LRU cache of feature chunks under a byte budget.
 struct FeatureCache {
     entries: Vec<(usize, Arc<Features>)>,
@@ -107,9 +111,15 @@ impl NtkTiles {
         };
         let plan = LayerPlan::new(&network, &probe, rows)?;
         let act_bytes: usize = cache.iter().map(|t| t.elem_count() * 8).sum();
-        let micro = ((256usize << 20) / (3 * act_bytes * rows).max(1)).clamp(1, 64);
-        let chunk =
-            (feature_budget / (CHUNKS_PER_BUDGET * plan.bytes_per_example).max(1)).clamp(1, n);
+        // The forward/backward working set of a micro-batch: at most a third of the cache's budget and
+        // 256 MiB (callers bounding the whole process give the cache 3/4 of their share, see
+        // `pipeline::inputs::Prepared::tiles`).
+        let working = (feature_budget / 3).min(256 << 20);
+        let micro = (working / (3 * act_bytes * rows).max(1)).clamp(1, 64);
+        // At least MIN_CHUNKS chunks, so that progress (one unit per chunk pair) moves during a tile.
+        let chunk = (feature_budget / (CHUNKS_PER_BUDGET * plan.bytes_per_example).max(1))
+            .clamp(1, n)
+            .min(n.div_ceil(MIN_CHUNKS));
         let params = network.num_params();
         let stats = NtkStats {
             chunk_examples: chunk,
@@ -253,7 +263,36 @@ impl TileSource for NtkTiles {
         self.rows_per_example()
     }
 
-    fn fill(&self, rows: Range<usize>, cols: Range<usize>, mut out: MatMut<'_, f64>) -> Result<()> {
+    fn fill(&self, rows: Range<usize>, cols: Range<usize>, out: MatMut<'_, f64>) -> Result<()> {
+        self.fill_reporting(rows, cols, out, &|_| {})
+    }
+
+    fn fill_units(&self, rows: Range<usize>, cols: Range<usize>) -> u64 {
+        let g = self.rows_per_example();
+        let ex_rows = rows.start / g..rows.end.div_ceil(g);
+        let ex_cols = cols.start / g..cols.end.div_ceil(g);
+        let diagonal = rows == cols;
+        let row_parts = self.chunk_parts(&ex_rows);
+        let col_parts = self.chunk_parts(&ex_cols);
+        let mut pairs = 0;
+        for (ca, _, _) in &row_parts {
+            for (cb, _, _) in &col_parts {
+                if !(diagonal && cb < ca) {
+                    pairs += 1;
+                }
+            }
+        }
+        pairs
+    }
+
+    /// Reports one unit per chunk pair contracted (each may take minutes for a large network).
+    fn fill_reporting(
+        &self,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        mut out: MatMut<'_, f64>,
+        done: &dyn Fn(u64),
+    ) -> Result<()> {
         let g = self.rows_per_example();
         let rf = self.plan.rows;
         let ex_rows = rows.start / g..rows.end.div_ceil(g);
@@ -282,6 +321,7 @@ impl TileSource for NtkTiles {
                     if diagonal && cb < ca {
                         continue;
                     }
+                    crate::signals::check()?;
                     let fb = self.features(cb)?;
                     let t0 = Instant::now();
                     let mut block = Mat::<f64>::zeros(ia.len() * rf, jb.len() * rf);
@@ -312,6 +352,7 @@ impl TileSource for NtkTiles {
                     if let Ok(mut s) = self.stats.lock() {
                         s.contract_seconds += t0.elapsed().as_secs_f64();
                     }
+                    done(1);
                 }
             }
         }

@@ -3,17 +3,19 @@
 //! the same `TileSource` interface (same precision, same order); each method's "forming" time is the time to
 //! form what it needs (the full kernel, K_{n_s}, or the n diagonal blocks), measured separately.
 
-use crate::cli::{CompareArgs, CompareMethod, KernelArgs, MemArgs};
+use crate::cli::{CompareArgs, CompareMethod, KernelArgs};
 use crate::estimators::{
     BlockDiagonal, Estimate, Estimator, LinearExtrapolation, PreconditionedSlq, PseudoNtk, Slq,
     SlqOptions, StoppedCholesky, StoppedCholeskyRule,
 };
-use crate::linalg::{memdet, Assume, DenseSource, MemdetOptions, TileSource};
+use crate::linalg::{Assume, DenseSource, MemdetOptions, TileSource};
 use crate::ntk::{NtkTiles, Precision};
 use crate::pipeline::fit::check_window;
 use crate::pipeline::inputs::{
-    check_scratch_dir, dense_kernel, kernel_meta, memory_split, prepare, Prepared,
+    budget_split, check_scratch_dir, dense_kernel, kernel_identity, kernel_meta, memory_split,
+    prepare, Prepared,
 };
+use crate::pipeline::logdet::{checkpoint_for, memdet_recorded};
 use crate::progress::Progress;
 use crate::report::compare::{table, CompareReport, MethodRow};
 use crate::report::run::process_peak_rss;
@@ -42,23 +44,58 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         };
         check_window(ns, &window)?;
     }
-    let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
+    memory_split(&args.mem)?;
     check_scratch_dir(&args.mem)?;
     let prepared = prepare(&args.md, progress)?;
+    // Outside the split: the inputs, and the in-memory kernels K_n (twice with f32) and K_{n_s}.
+    let d = prepared.model.network.num_outputs()?;
+    let rows = crate::ntk::KernelSpec {
+        outputs: args.kernel.outputs,
+        scale: args.kernel.scale,
+        precision: Precision::F64,
+    }
+    .rows_per_example(d) as u64;
+    let dense = |n: usize| 8 * (n as u64 * rows).pow(2);
+    let copies = 1 + u64::from(args.methods.contains(&CompareMethod::F32));
+    let total = crate::linalg::parse_size(&args.mem.max_mem)?;
+    let m = args.n as u64 * rows;
+    if copies * dense(args.n) + dense(ns) > total {
+        return Err(Error::Budget(format!(
+            "compare holds the {m}x{m} kernel in memory ({:.1} MiB{}, plus {:.1} MiB for K_(n_s)) but --max-mem is {:.1} MiB; \
+             raise --max-mem or lower --n",
+            dense(args.n) as f64 / 1048576.0,
+            if copies > 1 { ", twice with f32" } else { "" },
+            dense(ns) as f64 / 1048576.0,
+            total as f64 / 1048576.0
+        )));
+    }
+    let outside = prepared.resident_bytes(args.n.min(prepared.order.len()))
+        + copies * dense(args.n)
+        + dense(ns);
+    let (feature_mem, memdet_mem) = budget_split(&args.mem, outside)?;
     let f64_kernel = KernelArgs {
         precision: Precision::F64,
         ..args.kernel.clone()
     };
 
     // The reference kernel, formed once.
-    let (k, tiles, form_s) = form_dense(&prepared, args.n, &f64_kernel, &args.mem, progress)?;
+    let (k, tiles, form_s) = form_dense(&prepared, args.n, &f64_kernel, feature_mem, progress)?;
     // Free the features: the f32 kernel needs the memory, and block-diag's forming time is then honest.
     tiles.clear_features();
     let m = k.dim();
     let d = k.granule();
     let opts = memdet_options(args, memdet_mem);
+    // Each factorisation has its own checkpoint (the in-memory kernels are formed again on resume).
+    let checkpointed = |sub: &str, n: usize, kernel: &KernelArgs| MemdetOptions {
+        checkpoint: checkpoint_for(
+            &args.ckpt,
+            Some(sub),
+            kernel_identity(&prepared, &args.md, n, kernel),
+        ),
+        ..opts.clone()
+    };
     let t = Instant::now();
-    let exact = memdet(&k, &opts, progress)?;
+    let exact = memdet_recorded(&k, &checkpointed("exact", args.n, &f64_kernel), progress)?;
     let exact_s = t.elapsed().as_secs_f64();
     let nested = nested_logdets(&exact.pivots_logabs, &exact.pivot_signs, d)?;
     let sample: Vec<(usize, f64)> = nested
@@ -77,7 +114,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         (s, t.elapsed().as_secs_f64())
     };
     let t = Instant::now();
-    let small_factor = memdet(&small, &opts, progress)?;
+    let small_factor = memdet_recorded(&small, &checkpointed("sample", ns, &f64_kernel), progress)?;
     let small_factor_s = t.elapsed().as_secs_f64();
     let drift = (small_factor.logdet - sample.last().map_or(f64::NAN, |p| p.1)).abs()
         / small_factor.logdet.abs();
@@ -239,9 +276,9 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                     ..args.kernel.clone()
                 };
                 let (k32, _, form32) =
-                    form_dense(&prepared, args.n, &f32_kernel, &args.mem, progress)?;
+                    form_dense(&prepared, args.n, &f32_kernel, feature_mem, progress)?;
                 let t = Instant::now();
-                let r = memdet(&k32, &opts, progress)?;
+                let r = memdet_recorded(&k32, &checkpointed("f32", args.n, &f32_kernel), progress)?;
                 let e = Estimate {
                     logdet: r.logdet,
                     std_error: None,
@@ -311,21 +348,11 @@ fn form_dense(
     prepared: &Prepared,
     n: usize,
     kernel: &KernelArgs,
-    mem: &MemArgs,
+    feature_mem: u64,
     progress: &dyn Progress,
 ) -> Result<(DenseSource, NtkTiles, f64)> {
     let t = Instant::now();
-    let (feature_mem, memdet_mem) = memory_split(mem)?;
-    let max_mem = feature_mem + memdet_mem;
     let tiles = prepared.tiles(n, kernel, feature_mem as usize)?;
-    let m = tiles.dim();
-    if (m * m * 8) as u64 > max_mem {
-        return Err(Error::Budget(format!(
-            "compare holds the {m}x{m} kernel in memory ({:.1} GiB) but --max-mem is {:.1} GiB; raise --max-mem or lower --n",
-            (m * m * 8) as f64 / (1u64 << 30) as f64,
-            max_mem as f64 / (1u64 << 30) as f64
-        )));
-    }
     let dense = dense_from(&tiles, progress)?;
     Ok((dense, tiles, t.elapsed().as_secs_f64()))
 }

@@ -16,6 +16,10 @@ pub struct Prepared {
     pub dataset: Dataset,
     /// Example indices in sample order (dataset order, or a seeded permutation).
     pub order: Vec<usize>,
+    /// sha256 of the model file.
+    pub model_sha256: String,
+    /// sha256 of the dataset split's content (see `report::provenance`).
+    pub data_sha256: String,
 }
 
 /// Load the data and model that `md` names (a download, if asked for, reports through `progress`).
@@ -29,10 +33,14 @@ pub fn prepare(md: &ModelDataArgs, progress: &dyn crate::progress::Progress) -> 
         Some(dataset.num_classes()),
     )?;
     let order = data::sample_order(dataset.len(), md.order.as_str(), md.seed)?;
+    let model_sha256 = crate::report::provenance::record_model(&model.source)?;
+    let data_sha256 = crate::report::provenance::record_dataset(&dataset);
     Ok(Prepared {
         model,
         dataset,
         order,
+        model_sha256,
+        data_sha256,
     })
 }
 
@@ -95,7 +103,8 @@ impl Prepared {
         }
     }
 
-    /// The NTK of the first `n` examples as a tile source, with `feature_budget` bytes for cached features.
+    /// The NTK of the first `n` examples as a tile source within `feature_budget` bytes: 3/4 for cached
+    /// features, the rest for the forward/backward working set (at most a third of the cache's share).
     /// In f64 precision the inputs are f64 end to end (normalised in f64 with the exact constants); in f32
     /// they are f32. Warns on stderr when m = n·d exceeds p (the kernel is then singular, SPEC §5).
     pub fn tiles(&self, n: usize, kernel: &KernelArgs, feature_budget: usize) -> Result<NtkTiles> {
@@ -107,13 +116,88 @@ impl Prepared {
         self.tiles_for(n, spec, feature_budget)
     }
 
-    /// [`Prepared::tiles`] for a kernel spec.
+    /// [`Prepared::tiles`] for a kernel spec (the same 3/4 split of `feature_budget`).
     pub fn tiles_for(&self, n: usize, spec: KernelSpec, feature_budget: usize) -> Result<NtkTiles> {
+        let cache = feature_budget - feature_budget / 4;
         let inputs = self.inputs_in(n, spec.precision)?;
-        let tiles = NtkTiles::new(&self.model.network, inputs, spec, feature_budget)?;
+        let tiles = NtkTiles::new(&self.model.network, inputs, spec, cache)?;
         warn_if_singular(&tiles);
         Ok(tiles)
     }
+}
+
+/// What a checkpoint of the NTK of the first `n` examples must match on resume: the model file's sha256,
+/// the architecture, the data's content, the sample order and the kernel's definition.
+pub fn kernel_identity(
+    prepared: &Prepared,
+    md: &ModelDataArgs,
+    n: usize,
+    kernel: &KernelArgs,
+) -> Vec<(String, String)> {
+    use sha2::Digest;
+    let mut order = sha2::Sha256::new();
+    for &i in prepared.order.iter().take(n) {
+        order.update((i as u64).to_le_bytes());
+    }
+    let net = &prepared.model.network;
+    [
+        ("model_sha256", prepared.model_sha256.clone()),
+        ("arch", net.arch.clone()),
+        ("input_shape", format!("{:?}", net.input_shape)),
+        ("data", prepared.dataset.name().to_string()),
+        ("split", prepared.dataset.split().as_str().to_string()),
+        ("data_sha256", prepared.data_sha256.clone()),
+        ("order", format!("{} (seed {})", md.order.as_str(), md.seed)),
+        ("sample_sha256", format!("{:x}", order.finalize())),
+        ("n", n.to_string()),
+        ("outputs", format!("{:?}", kernel.outputs)),
+        ("kernel_scale", format!("{:?}", kernel.scale)),
+        ("precision", format!("{:?}", kernel.precision)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// A fixed allowance for what no plan counts: the binary and its libraries, thread stacks, allocator slack.
+pub const BASELINE_BYTES: u64 = 40 << 20;
+
+impl Prepared {
+    /// Bytes that live for the whole run outside MEMDET's plan and the feature cache, for a kernel on `n`
+    /// examples: the dataset split in memory (raw pixels + labels), the model (f32 weights and the f64 copy
+    /// the kernel is formed with), the n transformed inputs (f32) and [`BASELINE_BYTES`].
+    pub fn resident_bytes(&self, n: usize) -> u64 {
+        let [c, h, w] = self.dataset.image_shape();
+        let data = self.dataset.len() as u64 * (c * h * w + 4) as u64;
+        let model = self.model.network.num_params() as u64 * 12;
+        let [ci, hi, wi] = self.model.network.input_shape;
+        let inputs = n as u64 * (ci * hi * wi) as u64 * 4;
+        data + model + inputs + BASELINE_BYTES
+    }
+}
+
+/// [`memory_split`] of what `--max-mem` leaves after `outside` bytes (what lives outside the plan, e.g.
+/// [`Prepared::resident_bytes`] plus in-memory kernels); refused before any work when too little is left.
+pub fn budget_split(mem: &MemArgs, outside: u64) -> Result<(u64, u64)> {
+    let total = crate::linalg::parse_size(&mem.max_mem)?;
+    // The least that a plan can use: a few MiB of tiles and features.
+    let least = 8 << 20;
+    if total < outside + least {
+        return Err(Error::Budget(format!(
+            "--max-mem {} cannot hold what the run keeps outside MEMDET's tiles and the feature cache ({:.1} MiB: \
+             dataset, model, inputs, in-memory kernels and {} MiB for the binary and threads) plus a minimal plan; \
+             it needs at least {:.0} MiB",
+            mem.max_mem,
+            outside as f64 / 1048576.0,
+            BASELINE_BYTES >> 20,
+            (outside + least) as f64 / 1048576.0
+        )));
+    }
+    let (features, memdet) = memory_split(mem)?;
+    let scale = (total - outside) as f64 / total as f64;
+    let features = ((features as f64 * scale) as u64).max(1);
+    let memdet = ((memdet as f64 * scale) as u64).max(1);
+    Ok((features, memdet))
 }
 
 /// `--max-mem` split between cached NTK features and MEMDET, in bytes: `(features, memdet)`. The features

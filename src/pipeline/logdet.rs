@@ -3,7 +3,7 @@
 
 use crate::cli::LogdetArgs;
 use crate::linalg::{
-    interrupt, memdet, parse_size, LogDet, MemdetOptions, NpySource, Shift, TileSource, Triangle,
+    memdet, parse_size, Checkpoint, LogDet, MemdetOptions, NpySource, Shift, TileSource, Triangle,
 };
 use crate::progress::Progress;
 use crate::report::logdet::LogdetReport;
@@ -12,7 +12,6 @@ use crate::{Error, Result};
 
 /// Execute `logdet`.
 pub fn run(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
-    interrupt::install_ctrlc_handler();
     check_outputs(&[("--json", args.json.as_deref())])?;
     if args.nested == Some(Some(0)) {
         return Err(Error::Usage(
@@ -26,7 +25,8 @@ pub fn run(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
         (Some(path), None) => {
             let triangle = args.triangle.unwrap_or(Triangle::Full);
             let source = NpySource::open(path, triangle)?;
-            let report = factor_and_report(&source, args, None, progress)?;
+            let identity = matrix_identity(path, args)?;
+            let report = factor_and_report(&source, args, None, identity, progress)?;
             write_report(args, &report)
         }
         (None, Some(_)) => factor_ntk(args, progress),
@@ -54,14 +54,17 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
             "--triangle is for --matrix; an NTK is formed symmetric".into(),
         ));
     }
-    let (feature_mem, memdet_mem) = crate::pipeline::inputs::memory_split(&args.mem)?;
+    crate::pipeline::inputs::memory_split(&args.mem)?;
     let prepared = crate::pipeline::inputs::prepare(md, progress)?;
+    let outside = prepared.resident_bytes(n.min(prepared.order.len()));
+    let (feature_mem, memdet_mem) = crate::pipeline::inputs::budget_split(&args.mem, outside)?;
     let tiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
     let mut memdet_args = args.clone();
     memdet_args.mem.max_mem = memdet_mem.to_string();
     let t0 = std::time::Instant::now();
     let meta = crate::pipeline::inputs::kernel_meta(&prepared, &tiles, n);
-    let mut report = factor_and_report(&tiles, &memdet_args, Some(meta), progress)?;
+    let identity = crate::pipeline::inputs::kernel_identity(&prepared, md, n, &args.kernel);
+    let mut report = factor_and_report(&tiles, &memdet_args, Some(meta), identity, progress)?;
     #[cfg(feature = "mpi")]
     if crate::linalg::dist::is_follower() {
         return Ok(()); // rank 0 alone reports
@@ -117,7 +120,55 @@ pub fn memdet_options(args: &LogdetArgs) -> Result<MemdetOptions> {
         pivoting: assume == crate::linalg::Assume::Sym && !nested,
         scratch_cap,
         interrupt: None,
+        checkpoint: None,
     })
+}
+
+/// What a checkpoint of `--matrix` must match on resume: the file (absolute path, size, modification
+/// time) and the triangle read.
+fn matrix_identity(path: &std::path::Path, args: &LogdetArgs) -> Result<Vec<(String, String)>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("cannot stat", path, e))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok(vec![
+        ("matrix".into(), absolute.display().to_string()),
+        ("matrix_bytes".into(), meta.len().to_string()),
+        ("matrix_modified_ns".into(), modified.to_string()),
+        (
+            "triangle".into(),
+            format!("{:?}", args.triangle.unwrap_or(Triangle::Full)),
+        ),
+    ])
+}
+
+/// The checkpoint `ckpt` asks for (in `dir`, or `dir/sub` when one command factors several matrices).
+pub fn checkpoint_for(
+    ckpt: &crate::cli::CheckpointArgs,
+    sub: Option<&str>,
+    identity: Vec<(String, String)>,
+) -> Option<Checkpoint> {
+    ckpt.checkpoint.as_ref().map(|dir| Checkpoint {
+        dir: sub.map_or_else(|| dir.clone(), |s| dir.join(s)),
+        resume: ckpt.resume,
+        identity,
+    })
+}
+
+/// Run MEMDET, noting in the provenance when part of the result came from a checkpoint.
+pub fn memdet_recorded(
+    source: &dyn TileSource,
+    opts: &MemdetOptions,
+    progress: &dyn Progress,
+) -> Result<LogDet> {
+    let result = memdet(source, opts, progress)?;
+    if result.info.resumed_columns > 0 {
+        crate::report::provenance::record_resumed();
+    }
+    Ok(result)
 }
 
 /// Run MEMDET on `source` as `args` say, print log|det|, sign and a summary on stdout, and return the
@@ -126,13 +177,15 @@ pub fn factor_and_report(
     source: &dyn TileSource,
     args: &LogdetArgs,
     kernel_meta: Option<serde_json::Value>,
+    identity: Vec<(String, String)>,
     progress: &dyn Progress,
 ) -> Result<serde_json::Value> {
     #[cfg(feature = "mpi")]
     if crate::pipeline::distributed::requested(args) {
         return crate::pipeline::distributed::factor_and_report(source, args, kernel_meta);
     }
-    let opts = memdet_options(args)?;
+    let mut opts = memdet_options(args)?;
+    opts.checkpoint = checkpoint_for(&args.ckpt, None, identity);
     let nested = args.nested.map(|d| d.unwrap_or(source.granule()));
     if let Some(d) = nested.filter(|&d| d == 0 || d > source.dim()) {
         return Err(Error::Usage(format!(
@@ -140,7 +193,8 @@ pub fn factor_and_report(
             source.dim()
         )));
     }
-    let result = memdet(source, &opts, progress).map_err(|e| explain_zero_pivot(e, nested))?;
+    let result =
+        memdet_recorded(source, &opts, progress).map_err(|e| explain_zero_pivot(e, nested))?;
     for warning in &result.info.warnings {
         eprintln!("warning: {warning}");
     }

@@ -33,6 +33,8 @@ fn check_threads(threads: usize) -> Result<()> {
 
 /// Run the subcommand that `cli` names, reporting progress on stderr unless `--quiet`.
 pub fn execute(cli: &Cli) -> Result<()> {
+    crate::signals::install();
+    crate::report::provenance::begin();
     if let Some(threads) = cli.threads {
         check_threads(threads)?;
         rayon::ThreadPoolBuilder::new()

@@ -3,7 +3,6 @@
 
 use crate::cli::NtkArgs;
 use crate::linalg::npy_write::write_npy_f64;
-use crate::linalg::TileSource;
 use crate::pipeline::inputs::{dense_kernel, kernel_meta, prepare};
 use crate::progress::Progress;
 use crate::report::{check_outputs, write_json};
@@ -21,13 +20,43 @@ pub fn run(args: &NtkArgs, progress: &dyn Progress) -> Result<()> {
         ("--json", args.json.as_deref()),
     ])?;
     let prepared = prepare(&args.md, progress)?;
-    let tiles = prepared.tiles(args.n, &args.kernel, 4 << 30)?;
-    let m = tiles.dim();
+    let max_mem = crate::linalg::parse_size(&args.mem.max_mem)?;
+    let spec = crate::ntk::KernelSpec {
+        outputs: args.kernel.outputs,
+        scale: args.kernel.scale,
+        precision: args.kernel.precision,
+    };
+    let rows = spec.rows_per_example(prepared.model.network.num_outputs()?);
+    let m = args.n * rows;
+    if args.n == 0 || args.n > prepared.order.len() {
+        // Out of range: the same message as every NTK subcommand.
+        prepared.inputs(args.n)?;
+    }
     if m > MAX_DENSE_ORDER {
         return Err(Error::Usage(format!(
             "the kernel would be {m}x{m} ({:.1} GiB); `ntk --out` writes dense kernels up to order {MAX_DENSE_ORDER}. \
              Use `logdet --model …` to factor larger kernels without storing them",
             (m * m * 8) as f64 / (1u64 << 30) as f64
+        )));
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let dense = 8 * (m as u64) * (m as u64);
+    if dense >= max_mem {
+        return Err(Error::Budget(format!(
+            "the {m}x{m} kernel alone needs {:.1} MiB in memory but --max-mem is {:.1} MiB; raise --max-mem or lower --n",
+            mib(dense),
+            mib(max_mem)
+        )));
+    }
+    let tiles = prepared.tiles(args.n, &args.kernel, (max_mem - dense) as usize)?;
+    let per_example = tiles.stats().feature_bytes_per_example as u64;
+    if dense + per_example > max_mem {
+        return Err(Error::Budget(format!(
+            "the kernel ({:.1} MiB) and one example's NTK features ({:.1} MiB) need {:.1} MiB, more than --max-mem {:.1} MiB",
+            mib(dense),
+            mib(per_example),
+            mib(dense + per_example),
+            mib(max_mem)
         )));
     }
     let k = dense_kernel(&tiles, progress)?;

@@ -3,10 +3,13 @@
 //! optionally the exact ℓ_N for comparison (`--exact-n`), a JSON report and an SVG plot.
 
 use crate::cli::RunArgs;
-use crate::linalg::{memdet, Assume, LogDet, MemdetOptions, TileSource};
+use crate::linalg::{Assume, Checkpoint, LogDet, MemdetOptions, TileSource};
 use crate::ntk::NtkTiles;
 use crate::pipeline::fit::{calibrated_and_warnings, check_window, estimate_options};
-use crate::pipeline::inputs::{check_scratch_dir, kernel_meta, memory_split, prepare, Prepared};
+use crate::pipeline::inputs::{
+    budget_split, check_scratch_dir, kernel_identity, kernel_meta, memory_split, prepare, Prepared,
+};
+use crate::pipeline::logdet::{checkpoint_for, memdet_recorded};
 use crate::progress::Progress;
 use crate::report::fit::{EstimateJson, FitJson};
 use crate::report::plot::plot_fit;
@@ -20,7 +23,6 @@ use std::time::Instant;
 
 /// Execute `run`.
 pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
-    crate::linalg::interrupt::install_ctrlc_handler();
     let t0 = Instant::now();
     let ns = args.n_sample;
     check_outputs(&[
@@ -53,6 +55,7 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
             prepared.order.len()
         )));
     }
+    let (feature_mem, memdet_mem) = budget_split(&args.mem, prepared.resident_bytes(ns))?;
     if let Some(exact_n) = args.exact_n.filter(|&n| n > prepared.order.len()) {
         return Err(Error::Usage(format!(
             "--exact-n {exact_n}: the {} {} split has {} examples",
@@ -74,7 +77,12 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
             tiles.num_params()
         );
     }
-    let factored = factor(&tiles, args, memdet_mem, progress)?;
+    let checkpoint = checkpoint_for(
+        &args.ckpt,
+        Some("sample"),
+        kernel_identity(&prepared, &args.md, ns, &args.kernel),
+    );
+    let factored = factor(&tiles, args, memdet_mem, checkpoint, progress)?;
     let nested = nested_logdets(&factored.pivots_logabs, &factored.pivot_signs, granule)?;
     if let Some(k) = nested.signs.iter().position(|&s| s < 0.0) {
         return Err(Error::Input(format!(
@@ -151,6 +159,7 @@ fn factor(
     source: &dyn TileSource,
     args: &RunArgs,
     max_mem: u64,
+    checkpoint: Option<Checkpoint>,
     progress: &dyn Progress,
 ) -> Result<LogDet> {
     let opts = MemdetOptions {
@@ -159,9 +168,10 @@ fn factor(
         max_mem: Some(max_mem),
         scratch_dir: args.mem.scratch_dir.clone(),
         nested: true,
+        checkpoint,
         ..MemdetOptions::default()
     };
-    memdet(source, &opts, progress)
+    memdet_recorded(source, &opts, progress)
 }
 
 /// `--exact-n N`: form and factor K_N exactly (tiles streamed into MEMDET under the memory limit) and compare.
@@ -173,9 +183,14 @@ fn exact_logdet(
     predict: impl Fn(f64) -> f64,
 ) -> Result<ExactJson> {
     let t0 = Instant::now();
-    let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
+    let (feature_mem, memdet_mem) = budget_split(&args.mem, prepared.resident_bytes(n))?;
     let tiles: NtkTiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
-    let result = factor(&tiles, args, memdet_mem, progress)?;
+    let checkpoint = checkpoint_for(
+        &args.ckpt,
+        Some("exact-n"),
+        kernel_identity(prepared, &args.md, n, &args.kernel),
+    );
+    let result = factor(&tiles, args, memdet_mem, checkpoint, progress)?;
     let nested = nested_logdets(&result.pivots_logabs, &result.pivot_signs, tiles.granule())?;
     let stats = tiles.stats();
     let predicted = predict(n as f64);

@@ -6,13 +6,16 @@
 //! Stop rule: after every epoch, if the training accuracy measured over that epoch (train-mode forward on
 //! the batches as they were trained, before each update) reaches `--target-acc`, stop; otherwise stop after
 //! `--epochs`. The weights and the log are saved (temp file + rename) after every epoch, so an interrupted
-//! run leaves the last completed epoch; the log's `finished` field says whether the run ended.
+//! run leaves the last completed epoch; the log's `finished` field says whether the run ended. Until it
+//! ends, `NAME.train-state.safetensors` holds what `--resume` needs to continue bitwise identically
+//! (momentum, schedule position, random state; see `model::train::state`); it is removed at the end.
 
 use crate::cli::TrainArgs;
 use crate::data::{Dataset, Split};
 use crate::model::arch;
 use crate::model::load::{parse_shape, save_safetensors};
 use crate::model::recognise;
+use crate::model::train::state::{self, state_path};
 use crate::model::train::{cosine_lr, Sgd, Trainer, VarSource};
 use crate::progress::Progress;
 use crate::{Error, Result};
@@ -20,7 +23,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -34,7 +37,7 @@ const WEIGHT_DECAY: f64 = 5e-4;
 const STATUS_EVERY: usize = 50;
 
 /// One epoch of the training log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochLog {
     /// 1-based epoch number.
     pub epoch: usize,
@@ -51,7 +54,7 @@ pub struct EpochLog {
 }
 
 /// The JSON training log written next to the weights as `NAME.log.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainLog {
     /// Architecture name.
     pub arch: String,
@@ -170,7 +173,44 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
     let total_steps = batches_per_epoch * args.epochs;
     let started = Instant::now();
     let mut step = 0;
-    for epoch in 1..=args.epochs {
+    let mut first_epoch = 1;
+    let state_file = state_path(&args.out);
+    let identity = train_identity(args, n, input_shape, &data);
+    if args.resume.resume {
+        if !state_file.exists() {
+            if read_finished(&log_path) {
+                println!(
+                    "{} is already finished (see {}); nothing to resume",
+                    args.out.display(),
+                    log_path.display()
+                );
+                return Ok(());
+            }
+            progress.note(&format!(
+                "note: no training state {} yet; starting from the first epoch",
+                state_file.display()
+            ));
+        } else {
+            let saved = state::restore(&mut trainer, &state_file, &identity)?;
+            log = serde_json::from_str(&saved.log_json).map_err(|e| {
+                Error::Input(format!(
+                    "{}: the saved training log is not readable ({e})",
+                    state_file.display()
+                ))
+            })?;
+            step = saved.step;
+            first_epoch = saved.epochs_done + 1;
+            rng.set_word_pos(saved.rng_word_pos);
+            crate::report::provenance::record_resumed();
+            progress.note(&format!(
+                "resuming from {} after epoch {} (step {step})",
+                state_file.display(),
+                saved.epochs_done
+            ));
+        }
+    }
+    let seconds_before = log.seconds;
+    for epoch in first_epoch..=args.epochs {
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut rng);
         let t0 = Instant::now();
@@ -183,6 +223,7 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
         );
         let quiet_bar = !std::io::stderr().is_terminal();
         for batch in order.chunks(args.batch_size).take(batches_per_epoch) {
+            crate::signals::check()?;
             let x = if augmentation {
                 data.augmented_images(batch, input_shape, &mut rng)?
             } else {
@@ -221,7 +262,7 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
         ));
         let reached = entry.train_acc >= args.target_acc;
         log.epochs.push(entry);
-        log.seconds = started.elapsed().as_secs_f64();
+        log.seconds = seconds_before + started.elapsed().as_secs_f64();
         if reached || epoch == args.epochs {
             log.finished = true;
             log.stop_reason = Some(
@@ -235,8 +276,18 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
         }
         save(&trainer, &log, args, &log_path)?;
         if log.finished {
+            let _ = std::fs::remove_file(&state_file);
             break;
         }
+        let progress_state = state::Progress {
+            epochs_done: epoch,
+            step,
+            rng_word_pos: rng.get_word_pos(),
+            log_json: serde_json::to_string(&log)
+                .map_err(|e| Error::Internal(format!("serialising the training log: {e}")))?,
+            identity: identity.clone(),
+        };
+        state::save(&trainer, &progress_state, &state_file)?;
     }
     let last = log.epochs.last().map(|e| e.train_acc).unwrap_or(0.0);
     println!(
@@ -248,6 +299,42 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
         log_path.display()
     );
     Ok(())
+}
+
+/// What a saved training state must match to be resumed: every argument that changes the result.
+fn train_identity(
+    args: &TrainArgs,
+    n: usize,
+    input_shape: [usize; 3],
+    data: &Dataset,
+) -> std::collections::BTreeMap<String, String> {
+    [
+        ("arch", args.arch.clone()),
+        ("width", format!("{:?}", args.width)),
+        ("data", format!("{:?}", args.data)),
+        (
+            "data_sha256",
+            crate::report::provenance::record_dataset(data),
+        ),
+        ("train_examples", n.to_string()),
+        ("input_shape", format!("{input_shape:?}")),
+        ("epochs", args.epochs.to_string()),
+        ("target_acc", args.target_acc.to_string()),
+        ("lr", args.lr.to_string()),
+        ("batch_size", args.batch_size.to_string()),
+        ("seed", args.seed.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Whether the training log at `path` says the run ended.
+fn read_finished(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v["finished"] == true)
 }
 
 /// Reject arguments that cannot train.

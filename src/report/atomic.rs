@@ -21,6 +21,9 @@ const MAX_LINKS: usize = 40;
 /// Dropped without commit, the temporary file is removed and the target is untouched.
 pub struct AtomicFile {
     tmp: tempfile::NamedTempFile,
+    /// Removes the temporary file if a signal ends the process before the commit (after `tmp`, so that
+    /// an ordinary drop removes the file first).
+    _cleanup: crate::signals::CleanupGuard,
     /// The final target (symbolic links resolved).
     target: PathBuf,
     /// The path as the user gave it, for messages.
@@ -39,8 +42,10 @@ impl AtomicFile {
             .permissions(new_file_permissions())
             .tempfile_in(dir)
             .map_err(|e| Error::io("cannot create a temporary file next to", path, e))?;
+        let cleanup = crate::signals::remove_on_exit(tmp.path());
         Ok(Self {
             tmp,
+            _cleanup: cleanup,
             target,
             shown: path.to_path_buf(),
         })

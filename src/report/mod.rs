@@ -7,9 +7,11 @@ pub mod fit;
 pub mod logdet;
 mod output_path;
 pub mod plot;
+pub mod provenance;
 pub mod results;
 pub mod run;
 pub mod stats;
 
-pub use atomic::{resolve_output, write_atomic, write_json, AtomicFile};
+pub use atomic::{resolve_output, write_atomic, AtomicFile};
 pub use output_path::check_outputs;
+pub use provenance::write_json;

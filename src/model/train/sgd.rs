@@ -26,6 +26,16 @@ impl Sgd {
         }
     }
 
+    /// The momentum buffer of each parameter (in `step`'s order; `None` before its first update).
+    pub fn momentum_buffers(&self) -> &[Option<Tensor>] {
+        &self.buffers
+    }
+
+    /// Replace the momentum buffers (resuming a run from its saved state).
+    pub fn set_momentum_buffers(&mut self, buffers: Vec<Option<Tensor>>) {
+        self.buffers = buffers;
+    }
+
     /// Update every parameter that has a gradient in `grads` (parameters without one are left alone, as in
     /// PyTorch); `params` must be passed in the same order at every step.
     pub fn step(&mut self, params: &[(String, Var)], grads: &GradStore, lr: f64) -> Result<()> {

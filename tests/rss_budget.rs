@@ -1,0 +1,137 @@
+//! Peak RSS (the kernel's VmHWM of the child, from `wait4`) of `logdet --model`, `run` and `compare` on the
+//! shipped models at `--max-mem` 192 MiB, 512 MiB and 2 GiB, against the promise peak ≤ budget + 64 MiB.
+//! Ignored: it runs 18 full commands (minutes on a loaded machine). Run by hand with
+//! `cargo test --test rss_budget -- --ignored --nocapture`; it prints the table README quotes.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run `args` and return (exit code, peak RSS in bytes) of that child alone.
+// The child is reaped by `wait4` (which also returns its rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
+fn peak_rss(args: &[String]) -> (i32, u64) {
+    let child = Command::new(env!("CARGO_BIN_EXE_ntk-pipeline"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: waiting for our own child; a zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid);
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (code, usage.ru_maxrss as u64 * 1024)
+}
+
+#[test]
+#[ignore = "minutes: 18 full runs; prints the README table"]
+fn peak_rss_stays_within_the_budget_plus_64_mib() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = root().join("datasets").display().to_string();
+    let mut failures = Vec::new();
+    println!("| command | model | --max-mem | peak RSS (MiB) | limit + 64 MiB | exit |");
+    println!("|---|---|---|---|---|---|");
+    // LeNet n = 600 (m = 6000, a 288 MB kernel: MEMDET must block under 192 and 512 MiB); compare holds its
+    // kernels in memory, so it gets n = 300. ResNet9 (1.2 M parameters) at n = 20.
+    for (model, n, n_compare) in [("lenet-mnist", "600", "300"), ("resnet9-mnist", "20", "20")] {
+        let file = root().join("models").join(format!("{model}.safetensors"));
+        for budget in ["192MiB", "512MiB", "2GiB"] {
+            let common = |sub: &str| -> Vec<String> {
+                let mut v: Vec<String> =
+                    [sub, "--model", file.to_str().unwrap(), "--data", "mnist"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
+                v.extend([
+                    "--data-dir".into(),
+                    data.clone(),
+                    "--max-mem".into(),
+                    budget.into(),
+                ]);
+                v.extend(["--scratch-dir".into(), scratch.path().display().to_string()]);
+                v.push("--quiet".into());
+                v
+            };
+            let mut logdet = common("logdet");
+            logdet.extend(["--n".into(), n.into(), "--nested".into()]);
+            let mut run = common("run");
+            run.extend([
+                "--n-sample".into(),
+                n.into(),
+                "--burn-in".into(),
+                "5".into(),
+            ]);
+            let mut compare = common("compare");
+            compare.extend([
+                "--n".into(),
+                n_compare.into(),
+                "--methods".into(),
+                "exact,flodance,slq,block-diag".into(),
+                "--n-sample".into(),
+                "10".into(),
+                "--burn-in".into(),
+                "2".into(),
+            ]);
+            for (name, args) in [
+                ("logdet --model", logdet),
+                ("run", run),
+                ("compare", compare),
+            ] {
+                let (code, rss) = peak_rss(&args);
+                let limit = ntk_pipeline::linalg::parse_size(budget).unwrap() + (64 << 20);
+                let mib = |b: u64| b as f64 / 1048576.0;
+                let n = if name == "compare" { n_compare } else { n };
+                println!(
+                    "| `{name}` n = {n} | {model} | {budget} | {:.0} | {:.0} | {code} |",
+                    mib(rss),
+                    mib(limit)
+                );
+                if code != 0 || rss > limit {
+                    failures.push(format!(
+                        "{name} {model} {budget}: exit {code}, {:.0} MiB",
+                        mib(rss)
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn a_budget_below_what_lives_outside_the_plan_is_refused_before_the_work() {
+    // The shipped MNIST split alone is 60,000 × (784 + 4) bytes = 45 MiB, plus 40 MiB for the binary.
+    let o = Command::new(env!("CARGO_BIN_EXE_ntk-pipeline"))
+        .args(["logdet", "--quiet", "--model"])
+        .arg(root().join("models/lenet-mnist.safetensors"))
+        .args(["--data", "mnist", "--data-dir"])
+        .arg(root().join("datasets"))
+        .args(["--n", "20", "--max-mem", "64MiB"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--max-mem 64MiB cannot hold") && err.contains("it needs at least"),
+        "{err}"
+    );
+    let need: f64 = err
+        .rsplit("at least ")
+        .next()
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap();
+    let data_mib = 60_000.0 * 788.0 / 1048576.0;
+    assert!(need > data_mib + 40.0, "{need} MiB");
+}
