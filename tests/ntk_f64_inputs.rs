@@ -93,6 +93,8 @@ fn f64_kernel_uses_f64_normalised_inputs() {
         },
         dataset,
         order: (0..n).collect(),
+        model_sha256: String::new(),
+        data_sha256: String::new(),
     };
     let spec = KernelSpec {
         outputs: Outputs::Full,
