@@ -9,6 +9,10 @@ use std::process::{Command, Output};
 use support::*;
 use tolerance::within;
 
+#[path = "support/signals.rs"]
+mod signals;
+use signals::with_default_signals;
+
 fn logdet(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ntk-pipeline"))
         .arg("logdet")
@@ -243,22 +247,21 @@ fn ctrl_c_exits_130_and_removes_scratch() {
         }
     });
     write_npy(&npy, &a, false);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ntk-pipeline"))
-        .args([
-            "--threads",
-            "1",
-            "logdet",
-            "--num-blocks",
-            "100",
-            "--matrix",
-        ])
-        .arg(&npy)
-        .arg("--scratch-dir")
-        .arg(scratch.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ntk-pipeline"));
+    cmd.args([
+        "--threads",
+        "1",
+        "logdet",
+        "--num-blocks",
+        "100",
+        "--matrix",
+    ])
+    .arg(&npy)
+    .arg("--scratch-dir")
+    .arg(scratch.path())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = with_default_signals(&mut cmd).spawn().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
     let mut seen = Vec::new();
     for line in lines.by_ref() {

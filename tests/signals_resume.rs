@@ -12,6 +12,10 @@ use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 use support::*;
 
+#[path = "support/signals.rs"]
+mod signals;
+use signals::with_default_signals;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -42,7 +46,7 @@ struct Running {
 }
 
 fn spawn(mut cmd: Command) -> Running {
-    let mut child = cmd
+    let mut child = with_default_signals(&mut cmd)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
