@@ -472,6 +472,10 @@ pub struct EvalArgs {
     /// Evaluate on the first N examples only.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Resident memory limit, e.g. 4GiB, 500MB, 1e9 (sets the batch size; only the evaluated examples'
+    /// images are held).
+    #[arg(long, default_value = "4GiB")]
+    pub max_mem: String,
     /// Write the JSON result here.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -4,9 +4,27 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// `--quiet` for the lines printed outside a [`Progress`] reporter (see [`notice`]).
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// `--quiet`: drop the notes and warnings that [`notice`] prints (errors are printed by `main` regardless).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::SeqCst);
+}
+
+/// A note or warning for the user that does not belong to a phase (`note: …`, `warning: …`, a checkpoint
+/// being resumed): printed on stderr, unless `--quiet`, which leaves stderr to errors alone. Warnings that
+/// qualify a result are also kept in its JSON where the document has a place for them.
+pub fn notice(line: &str) {
+    if !QUIET.load(Ordering::SeqCst) {
+        eprintln!("{line}");
+    }
+}
 
 /// Receives progress of one phase at a time: `start`, any number of `advance`, then `finish`.
 pub trait Progress: Sync {

@@ -84,3 +84,70 @@ pub(crate) fn read(
     }
     Ok((images, labels))
 }
+
+/// [`read`], keeping only the pixels of the examples `keep` chooses (see `stream`): the split's size comes
+/// from the file sizes, then the records are streamed once. Returns the labels and the collector.
+pub(crate) fn read_kept(
+    format: Format,
+    files: &[PathBuf],
+    num_classes: usize,
+    keep: super::stream::Keep,
+) -> Result<(Vec<u32>, super::stream::Collector)> {
+    use super::stream::{read_full, Collector};
+    let label_bytes = if format == Format::Cifar100 { 2 } else { 1 };
+    let record = label_bytes + PIXELS;
+    let mut len = 0;
+    for path in files {
+        let size = std::fs::metadata(path)
+            .map_err(|e| Error::io("cannot stat", path, e))?
+            .len() as usize;
+        if size == 0 || size % record != 0 {
+            return Err(Error::Data(format!(
+                "{} is truncated or not a {} binary file: its size {size} is not a positive multiple of the \
+                 {record}-byte record ({label_bytes} label byte(s) + 3072 pixels)",
+                path.display(),
+                if label_bytes == 2 { "CIFAR-100" } else { "CIFAR-10" },
+            )));
+        }
+        len += size / record;
+    }
+    let name = files
+        .first()
+        .map_or(String::new(), |p| p.display().to_string());
+    let mut collector = Collector::new([3, 32, 32], len, keep(len)?, &name)?;
+    let mut labels = Vec::with_capacity(len);
+    let mut rec = vec![0u8; record];
+    for path in files {
+        let file = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+        let mut r = std::io::BufReader::new(file);
+        for i in 0.. {
+            let got = read_full(&mut r, &mut rec).map_err(|e| Error::io("cannot read", path, e))?;
+            if got == 0 {
+                break;
+            }
+            if got < record {
+                return Err(Error::Data(format!(
+                    "{} is truncated: it ends inside record {i}",
+                    path.display()
+                )));
+            }
+            let label = rec[label_bytes - 1] as usize;
+            let coarse_bad = label_bytes == 2 && rec[0] >= 20;
+            if label >= num_classes || coarse_bad {
+                return Err(Error::Data(format!(
+                    "label out of range in {} record {i} (byte offset {}): label {label}{} but the dataset has \
+                     {num_classes} classes; is this the right file (CIFAR-10 vs CIFAR-100)?",
+                    path.display(),
+                    i * record,
+                    if coarse_bad { format!(", coarse label {} (>= 20)", rec[0]) } else { String::new() }
+                )));
+            }
+            if i % 4096 == 0 {
+                crate::signals::check()?;
+            }
+            labels.push(label as u32);
+            collector.push(&rec[label_bytes..]);
+        }
+    }
+    Ok((labels, collector))
+}

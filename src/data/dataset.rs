@@ -28,6 +28,11 @@ pub struct Dataset {
     labels: Vec<u32>,
     num_classes: usize,
     pub(super) norm: Normalization,
+    /// Sorted indices of the examples whose pixels `images` holds (`None`: every example's, in order): a
+    /// run reads only the examples it uses (see `stream`).
+    kept: Option<Vec<usize>>,
+    /// sha256 of the split's content, when measured while reading (see `report::provenance`).
+    content_sha256: Option<String>,
 }
 
 impl Dataset {
@@ -75,7 +80,68 @@ impl Dataset {
             labels,
             num_classes,
             norm,
+            kept: None,
+            content_sha256: None,
         })
+    }
+
+    /// A dataset holding the pixels of the examples `kept` (sorted, distinct) only, with every label and
+    /// the split's content sha256 measured while reading.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn from_kept(
+        name: &str,
+        shape: [usize; 3],
+        images: Vec<u8>,
+        kept: Vec<usize>,
+        labels: Vec<u32>,
+        num_classes: usize,
+        norm: Normalization,
+        content_sha256: String,
+    ) -> Result<Self> {
+        let per = shape.iter().product::<usize>();
+        // Validate with a placeholder of the full size, then hold the kept pixels only.
+        let mut ds = Dataset::new(name, shape, Vec::new(), Vec::new(), num_classes, norm)?;
+        if images.len() != per * kept.len() || kept.last().is_some_and(|&i| i >= labels.len()) {
+            return Err(Error::Internal(format!(
+                "{name}: {} pixel bytes for {} kept examples of shape {shape:?}",
+                images.len(),
+                kept.len()
+            )));
+        }
+        if let Some((i, l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= num_classes)
+        {
+            return Err(Error::Data(format!(
+                "{name}: label out of range: example {i} has label {l}, but there are {num_classes} classes"
+            )));
+        }
+        ds.images = images;
+        ds.labels = labels;
+        ds.kept = Some(kept);
+        ds.content_sha256 = Some(content_sha256);
+        Ok(ds)
+    }
+
+    /// sha256 of the split's content when it was measured while reading (a dataset read for a run).
+    pub fn content_sha256(&self) -> Option<&str> {
+        self.content_sha256.as_deref()
+    }
+
+    /// Whether the pixels of example `i` are in memory (every example's, unless the dataset was read for
+    /// a run that uses only some).
+    pub fn holds(&self, i: usize) -> bool {
+        match &self.kept {
+            None => i < self.len(),
+            Some(k) => k.binary_search(&i).is_ok(),
+        }
+    }
+
+    /// Bytes this dataset holds in memory: pixels, labels and the kept index.
+    pub fn resident_bytes(&self) -> u64 {
+        let kept = self.kept.as_ref().map_or(0, Vec::capacity);
+        (self.images.capacity() + 4 * self.labels.capacity() + 8 * kept) as u64
     }
 
     /// Dataset name (`mnist`, …, or the directory's name).
@@ -126,7 +192,11 @@ impl Dataset {
     /// Raw pixels of example `i` (CHW, `u8`), or `None` past the end.
     pub fn raw_image(&self, i: usize) -> Option<&[u8]> {
         let per = self.shape.iter().product::<usize>();
-        self.images.get(i * per..(i + 1) * per)
+        let slot = match &self.kept {
+            None => i,
+            Some(k) => k.binary_search(&i).ok()?,
+        };
+        self.images.get(slot * per..(slot + 1) * per)
     }
 
     /// The examples at `indices` as a new dataset (same name, classes and normalisation).
@@ -207,12 +277,18 @@ impl Dataset {
     }
 
     fn check_indices(&self, indices: &[usize]) -> Result<()> {
-        match indices.iter().find(|&&i| i >= self.len()) {
-            Some(i) => Err(Error::Data(format!(
+        if let Some(i) = indices.iter().find(|&&i| i >= self.len()) {
+            return Err(Error::Data(format!(
                 "example index {i} is out of range: {} ({} split) has {} examples",
                 self.name,
                 self.split.as_str(),
                 self.len()
+            )));
+        }
+        match indices.iter().find(|&&i| !self.holds(i)) {
+            Some(i) => Err(Error::Internal(format!(
+                "example {i} of {} was not read: the split was read for a run that uses other examples",
+                self.name
             ))),
             None => Ok(()),
         }
@@ -240,6 +316,8 @@ impl Dataset {
             labels: Vec::new(),
             num_classes: self.num_classes,
             norm: self.norm.clone(),
+            kept: None,
+            content_sha256: None,
         }
     }
 }

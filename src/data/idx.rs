@@ -186,6 +186,90 @@ pub(crate) fn read(
     })
 }
 
+/// The images file's MD5 must be `table`'s entry for `key` (when it has one).
+fn check_md5(table: Option<&[(&str, &str)]>, key: &str, got: &str, path: &Path) -> Result<()> {
+    let Some((_, want)) = table.and_then(|t| t.iter().find(|(k, _)| *k == key)) else {
+        return Ok(());
+    };
+    if got == *want {
+        return Ok(());
+    }
+    Err(Error::Data(format!(
+        "checksum mismatch for {}: MD5 of the uncompressed content is {got}, expected {want} (the official \
+         file); the file is corrupt or not the official one. Restore it (the shipped copy: git checkout \
+         datasets/) or fetch it again with --download",
+        path.display()
+    )))
+}
+
+/// [`read`], keeping only the pixels of the examples `keep` chooses: the images file is decompressed as
+/// it is streamed, image by image, into `stream::Collector` (which hashes every image and keeps the chosen
+/// ones). Returns the image size, the labels and the collector.
+pub(crate) fn read_kept(
+    images: &Path,
+    labels: &Path,
+    split: Split,
+    md5: Option<&[(&str, &str)]>,
+    keep: super::stream::Keep,
+) -> Result<([usize; 2], Vec<u32>, super::stream::Collector)> {
+    use super::stream::{open_maybe_gz, read_full, stream_error, Collector, Md5Reader};
+    let lab_bytes = read_maybe_gz(labels)?;
+    let key = |kind: &str| format!("{}-{kind}", prefix(split));
+    check_md5(md5, &key("labels"), &md5_hex(&lab_bytes), labels)?;
+    let (ldims, lab) = parse(&lab_bytes, 1, labels)?;
+    let labels_out: Vec<u32> = lab.iter().map(|&l| l as u32).collect();
+    drop(lab_bytes);
+
+    let mut r = Md5Reader::new(open_maybe_gz(images)?);
+    let mut header = [0u8; 16];
+    let got = read_full(&mut r, &mut header).map_err(|e| stream_error(images, e))?;
+    // The header through `parse`'s checks (magic, truncation) when it is short or wrong; its dimensions.
+    let magic = (got >= 4).then(|| u32::from_be_bytes([header[0], header[1], header[2], header[3]]));
+    if got < 16 || magic != Some(0x803) {
+        parse(&header[..got], 3, images)?;
+    }
+    let dims: Vec<usize> = header[4..]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    if dims[0] != ldims[0] {
+        return Err(Error::Data(format!(
+            "{} holds {} images but {} holds {} labels",
+            images.display(),
+            dims[0],
+            labels.display(),
+            ldims[0]
+        )));
+    }
+    let (len, hw) = (dims[0], [dims[1], dims[2]]);
+    let mut collector = Collector::new([1, hw[0], hw[1]], len, keep(len)?, &images.display().to_string())?;
+    let mut img = vec![0u8; collector.per()];
+    for i in 0..len {
+        let got = read_full(&mut r, &mut img).map_err(|e| stream_error(images, e))?;
+        if got < img.len() {
+            return Err(Error::Data(format!(
+                "{} is truncated: its header says {dims:?} = {} bytes of images, the file ends inside image {i}",
+                images.display(),
+                len * img.len()
+            )));
+        }
+        if i % 4096 == 0 {
+            crate::signals::check()?;
+        }
+        collector.push(&img);
+    }
+    let mut extra = [0u8; 1];
+    if read_full(&mut r, &mut extra).map_err(|e| stream_error(images, e))? > 0 {
+        return Err(Error::Data(format!(
+            "{} has unexpected bytes after the {} bytes of images its header {dims:?} announces",
+            images.display(),
+            len * img.len()
+        )));
+    }
+    check_md5(md5, &key("images"), &r.hex(), images)?;
+    Ok((hw, labels_out, collector))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,10 +11,12 @@ pub mod download;
 mod idx;
 mod read;
 pub mod resolve;
+mod stream;
 pub mod transform;
 
 pub use dataset::{Dataset, Normalization};
 pub use resolve::{Format, Locations};
+pub use stream::Keep;
 pub use transform::{augment_crop_flip, augment_crop_flip_fill};
 
 use crate::progress::Progress;
@@ -89,6 +91,31 @@ pub fn load_with(
     locations: &Locations,
     progress: &dyn Progress,
 ) -> Result<Dataset> {
+    load_inner(name_or_dir, opts, locations, progress, None)
+}
+
+/// [`load_with`], keeping in memory only the pixels of the examples `keep` chooses once the split's size is
+/// known (every label is kept): the images are decompressed as a stream, so neither the whole file nor
+/// the whole decompressed split is ever held. The content checksum and, for plain directories, the
+/// normalisation statistics are measured over every image on the way, so they equal a full read's.
+pub fn load_kept(
+    name_or_dir: &str,
+    opts: &DataOptions,
+    locations: &Locations,
+    progress: &dyn Progress,
+    keep: Keep,
+) -> Result<Dataset> {
+    load_inner(name_or_dir, opts, locations, progress, Some(keep))
+}
+
+/// [`load_with`] or [`load_kept`].
+fn load_inner(
+    name_or_dir: &str,
+    opts: &DataOptions,
+    locations: &Locations,
+    progress: &dyn Progress,
+    keep: Option<Keep>,
+) -> Result<Dataset> {
     if let Some(known) = resolve::known(name_or_dir) {
         let dir = match resolve::find(known, opts, locations) {
             Ok(dir) => dir,
@@ -111,11 +138,11 @@ pub fn load_with(
             }
             Err(missing) => return Err(missing),
         };
-        return read::read_known(known, &dir, opts.split);
+        return read::read_known(known, &dir, opts.split, keep);
     }
     let path = PathBuf::from(name_or_dir);
     if resolve::looks_like_path(name_or_dir) || path.exists() {
-        return read::read_dir(&path, opts.split);
+        return read::read_dir(&path, opts.split, keep);
     }
     Err(resolve::unknown_name(name_or_dir))
 }

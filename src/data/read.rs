@@ -3,12 +3,18 @@
 
 use super::dataset::{Dataset, Normalization};
 use super::resolve::{self, Format, Known, Located};
+use super::stream::Keep;
 use super::{cifar, idx, Split};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
 /// Reads `known`'s split from `dir` (which [`resolve::find`] or a download produced).
-pub(crate) fn read_known(known: &Known, dir: &Path, split: Split) -> Result<Dataset> {
+pub(crate) fn read_known(
+    known: &Known,
+    dir: &Path,
+    split: Split,
+    keep: Option<Keep>,
+) -> Result<Dataset> {
     let files = match resolve::locate(known.format, dir, split) {
         Located::Found(f) => f,
         _ => {
@@ -34,6 +40,7 @@ pub(crate) fn read_known(known: &Known, dir: &Path, split: Split) -> Result<Data
         Some(known.num_classes),
         norm,
         md5,
+        keep,
     )?;
     ds.source = dir.to_path_buf();
     Ok(ds)
@@ -43,7 +50,7 @@ pub(crate) fn read_known(known: &Known, dir: &Path, split: Split) -> Result<Data
 /// A directory named like a known dataset (or its official folder) uses that dataset's class count and
 /// normalisation; otherwise the classes are `max label + 1` for IDX and the normalisation is the
 /// per-channel mean and standard deviation of the split's own pixels.
-pub(crate) fn read_dir(dir: &Path, split: Split) -> Result<Dataset> {
+pub(crate) fn read_dir(dir: &Path, split: Split, mut keep: Option<Keep>) -> Result<Dataset> {
     if !dir.is_dir() {
         return Err(Error::Data(format!(
             "dataset directory {} does not exist (or is not a directory); known dataset names are {}",
@@ -80,6 +87,7 @@ pub(crate) fn read_dir(dir: &Path, split: Split) -> Result<Dataset> {
                             Some(k.num_classes),
                             norm,
                             None,
+                            keep.take(),
                         )?
                     }
                     None => {
@@ -87,9 +95,22 @@ pub(crate) fn read_dir(dir: &Path, split: Split) -> Result<Dataset> {
                             mean: vec![0.0; 3],
                             std: vec![1.0; 3],
                         };
-                        let mut ds =
-                            read_files(&name, format, &files, split, None, placeholder, None)?;
-                        ds.norm = own_statistics(&ds);
+                        let kept = keep.is_some();
+                        let mut ds = read_files(
+                            &name,
+                            format,
+                            &files,
+                            split,
+                            None,
+                            placeholder,
+                            None,
+                            keep.take(),
+                        )?;
+                        // A streamed read measured the statistics on the way (its dataset holds only the
+                        // kept pixels).
+                        if !kept {
+                            ds.norm = own_statistics(&ds);
+                        }
                         ds
                     }
                 };
@@ -118,6 +139,8 @@ pub(crate) fn read_dir(dir: &Path, split: Split) -> Result<Dataset> {
 }
 
 /// Reads the files of one split. `num_classes: None` means "infer" (max label + 1; 10/100 for CIFAR).
+/// With `keep`, only the chosen examples' pixels are kept ([`read_files_kept`]).
+#[allow(clippy::too_many_arguments)]
 fn read_files(
     name: &str,
     format: Format,
@@ -126,7 +149,11 @@ fn read_files(
     num_classes: Option<usize>,
     norm: Normalization,
     md5: Option<&[(&str, &str)]>,
+    keep: Option<Keep>,
 ) -> Result<Dataset> {
+    if let Some(keep) = keep {
+        return read_files_kept(name, format, files, split, num_classes, norm, md5, keep);
+    }
     let (shape, images, labels, classes) = match format {
         Format::Idx => {
             let s = idx::read(&files[0], &files[1], split, md5)?;
@@ -160,6 +187,58 @@ fn read_files(
         }
     };
     let mut ds = Dataset::new(name, shape, images, labels, classes, norm)?;
+    ds.split = split;
+    Ok(ds)
+}
+
+/// [`read_files`] streaming the images and keeping only the pixels of the examples `keep` chooses. Without
+/// published statistics (`norm` of the wrong length, or a placeholder for a plain directory) the
+/// normalisation is the split's own, measured over every image on the way.
+#[allow(clippy::too_many_arguments)]
+fn read_files_kept(
+    name: &str,
+    format: Format,
+    files: &[PathBuf],
+    split: Split,
+    num_classes: Option<usize>,
+    norm: Normalization,
+    md5: Option<&[(&str, &str)]>,
+    keep: Keep,
+) -> Result<Dataset> {
+    let (shape, labels, collector, classes) = match format {
+        Format::Idx => {
+            let (hw, labels, collector) = idx::read_kept(&files[0], &files[1], split, md5, keep)?;
+            let inferred = labels.iter().max().map_or(1, |&m| m as usize + 1);
+            let classes = num_classes.unwrap_or(inferred);
+            if let Some((i, l)) = labels
+                .iter()
+                .enumerate()
+                .find(|(_, &l)| l as usize >= classes)
+            {
+                return Err(Error::Data(format!(
+                    "label out of range in {}: example {i} has label {l}, but {name} has {classes} classes",
+                    files[1].display()
+                )));
+            }
+            ([1, hw[0], hw[1]], labels, collector, classes)
+        }
+        Format::Cifar10 | Format::Cifar100 => {
+            let classes = num_classes.unwrap_or(if format == Format::Cifar10 { 10 } else { 100 });
+            let (labels, collector) = cifar::read_kept(format, files, classes, keep)?;
+            ([3, 32, 32], labels, collector, classes)
+        }
+    };
+    let (kept, images, sha, own) = collector.finish(&labels);
+    // As `read_files` + `read_dir`: a plain directory (no class count given) gets its own statistics.
+    let norm = match num_classes {
+        None => own,
+        Some(_) if norm.mean.len() == shape[0] => norm,
+        Some(_) => Normalization {
+            mean: vec![0.0; shape[0]],
+            std: vec![1.0; shape[0]],
+        },
+    };
+    let mut ds = Dataset::from_kept(name, shape, images, kept, labels, classes, norm, sha)?;
     ds.split = split;
     Ok(ds)
 }

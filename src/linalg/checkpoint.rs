@@ -23,6 +23,12 @@ use std::path::{Path, PathBuf};
 pub const MANIFEST_NAME: &str = "manifest.json";
 /// Name of the factor-tile file inside a checkpoint directory.
 pub const TILES_NAME: &str = "tiles.f64";
+/// Why `--checkpoint` is refused with `--assume sym`.
+pub const SYM_REFUSAL: &str = "--checkpoint works with --assume spd only: an LDL^T run keeps state that a \
+     checkpoint does not hold (the Bunch-Kaufman permutations and 2x2 pivot blocks inside each pivot block, \
+     and the element-growth monitor that decides whether the result can be trusted), so it could not resume \
+     bitwise; run it without --checkpoint, or factor an SPD matrix (e.g. with --shift) with --assume spd";
+
 /// Version of the manifest format.
 const FORMAT: u32 = 1;
 
@@ -183,6 +189,18 @@ pub fn check_identity(
     if differences.is_empty() {
         return Ok(());
     }
+    if let (Some(then), Some(now), 1) =
+        (saved.get("threads"), now.get("threads"), differences.len())
+    {
+        if then != now {
+            return Err(Error::Usage(format!(
+                "--resume: the checkpoint in {} was made with {then} threads, this command runs {now}; a \
+                 different thread count can change how parallel sums are grouped, so the result would not be \
+                 bitwise that of an uninterrupted run: resume with --threads {then}",
+                dir.display()
+            )));
+        }
+    }
     Err(Error::Usage(format!(
         "--resume: the checkpoint in {} was made for a different computation ({}); rerun the command that \
          made it, or use another --checkpoint directory",
@@ -217,12 +235,12 @@ impl Session {
         let manifest = match load(&c.dir)? {
             Some(saved) if c.resume => {
                 check_identity(&c.dir, &saved.identity, &identity)?;
-                eprintln!(
+                crate::progress::notice(&format!(
                     "resuming from {}: {} of {} block columns complete",
                     c.dir.display(),
                     saved.columns_done,
                     saved.num_blocks
-                );
+                ));
                 saved
             }
             Some(saved) => {
@@ -236,10 +254,10 @@ impl Session {
             }
             None => {
                 if c.resume {
-                    eprintln!(
+                    crate::progress::notice(&format!(
                         "note: no checkpoint in {} yet; starting from the beginning",
                         c.dir.display()
-                    );
+                    ));
                 }
                 Manifest::empty(identity, num_blocks)
             }

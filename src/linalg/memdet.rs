@@ -314,6 +314,9 @@ fn identity(c: &Checkpoint, opts: &MemdetOptions, plan: &BlockPlan) -> BTreeMap<
             format!("{:e} (bits {:016x})", opts.scale, opts.scale.to_bits()),
         ),
         ("shift", shift),
+        // Parallel reductions may group sums differently with another thread count, so a resume must
+        // run on as many threads as the run it continues for its result to be bitwise the same.
+        ("threads", rayon::current_num_threads().to_string()),
     ];
     for (k, v) in entries {
         id.insert(k.to_string(), v);
@@ -366,11 +369,7 @@ pub fn memdet(
     validate(opts, m)?;
     let ldlt = opts.assume == Assume::Sym;
     if ldlt && opts.checkpoint.is_some() {
-        return Err(Error::Usage(
-            "--checkpoint works with --assume spd only: a sym run's Bunch-Kaufman pivots and growth monitor are \
-             not checkpointed"
-                .into(),
-        ));
+        return Err(Error::Usage(super::checkpoint::SYM_REFUSAL.into()));
     }
     let plan: BlockPlan = budget::plan(m, source.granule(), opts.num_blocks, opts.max_mem, ldlt)?;
     let n = plan.num_blocks;

@@ -51,11 +51,11 @@ impl ScratchStore {
         let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
         let removed = lockfile::remove_stale_scratch(&parent);
         if removed > 0 {
-            eprintln!(
+            crate::progress::notice(&format!(
                 "note: removed {removed} scratch director{} of killed runs from {}",
                 if removed == 1 { "y" } else { "ies" },
                 parent.display()
-            );
+            ));
         }
         let dir = tempfile::Builder::new()
             .prefix(lockfile::SCRATCH_PREFIX)

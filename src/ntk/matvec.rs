@@ -143,14 +143,22 @@ impl NtkOperator {
         self.forward.load(Ordering::Relaxed)
     }
 
-    /// Kernel vectors per block so that the p × (q·expand) reverse block fits the memory bound.
+    /// Kernel vectors per block so that the p × (q·expand) reverse block fits half the memory bound.
     pub fn block_columns(&self) -> usize {
-        (self.memory / (8 * self.factor_dim()).max(1)).max(1)
+        (self.memory / 2 / (8 * self.factor_dim()).max(1)).max(1)
     }
 
-    /// Examples per pass for `cols` full-mode vectors (activations of n·cols rows, about 3 copies).
+    /// Examples per pass for `cols` full-mode vectors (activations of n·cols rows, about 3 copies), within
+    /// the other half of the memory bound (and at most [`ACTIVATION_BUDGET`]).
     fn micro(&self, cols: usize) -> usize {
-        (ACTIVATION_BUDGET / (3 * self.act_bytes * cols).max(1)).clamp(1, self.num_examples())
+        let budget = ACTIVATION_BUDGET.min(self.memory / 2);
+        (budget / (3 * self.act_bytes * cols).max(1)).clamp(1, self.num_examples())
+    }
+
+    /// The least memory bound the operator keeps to: one reverse column of the factor dimension and one
+    /// example's activations, each in its half.
+    pub fn min_memory(&self) -> usize {
+        2 * (8 * self.factor_dim()).max(3 * self.act_bytes * self.expand())
     }
 
     /// The examples `start..start + len` in the working precision.

@@ -66,6 +66,8 @@ pub struct NtkTiles {
     divisor: f64,
     chunk: usize,
     micro: usize,
+    /// Bytes of one example's forward/backward working set (one micro-batch of one example).
+    micro_bytes: usize,
     cache: Mutex<FeatureCache>,
     stats: Mutex<NtkStats>,
 }
@@ -115,7 +117,8 @@ impl NtkTiles {
         // 256 MiB (callers bounding the whole process give the cache 3/4 of their share, see
         // `pipeline::inputs::Prepared::tiles`).
         let working = (feature_budget / 3).min(256 << 20);
-        let micro = (working / (3 * act_bytes * rows).max(1)).clamp(1, 64);
+        let micro_bytes = 3 * act_bytes * rows;
+        let micro = (working / micro_bytes.max(1)).clamp(1, 64);
         // At least MIN_CHUNKS chunks, so that progress (one unit per chunk pair) moves during a tile.
         let chunk = (feature_budget / (CHUNKS_PER_BUDGET * plan.bytes_per_example).max(1))
             .clamp(1, n)
@@ -136,6 +139,7 @@ impl NtkTiles {
             params,
             chunk,
             micro,
+            micro_bytes,
             cache: Mutex::new(FeatureCache {
                 entries: Vec::new(),
                 bytes: 0,
@@ -143,6 +147,13 @@ impl NtkTiles {
             }),
             stats: Mutex::new(stats),
         })
+    }
+
+    /// The least feature budget (the `feature_budget` of [`NtkTiles::new`]) the source keeps to: a
+    /// contraction holds two chunks of at least one example each, and the working set (a third of the
+    /// budget) must hold one example's forward/backward pass.
+    pub fn min_feature_budget(&self) -> usize {
+        (2 * self.plan.bytes_per_example).max(3 * self.micro_bytes)
     }
 
     /// Number of examples n.

@@ -46,7 +46,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
     }
     memory_split(&args.mem)?;
     check_scratch_dir(&args.mem)?;
-    let prepared = prepare(&args.md, progress)?;
+    let prepared = prepare(&args.md, args.n, progress)?;
     // Outside the split: the inputs, and the in-memory kernels K_n (twice with f32) and K_{n_s}.
     let d = prepared.model.network.num_outputs()?;
     let rows = crate::ntk::KernelSpec {
@@ -69,7 +69,16 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
             total as f64 / 1048576.0
         )));
     }
-    let outside = prepared.resident_bytes(args.n.min(prepared.order.len()))
+    // Also outside: the f32 inputs of the f32 kernel, the K_(n_s) inputs while it is formed, a second copy
+    // of the inputs for the matrix-free SLQ, and pslq's rank-r preconditioner (m x r, twice while built).
+    // SLQ's operator and Krylov bases run after MEMDET and get half of MEMDET's share each.
+    let n_used = args.n.min(prepared.order.len());
+    let has = |method| u64::from(args.methods.contains(&method));
+    let outside = prepared.resident_bytes(n_used)
+        + has(CompareMethod::F32) * prepared.input_bytes(n_used, Precision::F32)
+        + prepared.input_bytes(ns, Precision::F64)
+        + has(CompareMethod::SlqMatvec) * prepared.input_bytes(n_used, Precision::F64)
+        + has(CompareMethod::Pslq) * 2 * 8 * m * args.precond_rank as u64
         + copies * dense(args.n)
         + dense(ns);
     let (feature_mem, memdet_mem) = budget_split(&args.mem, outside)?;
@@ -79,7 +88,18 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
     };
 
     // The reference kernel, formed once.
-    let (k, tiles, form_s) = form_dense(&prepared, args.n, &f64_kernel, feature_mem, progress)?;
+    let least = |tiles: &NtkTiles| {
+        crate::pipeline::budget::check_kernel_minimum(
+            tiles,
+            &args.mem.max_mem,
+            args.mem.feature_mem.is_some(),
+            (feature_mem, memdet_mem),
+            outside,
+            true,
+        )
+    };
+    let (k, tiles, form_s) =
+        form_dense(&prepared, args.n, &f64_kernel, feature_mem, &least, progress)?;
     // Free the features: the f32 kernel needs the memory, and block-diag's forming time is then honest.
     tiles.clear_features();
     let m = k.dim();
@@ -119,7 +139,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
     let drift = (small_factor.logdet - sample.last().map_or(f64::NAN, |p| p.1)).abs()
         / small_factor.logdet.abs();
     if drift > 1e-10 {
-        eprintln!("warning: ln det K_(n_s) formed separately differs from the nested value by {drift:.1e} (relative)");
+        crate::progress::notice(&format!("warning: ln det K_(n_s) formed separately differs from the nested value by {drift:.1e} (relative)"));
     }
 
     let mut rows = Vec::new();
@@ -150,6 +170,8 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         }
     };
     let repeat = args.repeat.max(1);
+    // SLQ's operator and its Krylov bases each get half of MEMDET's share (MEMDET is done by then).
+    let slq_mem = memdet_mem as usize / 2;
     for &method in &args.methods {
         let r = match method {
             CompareMethod::Exact => {
@@ -214,7 +236,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                         } else {
                             SlqOptions::paper_table1(seed)
                         };
-                        o.memory_bytes = memdet_mem as usize;
+                        o.memory_bytes = slq_mem;
                         Slq { options: o }.run(&k, progress)
                     })
                     .collect::<Result<_>>()?;
@@ -232,12 +254,12 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                     &prepared.model.network,
                     prepared.inputs_in(args.n, spec.precision)?,
                     spec,
-                    memdet_mem as usize,
+                    slq_mem,
                 )?;
                 let est: Vec<Estimate> = (0..repeat)
                     .map(|i| {
                         let mut o = SlqOptions::paper_table2(args.md.seed + i as u64);
-                        o.memory_bytes = memdet_mem as usize;
+                        o.memory_bytes = slq_mem;
                         slq_matvec(&op, &o, progress)
                     })
                     .collect::<Result<_>>()?;
@@ -247,7 +269,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 let est: Vec<Estimate> = (0..repeat)
                     .map(|i| {
                         let mut o = SlqOptions::paper_table2(args.md.seed + i as u64);
-                        o.memory_bytes = memdet_mem as usize;
+                        o.memory_bytes = slq_mem;
                         PreconditionedSlq::new(args.precond_rank, o).run(&k, progress)
                     })
                     .collect::<Result<_>>()?;
@@ -276,7 +298,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                     ..args.kernel.clone()
                 };
                 let (k32, _, form32) =
-                    form_dense(&prepared, args.n, &f32_kernel, feature_mem, progress)?;
+                    form_dense(&prepared, args.n, &f32_kernel, feature_mem, &least, progress)?;
                 let t = Instant::now();
                 let r = memdet_recorded(&k32, &checkpointed("f32", args.n, &f32_kernel), progress)?;
                 let e = Estimate {
@@ -343,16 +365,19 @@ fn memdet_options(args: &CompareArgs, memdet_mem: u64) -> MemdetOptions {
     }
 }
 
-/// Form the kernel of the first n examples densely in memory; returns it, its tile source and the seconds.
+/// Form the kernel of the first n examples densely in memory, once its tile source passes `check`;
+/// returns it, its tile source and the seconds.
 fn form_dense(
     prepared: &Prepared,
     n: usize,
     kernel: &KernelArgs,
     feature_mem: u64,
+    check: &dyn Fn(&NtkTiles) -> Result<()>,
     progress: &dyn Progress,
 ) -> Result<(DenseSource, NtkTiles, f64)> {
     let t = Instant::now();
     let tiles = prepared.tiles(n, kernel, feature_mem as usize)?;
+    check(&tiles)?;
     let dense = dense_from(&tiles, progress)?;
     Ok((dense, tiles, t.elapsed().as_secs_f64()))
 }

@@ -44,6 +44,17 @@ pub fn evaluate(
     indices: &[usize],
     progress: &dyn Progress,
 ) -> Result<Accuracy> {
+    evaluate_in_batches(network, dataset, indices, BATCH, progress)
+}
+
+/// [`evaluate`] in batches of `batch` examples (the accuracy does not depend on it).
+pub fn evaluate_in_batches(
+    network: &Network,
+    dataset: &Dataset,
+    indices: &[usize],
+    batch: usize,
+    progress: &dyn Progress,
+) -> Result<Accuracy> {
     let classes = dataset.num_classes();
     let d = network.num_outputs()?;
     if d != classes {
@@ -62,7 +73,7 @@ pub fn evaluate(
         })
         .collect();
     progress.start("eval", indices.len() as u64);
-    for chunk in indices.chunks(BATCH) {
+    for chunk in indices.chunks(batch.max(1)) {
         let x = dataset.images(chunk, network.input_shape)?;
         let logits = network.forward(&x)?;
         let predicted = argmax_rows(&logits)?;
@@ -103,7 +114,8 @@ struct EvalReport<'a> {
 /// Execute `eval`.
 pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
     check_outputs(&[("--json", args.json.as_deref())])?;
-    let prepared = prepare(&args.md, progress)?;
+    let total_mem = crate::linalg::parse_size(&args.max_mem)?;
+    let prepared = prepare(&args.md, args.limit.unwrap_or(usize::MAX), progress)?;
     let total = prepared.order.len();
     let n = match args.limit {
         None => total,
@@ -117,7 +129,14 @@ pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
         }
     };
     let network = &prepared.model.network;
-    let acc = evaluate(network, &prepared.dataset, &prepared.order[..n], progress)?;
+    let batch = crate::pipeline::budget::eval_batch(&prepared, &args.max_mem, total_mem, BATCH)?;
+    let acc = evaluate_in_batches(
+        network,
+        &prepared.dataset,
+        &prepared.order[..n],
+        batch,
+        progress,
+    )?;
     let report = EvalReport {
         model: prepared.model.source.display().to_string(),
         arch: &network.arch,

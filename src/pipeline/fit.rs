@@ -143,7 +143,7 @@ pub fn calibrated_and_warnings(est: &Estimate) -> String {
         ));
     }
     for w in &est.warnings {
-        eprintln!("warning: {w}");
+        crate::progress::notice(&format!("warning: {w}"));
     }
     s
 }

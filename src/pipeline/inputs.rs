@@ -22,9 +22,20 @@ pub struct Prepared {
     pub data_sha256: String,
 }
 
-/// Load the data and model that `md` names (a download, if asked for, reports through `progress`).
-pub fn prepare(md: &ModelDataArgs, progress: &dyn crate::progress::Progress) -> Result<Prepared> {
-    let dataset = load_data(&md.data, md.split, progress)?;
+/// Load the data and model that `md` names (a download, if asked for, reports through `progress`). Of the
+/// images, only those of the first `examples` examples of the sample order are kept in memory (all when
+/// `examples` is at least the split's size): a run on n examples holds n images, not the whole split.
+pub fn prepare(
+    md: &ModelDataArgs,
+    examples: usize,
+    progress: &dyn crate::progress::Progress,
+) -> Result<Prepared> {
+    let mut order = Vec::new();
+    let mut keep = |len: usize| -> Result<Vec<usize>> {
+        order = data::sample_order(len, md.order.as_str(), md.seed)?;
+        Ok(order[..examples.min(len)].to_vec())
+    };
+    let dataset = load_data_with(&md.data, md.split, progress, Some(&mut keep))?;
     let model = load_model(
         md.model()?,
         md.arch.as_deref(),
@@ -32,7 +43,6 @@ pub fn prepare(md: &ModelDataArgs, progress: &dyn crate::progress::Progress) -> 
         Some(dataset.image_shape()),
         Some(dataset.num_classes()),
     )?;
-    let order = data::sample_order(dataset.len(), md.order.as_str(), md.seed)?;
     let model_sha256 = crate::report::provenance::record_model(&model.source)?;
     let data_sha256 = crate::report::provenance::record_dataset(&dataset);
     Ok(Prepared {
@@ -50,6 +60,16 @@ pub fn load_data(
     split: Split,
     progress: &dyn crate::progress::Progress,
 ) -> Result<Dataset> {
+    load_data_with(data, split, progress, None)
+}
+
+/// [`load_data`], keeping only the pixels of the examples `keep` chooses when given (`data::load_kept`).
+fn load_data_with(
+    data: &DataArgs,
+    split: Split,
+    progress: &dyn crate::progress::Progress,
+    keep: Option<data::Keep>,
+) -> Result<Dataset> {
     if let Some(dir) = data.data_dir.as_deref().filter(|d| !d.is_dir()) {
         return Err(Error::Usage(format!(
             "--data-dir {}: no such directory (it is searched first for --data {}); fix the path or drop \
@@ -63,7 +83,11 @@ pub fn load_data(
         data_dir: data.data_dir.clone(),
         download: data.download,
     };
-    data::load_with(data.name()?, &opts, &data::Locations::from_env(), progress)
+    let locations = data::Locations::from_env();
+    match keep {
+        Some(keep) => data::load_kept(data.name()?, &opts, &locations, progress, keep),
+        None => data::load_with(data.name()?, &opts, &locations, progress),
+    }
 }
 
 impl Prepared {
@@ -167,12 +191,26 @@ impl Prepared {
     /// examples: the dataset split in memory (raw pixels + labels), the model (f32 weights and the f64 copy
     /// the kernel is formed with), the n transformed inputs (f32) and [`BASELINE_BYTES`].
     pub fn resident_bytes(&self, n: usize) -> u64 {
-        let [c, h, w] = self.dataset.image_shape();
-        let data = self.dataset.len() as u64 * (c * h * w + 4) as u64;
+        self.resident_bytes_in(n, crate::ntk::Precision::F64)
+    }
+
+    /// [`Prepared::resident_bytes`] with the inputs in `precision` (8 bytes a value in f64, 4 in f32):
+    /// the dataset as held (the used examples' pixels, every label, the kept index), the sample order, the
+    /// model (f32 weights and the f64 copy the kernel is formed with), the inputs and [`BASELINE_BYTES`].
+    pub fn resident_bytes_in(&self, n: usize, precision: crate::ntk::Precision) -> u64 {
+        let data = self.dataset.resident_bytes() + 8 * self.order.capacity() as u64;
         let model = self.model.network.num_params() as u64 * 12;
-        let [ci, hi, wi] = self.model.network.input_shape;
-        let inputs = n as u64 * (ci * hi * wi) as u64 * 4;
-        data + model + inputs + BASELINE_BYTES
+        data + model + self.input_bytes(n, precision) + BASELINE_BYTES
+    }
+
+    /// Bytes of the transformed inputs of `n` examples in `precision` (8 bytes a value in f64, 4 in f32).
+    pub fn input_bytes(&self, n: usize, precision: crate::ntk::Precision) -> u64 {
+        let [c, h, w] = self.model.network.input_shape;
+        let value = match precision {
+            crate::ntk::Precision::F64 => 8,
+            crate::ntk::Precision::F32 => 4,
+        };
+        n as u64 * (c * h * w) as u64 * value
     }
 }
 
@@ -247,10 +285,10 @@ pub fn warn_if_singular(tiles: &NtkTiles) {
     use crate::linalg::TileSource;
     let (m, p) = (tiles.dim(), tiles.num_params());
     if m > p {
-        eprintln!(
+        crate::progress::notice(&format!(
             "warning: the kernel has order m = {m} but the network only p = {p} parameters: K has rank <= p, \
              so it is singular and its log-determinant is meaningless (SPEC §5); use fewer examples or a larger model"
-        );
+        ));
     }
 }
 

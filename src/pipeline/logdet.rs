@@ -55,10 +55,18 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
         ));
     }
     crate::pipeline::inputs::memory_split(&args.mem)?;
-    let prepared = crate::pipeline::inputs::prepare(md, progress)?;
-    let outside = prepared.resident_bytes(n.min(prepared.order.len()));
+    let prepared = crate::pipeline::inputs::prepare(md, n, progress)?;
+    let outside = prepared.resident_bytes_in(n.min(prepared.order.len()), args.kernel.precision);
     let (feature_mem, memdet_mem) = crate::pipeline::inputs::budget_split(&args.mem, outside)?;
     let tiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
+    crate::pipeline::budget::check_kernel_minimum(
+        &tiles,
+        &args.mem.max_mem,
+        args.mem.feature_mem.is_some(),
+        (feature_mem, memdet_mem),
+        outside,
+        true,
+    )?;
     let mut memdet_args = args.clone();
     memdet_args.mem.max_mem = memdet_mem.to_string();
     let t0 = std::time::Instant::now();
@@ -107,6 +115,9 @@ pub fn memdet_options(args: &LogdetArgs) -> Result<MemdetOptions> {
         Shift::Scalar(args.shift)
     };
     let assume = args.assume;
+    if assume == crate::linalg::Assume::Sym && args.ckpt.checkpoint.is_some() {
+        return Err(Error::Usage(crate::linalg::checkpoint::SYM_REFUSAL.into()));
+    }
     // Nested log-dets need the unpivoted factorisation; otherwise `sym` pivots (Bunch–Kaufman).
     let nested = args.nested.is_some();
     Ok(MemdetOptions {
@@ -196,7 +207,7 @@ pub fn factor_and_report(
     let result =
         memdet_recorded(source, &opts, progress).map_err(|e| explain_zero_pivot(e, nested))?;
     for warning in &result.info.warnings {
-        eprintln!("warning: {warning}");
+        crate::progress::notice(&format!("warning: {warning}"));
     }
     let report = LogdetReport::new(
         &result,

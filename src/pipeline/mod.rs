@@ -1,6 +1,7 @@
 //! The only place that wires data, model, NTK tiles, MEMDET, FLODANCE, estimators and reports together.
 //! One file per subcommand.
 
+pub mod budget;
 pub mod compare;
 #[cfg(feature = "mpi")]
 pub mod distributed;
@@ -34,6 +35,7 @@ fn check_threads(threads: usize) -> Result<()> {
 /// Run the subcommand that `cli` names, reporting progress on stderr unless `--quiet`.
 pub fn execute(cli: &Cli) -> Result<()> {
     crate::signals::install();
+    crate::progress::set_quiet(cli.quiet);
     crate::report::provenance::begin();
     if let Some(threads) = cli.threads {
         check_threads(threads)?;

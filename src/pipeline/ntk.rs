@@ -19,7 +19,7 @@ pub fn run(args: &NtkArgs, progress: &dyn Progress) -> Result<()> {
         ("--out", Some(args.out.as_path())),
         ("--json", args.json.as_deref()),
     ])?;
-    let prepared = prepare(&args.md, progress)?;
+    let prepared = prepare(&args.md, args.n, progress)?;
     let max_mem = crate::linalg::parse_size(&args.mem.max_mem)?;
     let spec = crate::ntk::KernelSpec {
         outputs: args.kernel.outputs,
@@ -41,24 +41,27 @@ pub fn run(args: &NtkArgs, progress: &dyn Progress) -> Result<()> {
     }
     let mib = |b: u64| b as f64 / 1048576.0;
     let dense = 8 * (m as u64) * (m as u64);
-    if dense >= max_mem {
+    // Outside the kernel and the features: data, model, inputs, binary (see `Prepared::resident_bytes`).
+    let outside = dense + prepared.resident_bytes_in(args.n, args.kernel.precision);
+    if outside >= max_mem {
         return Err(Error::Budget(format!(
-            "the {m}x{m} kernel alone needs {:.1} MiB in memory but --max-mem is {:.1} MiB; raise --max-mem or lower --n",
+            "the {m}x{m} kernel needs {:.1} MiB in memory and the data, model, inputs and binary {:.1} MiB, but \
+             --max-mem is {:.1} MiB; raise --max-mem or lower --n",
             mib(dense),
+            mib(outside - dense),
             mib(max_mem)
         )));
     }
-    let tiles = prepared.tiles(args.n, &args.kernel, (max_mem - dense) as usize)?;
-    let per_example = tiles.stats().feature_bytes_per_example as u64;
-    if dense + per_example > max_mem {
-        return Err(Error::Budget(format!(
-            "the kernel ({:.1} MiB) and one example's NTK features ({:.1} MiB) need {:.1} MiB, more than --max-mem {:.1} MiB",
-            mib(dense),
-            mib(per_example),
-            mib(dense + per_example),
-            mib(max_mem)
-        )));
-    }
+    let features = max_mem - outside;
+    let tiles = prepared.tiles(args.n, &args.kernel, features as usize)?;
+    crate::pipeline::budget::check_kernel_minimum(
+        &tiles,
+        &args.mem.max_mem,
+        false,
+        (features, 0),
+        outside,
+        false,
+    )?;
     let k = dense_kernel(&tiles, progress)?;
     write_npy_f64(&args.out, k.as_ref())?;
     let wall = t0.elapsed().as_secs_f64();

@@ -45,7 +45,7 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     let (feature_mem, memdet_mem) = memory_split(&args.mem)?;
     let max_mem = feature_mem + memdet_mem;
     check_scratch_dir(&args.mem)?;
-    let prepared = prepare(&args.md, progress)?;
+    let prepared = prepare(&args.md, ns.max(args.exact_n.unwrap_or(0)), progress)?;
     if ns == 0 || ns > prepared.order.len() {
         return Err(Error::Usage(format!(
             "--n-sample {ns}: the {} {} split has {} examples (choose 1..={})",
@@ -55,7 +55,9 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
             prepared.order.len()
         )));
     }
-    let (feature_mem, memdet_mem) = budget_split(&args.mem, prepared.resident_bytes(ns))?;
+    let precision = args.kernel.precision;
+    let (feature_mem, memdet_mem) =
+        budget_split(&args.mem, prepared.resident_bytes_in(ns, precision))?;
     if let Some(exact_n) = args.exact_n.filter(|&n| n > prepared.order.len()) {
         return Err(Error::Usage(format!(
             "--exact-n {exact_n}: the {} {} split has {} examples",
@@ -68,14 +70,22 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
 
     let tiles = prepared.tiles(ns, &args.kernel, feature_mem as usize)?;
+    crate::pipeline::budget::check_kernel_minimum(
+        &tiles,
+        &args.mem.max_mem,
+        args.mem.feature_mem.is_some(),
+        (feature_mem, memdet_mem),
+        prepared.resident_bytes_in(ns, precision),
+        true,
+    )?;
     let granule = tiles.granule();
     let target_m = target_n * granule;
     if target_m > tiles.num_params() {
-        eprintln!(
+        crate::progress::notice(&format!(
             "warning: the target kernel (n = {target_n}, m = {target_m}) exceeds p = {} parameters: K_n is singular \
              and ℓ_n is meaningless there (SPEC §5); the extrapolation is reported anyway",
             tiles.num_params()
-        );
+        ));
     }
     let checkpoint = checkpoint_for(
         &args.ckpt,
@@ -183,8 +193,19 @@ fn exact_logdet(
     predict: impl Fn(f64) -> f64,
 ) -> Result<ExactJson> {
     let t0 = Instant::now();
-    let (feature_mem, memdet_mem) = budget_split(&args.mem, prepared.resident_bytes(n))?;
+    // The sample's tile source (and its inputs) stays alive for the report.
+    let precision = args.kernel.precision;
+    let outside = prepared.resident_bytes_in(n, precision) + prepared.input_bytes(args.n_sample, precision);
+    let (feature_mem, memdet_mem) = budget_split(&args.mem, outside)?;
     let tiles: NtkTiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
+    crate::pipeline::budget::check_kernel_minimum(
+        &tiles,
+        &args.mem.max_mem,
+        args.mem.feature_mem.is_some(),
+        (feature_mem, memdet_mem),
+        outside,
+        true,
+    )?;
     let checkpoint = checkpoint_for(
         &args.ckpt,
         Some("exact-n"),

@@ -13,7 +13,10 @@ use crate::estimators::trace::{hutchinson, hutchpp, kernel_alignment, Estimated,
 use crate::linalg::TileSource;
 use crate::model::load::load_model;
 use crate::ntk::{KernelSpec, NtkOperator, NtkTiles};
-use crate::pipeline::inputs::{kernel_meta, memory_split, prepare, upper_tile_plan, Prepared};
+use crate::pipeline::budget;
+use crate::pipeline::inputs::{
+    budget_split, kernel_meta, memory_split, prepare, upper_tile_plan, Prepared,
+};
 use crate::progress::Progress;
 use crate::report::stats::{table, AgainstStats, EstimateRow, ExactStats, StatsReport};
 use crate::report::{check_outputs, write_json};
@@ -60,8 +63,8 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
         scratch_dir: None,
         feature_mem: args.feature_mem.clone(),
     };
-    let (feature_mem, rest_mem) = memory_split(&mem)?;
-    let prepared = prepare(&args.md, progress)?;
+    memory_split(&mem)?;
+    let prepared = prepare(&args.md, args.n, progress)?;
     let inputs = prepared.inputs_in(args.n, args.kernel.precision)?;
     let against = match &args.against {
         Some(path) => Some(load_model(
@@ -73,15 +76,27 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
         )?),
         None => None,
     };
+    let outside = budget::stats_outside(
+        &prepared,
+        args.n,
+        &spec,
+        against.as_ref().map(|a| a.network.num_params()),
+    )?;
+    let (feature_mem, rest_mem) = budget_split(&mem, outside)?;
     let labels: Vec<usize> = prepared.order[..args.n]
         .iter()
         .map(|&i| prepared.dataset.labels()[i] as usize)
         .collect();
 
-    let tiles = prepared.tiles(
-        args.n,
-        &args.kernel,
-        feature_mem as usize / against.as_ref().map_or(1, |_| 2),
+    let kernels = against.as_ref().map_or(1, |_| 2);
+    let tiles = prepared.tiles(args.n, &args.kernel, feature_mem as usize / kernels)?;
+    budget::check_kernel_minimum(
+        &tiles,
+        &args.max_mem,
+        args.feature_mem.is_some(),
+        (feature_mem / kernels as u64, 0),
+        outside,
+        false,
     )?;
     let m = tiles.dim();
     let rows = tiles.rows_per_example();
@@ -103,7 +118,8 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
                 &model.network,
                 inputs.clone(),
                 spec,
-                feature_mem as usize / 2,
+                // The cache's 3/4 of this kernel's half, as `Prepared::tiles` gives the first.
+                feature_mem as usize / 2 / 4 * 3,
             )?),
             None => None,
         };
@@ -133,21 +149,23 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
         estimates: Vec::new(),
     };
     if !methods.is_empty() {
-        let op = NtkOperator::new(
-            &prepared.model.network,
-            inputs.clone(),
-            spec,
-            rest_mem as usize,
-        )?;
+        // The operator(s) and the estimators' own buffers share what the features leave.
+        let parts = 1 + kernels as u64;
+        let share = rest_mem / parts;
+        let op = NtkOperator::new(&prepared.model.network, inputs.clone(), spec, share as usize)?;
+        budget::check_operator_minimum(&op, &args.max_mem, share, parts, outside)?;
         let op2 = match &against {
             Some(model) => Some(NtkOperator::new(
                 &model.network,
                 inputs.clone(),
                 spec,
-                rest_mem as usize,
+                share as usize,
             )?),
             None => None,
         };
+        if let Some(op2) = &op2 {
+            budget::check_operator_minimum(op2, &args.max_mem, share, parts, outside)?;
+        }
         if let Some(op2) = &op2 {
             if op2.order() != m {
                 return Err(Error::Usage(format!(
@@ -173,7 +191,7 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
                     method,
                     s,
                     args.md.seed,
-                    rest_mem as usize,
+                    share as usize,
                     &terms,
                     progress,
                 )?;

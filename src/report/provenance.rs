@@ -83,16 +83,22 @@ pub fn record_model(path: &Path) -> Result<String> {
 
 /// Record the dataset split read; returns its content sha256.
 pub fn record_dataset(data: &Dataset) -> String {
-    let mut h = Sha256::new();
-    for i in 0..data.len() {
-        if let Some(img) = data.raw_image(i) {
-            h.update(img);
+    let sha = match data.content_sha256() {
+        // Measured while reading (a dataset read for a run holds only the examples it uses).
+        Some(sha) => sha.to_string(),
+        None => {
+            let mut h = Sha256::new();
+            for i in 0..data.len() {
+                if let Some(img) = data.raw_image(i) {
+                    h.update(img);
+                }
+            }
+            for l in data.labels() {
+                h.update(l.to_le_bytes());
+            }
+            format!("{:x}", h.finalize())
         }
-    }
-    for l in data.labels() {
-        h.update(l.to_le_bytes());
-    }
-    let sha = format!("{:x}", h.finalize());
+    };
     with_record(|r| {
         r.dataset = Some(DatasetRecord {
             name: data.name().to_string(),

@@ -1,0 +1,184 @@
+//! `--max-mem` for the whole process: the least each subcommand needs, checked before the work, and the
+//! batch sizes that keep `eval` within its budget. (The split of a budget between the feature cache and
+//! MEMDET, after what lives outside both, is `inputs::budget_split`.)
+
+use crate::linalg::budget::{tile_share, BlockPlan};
+use crate::linalg::TileSource;
+use crate::model::Network;
+use crate::ntk::NtkTiles;
+use crate::pipeline::inputs::{Prepared, BASELINE_BYTES};
+use crate::{Error, Result};
+
+/// MiB, for messages.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
+/// The part of a budget the feature cache needs at least for `tiles` (whose cache gets 3/4 of the
+/// feature share, see `Prepared::tiles_for`).
+pub fn least_feature_share(tiles: &NtkTiles) -> u64 {
+    (tiles.min_feature_budget() as u64 * 4).div_ceil(3)
+}
+
+/// The part of a budget MEMDET needs at least for an m×m matrix of granule g: its smallest plan (one
+/// granule per block) within the 7/8 tile share.
+pub fn least_memdet_share(m: usize, granule: usize) -> Result<u64> {
+    let g = granule.max(1);
+    let plan = BlockPlan::with_blocks(m, m.div_ceil(g), g)?;
+    let need = plan.resident_bytes(false);
+    // The smallest budget whose tile share holds `need`.
+    let mut budget = need + need / 7;
+    while tile_share(budget) < need {
+        budget += 1;
+    }
+    Ok(budget)
+}
+
+/// Refuse, before the kernel's work starts, shares that cannot hold the least the kernel needs: the
+/// features of two examples and one example's forward/backward pass (`feature_share`), and MEMDET's
+/// smallest plan (`memdet_share`, unless `memdet` is false), with `outside` bytes taken off first. The
+/// message names the least `--max-mem` that would do, with the default half-and-half split (or with the
+/// given `--feature-mem`).
+pub fn check_kernel_minimum(
+    tiles: &NtkTiles,
+    max_mem: &str,
+    feature_mem_given: bool,
+    (feature_share, memdet_share): (u64, u64),
+    outside: u64,
+    memdet: bool,
+) -> Result<()> {
+    let need_features = least_feature_share(tiles);
+    let need_memdet = if memdet {
+        least_memdet_share(tiles.dim(), tiles.granule())?
+    } else {
+        0
+    };
+    if feature_share >= need_features && memdet_share >= need_memdet {
+        return Ok(());
+    }
+    let least = if feature_mem_given || !memdet {
+        outside + need_features + need_memdet
+    } else {
+        outside + 2 * need_features.max(need_memdet)
+    };
+    Err(Error::Budget(format!(
+        "--max-mem {max_mem} cannot hold the least this kernel needs: {:.1} MiB outside the plan (data, model, \
+         inputs, in-memory kernels, {} MiB for the binary and threads), {:.1} MiB for the features of two \
+         examples and one example's forward/backward pass (the feature share is {:.1} MiB){}; it needs at \
+         least {:.0} MiB{}",
+        mib(outside),
+        BASELINE_BYTES >> 20,
+        mib(need_features),
+        mib(feature_share),
+        if memdet {
+            format!(
+                " and {:.1} MiB for MEMDET's smallest plan (its share is {:.1} MiB)",
+                mib(need_memdet),
+                mib(memdet_share)
+            )
+        } else {
+            String::new()
+        },
+        mib(least).ceil(),
+        if feature_mem_given {
+            format!(" with --feature-mem at least {:.0} MiB", mib(need_features).ceil())
+        } else {
+            String::new()
+        }
+    )))
+}
+
+/// Bytes one example adds to a forward pass of `network` (f32 inputs and every activation, as an upper
+/// bound on what a batched forward holds at once), measured on one example of `prepared`.
+pub fn forward_bytes_per_example(network: &Network, prepared: &Prepared) -> Result<u64> {
+    let probe = prepared.inputs(1)?;
+    let acts = network.forward_cached(&probe)?;
+    let bytes: usize = acts
+        .iter()
+        .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+        .sum();
+    Ok((bytes + probe.elem_count() * 4) as u64)
+}
+
+/// `eval`'s batch size under `--max-mem` `total`: what lives outside the batches (the data as held, the
+/// sample order, the f32 model, [`BASELINE_BYTES`]) is taken off, the rest holds batches of at most
+/// `most` examples; refused before the work when not even one example fits.
+pub fn eval_batch(prepared: &Prepared, max_mem: &str, total: u64, most: usize) -> Result<usize> {
+    let network = &prepared.model.network;
+    let outside = prepared.dataset.resident_bytes()
+        + 8 * prepared.order.capacity() as u64
+        + 4 * network.num_params() as u64
+        + BASELINE_BYTES;
+    let per = forward_bytes_per_example(network, prepared)?;
+    if total < outside + per {
+        return Err(Error::Budget(format!(
+            "--max-mem {max_mem} cannot hold what eval needs: {:.1} MiB for the data, the model and {} MiB for \
+             the binary and threads, plus {:.1} MiB for the forward pass of one example; it needs at least {:.0} MiB",
+            mib(outside),
+            BASELINE_BYTES >> 20,
+            mib(per),
+            mib(outside + per).ceil()
+        )));
+    }
+    Ok((((total - outside) / per) as usize).clamp(1, most))
+}
+
+/// What `stats` keeps outside its feature and estimator shares for a kernel on `n` examples: the data,
+/// the model and the inputs (twice: its own and the tile source's), the `--against` model (f32 and an f64
+/// copy), the targets Y, the probe columns [1, Y] and their products K [1, Y] (m × (classes + 1) each at
+/// most) and the kernel's diagonal.
+pub fn stats_outside(
+    prepared: &Prepared,
+    n: usize,
+    spec: &crate::ntk::KernelSpec,
+    against_params: Option<usize>,
+) -> Result<u64> {
+    let rows = spec.rows_per_example(prepared.model.network.num_outputs()?) as u64;
+    let m = n as u64 * rows;
+    let columns = prepared.dataset.num_classes() as u64 + 1;
+    Ok(prepared.resident_bytes_in(n, spec.precision)
+        + prepared.input_bytes(n, spec.precision)
+        + against_params.map_or(0, |p| 12 * p as u64)
+        + 8 * m * (3 * columns + 1))
+}
+
+/// Refuse an estimator share below what the matrix-free operator `op` keeps to (one reverse column and
+/// one example's activations), naming the least `--max-mem`.
+pub fn check_operator_minimum(
+    op: &crate::ntk::NtkOperator,
+    max_mem: &str,
+    share: u64,
+    parts: u64,
+    outside: u64,
+) -> Result<()> {
+    let need = op.min_memory() as u64;
+    if share >= need {
+        return Ok(());
+    }
+    Err(Error::Budget(format!(
+        "--max-mem {max_mem} cannot hold the matrix-free estimators: each of their {parts} parts needs at least \
+         {:.1} MiB (one reverse column of the factor dimension and one example's activations) but gets {:.1} MiB \
+         after {:.1} MiB outside (data, model, inputs, targets, {} MiB for the binary and threads) and the \
+         feature share; it needs at least {:.0} MiB",
+        mib(need),
+        mib(share),
+        mib(outside),
+        BASELINE_BYTES >> 20,
+        mib(outside + 2 * parts * need).ceil()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memdet_least_share_holds_its_smallest_plan_and_no_less() {
+        for (m, g) in [(400, 10), (1000, 1), (37, 3)] {
+            let b = least_memdet_share(m, g).unwrap();
+            let p = crate::linalg::budget::plan(m, g, None, Some(b), false).unwrap();
+            assert_eq!(p.block_size, g.min(m));
+            assert!(crate::linalg::budget::plan(m, g, None, Some(b - 1), false).is_err());
+        }
+    }
+}
