@@ -224,7 +224,8 @@ pub(crate) fn read_kept(
     let mut header = [0u8; 16];
     let got = read_full(&mut r, &mut header).map_err(|e| stream_error(images, e))?;
     // The header through `parse`'s checks (magic, truncation) when it is short or wrong; its dimensions.
-    let magic = (got >= 4).then(|| u32::from_be_bytes([header[0], header[1], header[2], header[3]]));
+    let magic =
+        (got >= 4).then(|| u32::from_be_bytes([header[0], header[1], header[2], header[3]]));
     if got < 16 || magic != Some(0x803) {
         parse(&header[..got], 3, images)?;
     }
@@ -242,7 +243,12 @@ pub(crate) fn read_kept(
         )));
     }
     let (len, hw) = (dims[0], [dims[1], dims[2]]);
-    let mut collector = Collector::new([1, hw[0], hw[1]], len, keep(len)?, &images.display().to_string())?;
+    let mut collector = Collector::new(
+        [1, hw[0], hw[1]],
+        len,
+        keep(len)?,
+        &images.display().to_string(),
+    )?;
     let mut img = vec![0u8; collector.per()];
     for i in 0..len {
         let got = read_full(&mut r, &mut img).map_err(|e| stream_error(images, e))?;

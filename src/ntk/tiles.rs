@@ -66,8 +66,6 @@ pub struct NtkTiles {
     divisor: f64,
     chunk: usize,
     micro: usize,
-    /// Bytes of one example's forward/backward working set (one micro-batch of one example).
-    micro_bytes: usize,
     cache: Mutex<FeatureCache>,
     stats: Mutex<NtkStats>,
 }
@@ -117,8 +115,7 @@ impl NtkTiles {
         // 256 MiB (callers bounding the whole process give the cache 3/4 of their share, see
         // `pipeline::inputs::Prepared::tiles`).
         let working = (feature_budget / 3).min(256 << 20);
-        let micro_bytes = 3 * act_bytes * rows;
-        let micro = (working / micro_bytes.max(1)).clamp(1, 64);
+        let micro = (working / (3 * act_bytes * rows).max(1)).clamp(1, 64);
         // At least MIN_CHUNKS chunks, so that progress (one unit per chunk pair) moves during a tile.
         let chunk = (feature_budget / (CHUNKS_PER_BUDGET * plan.bytes_per_example).max(1))
             .clamp(1, n)
@@ -139,7 +136,6 @@ impl NtkTiles {
             params,
             chunk,
             micro,
-            micro_bytes,
             cache: Mutex::new(FeatureCache {
                 entries: Vec::new(),
                 bytes: 0,
@@ -150,10 +146,10 @@ impl NtkTiles {
     }
 
     /// The least feature budget (the `feature_budget` of [`NtkTiles::new`]) the source keeps to: a
-    /// contraction holds two chunks of at least one example each, and the working set (a third of the
-    /// budget) must hold one example's forward/backward pass.
+    /// contraction holds two chunks of at least one example each. (The forward/backward working set is a
+    /// third of the budget, and one example at a time below that: it is not part of the least.)
     pub fn min_feature_budget(&self) -> usize {
-        (2 * self.plan.bytes_per_example).max(3 * self.micro_bytes)
+        2 * self.plan.bytes_per_example
     }
 
     /// Number of examples n.

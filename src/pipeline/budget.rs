@@ -34,15 +34,35 @@ pub fn least_memdet_share(m: usize, granule: usize) -> Result<u64> {
     Ok(budget)
 }
 
+/// How the budget left after what lives outside is shared with the feature cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureShare {
+    /// Half of it (the default of `--feature-mem`).
+    Half,
+    /// A fixed `--feature-mem`.
+    Given,
+    /// All of it (`ntk`, which runs no MEMDET).
+    All,
+}
+
+impl FeatureShare {
+    /// The share `--feature-mem` asks for.
+    pub fn of(feature_mem: &Option<String>) -> Self {
+        match feature_mem {
+            Some(_) => FeatureShare::Given,
+            None => FeatureShare::Half,
+        }
+    }
+}
+
 /// Refuse, before the kernel's work starts, shares that cannot hold the least the kernel needs: the
-/// features of two examples and one example's forward/backward pass (`feature_share`), and MEMDET's
+/// features of two examples (`feature_share`, of which the cache gets 3/4), and MEMDET's
 /// smallest plan (`memdet_share`, unless `memdet` is false), with `outside` bytes taken off first. The
-/// message names the least `--max-mem` that would do, with the default half-and-half split (or with the
-/// given `--feature-mem`).
+/// message names the least `--max-mem` that would do with the features' `share`.
 pub fn check_kernel_minimum(
     tiles: &NtkTiles,
     max_mem: &str,
-    feature_mem_given: bool,
+    share: FeatureShare,
     (feature_share, memdet_share): (u64, u64),
     outside: u64,
     memdet: bool,
@@ -56,15 +76,15 @@ pub fn check_kernel_minimum(
     if feature_share >= need_features && memdet_share >= need_memdet {
         return Ok(());
     }
-    let least = if feature_mem_given || !memdet {
-        outside + need_features + need_memdet
-    } else {
-        outside + 2 * need_features.max(need_memdet)
-    };
+    let least = outside
+        + match share {
+            FeatureShare::Half => 2 * need_features.max(need_memdet),
+            FeatureShare::Given | FeatureShare::All => need_features + need_memdet,
+        };
     Err(Error::Budget(format!(
         "--max-mem {max_mem} cannot hold the least this kernel needs: {:.1} MiB outside the plan (data, model, \
-         inputs, in-memory kernels, {} MiB for the binary and threads), {:.1} MiB for the features of two \
-         examples and one example's forward/backward pass (the feature share is {:.1} MiB){}; it needs at \
+         inputs, in-memory kernels, {} MiB for the binary and threads), a feature share of {:.1} MiB \
+         (its 3/4 for the cache holds two examples' features; it gets {:.1} MiB){}; it needs at \
          least {:.0} MiB{}",
         mib(outside),
         BASELINE_BYTES >> 20,
@@ -80,7 +100,7 @@ pub fn check_kernel_minimum(
             String::new()
         },
         mib(least).ceil(),
-        if feature_mem_given {
+        if share == FeatureShare::Given {
             format!(" with --feature-mem at least {:.0} MiB", mib(need_features).ceil())
         } else {
             String::new()

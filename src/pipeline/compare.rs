@@ -92,14 +92,20 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
         crate::pipeline::budget::check_kernel_minimum(
             tiles,
             &args.mem.max_mem,
-            args.mem.feature_mem.is_some(),
+            crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
             (feature_mem, memdet_mem),
             outside,
             true,
         )
     };
-    let (k, tiles, form_s) =
-        form_dense(&prepared, args.n, &f64_kernel, feature_mem, &least, progress)?;
+    let (k, tiles, form_s) = form_dense(
+        &prepared,
+        args.n,
+        &f64_kernel,
+        feature_mem,
+        &least,
+        progress,
+    )?;
     // Free the features: the f32 kernel needs the memory, and block-diag's forming time is then honest.
     tiles.clear_features();
     let m = k.dim();
@@ -297,8 +303,14 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                     precision: Precision::F32,
                     ..args.kernel.clone()
                 };
-                let (k32, _, form32) =
-                    form_dense(&prepared, args.n, &f32_kernel, feature_mem, &least, progress)?;
+                let (k32, _, form32) = form_dense(
+                    &prepared,
+                    args.n,
+                    &f32_kernel,
+                    feature_mem,
+                    &least,
+                    progress,
+                )?;
                 let t = Instant::now();
                 let r = memdet_recorded(&k32, &checkpointed("f32", args.n, &f32_kernel), progress)?;
                 let e = Estimate {

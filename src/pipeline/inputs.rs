@@ -228,7 +228,7 @@ pub fn budget_split(mem: &MemArgs, outside: u64) -> Result<(u64, u64)> {
             mem.max_mem,
             outside as f64 / 1048576.0,
             BASELINE_BYTES >> 20,
-            (outside + least) as f64 / 1048576.0
+            ((outside + least) as f64 / 1048576.0).ceil()
         )));
     }
     let (features, memdet) = memory_split(mem)?;

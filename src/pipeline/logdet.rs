@@ -62,7 +62,7 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
     crate::pipeline::budget::check_kernel_minimum(
         &tiles,
         &args.mem.max_mem,
-        args.mem.feature_mem.is_some(),
+        crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
         (feature_mem, memdet_mem),
         outside,
         true,

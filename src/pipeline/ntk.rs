@@ -57,7 +57,7 @@ pub fn run(args: &NtkArgs, progress: &dyn Progress) -> Result<()> {
     crate::pipeline::budget::check_kernel_minimum(
         &tiles,
         &args.mem.max_mem,
-        false,
+        crate::pipeline::budget::FeatureShare::All,
         (features, 0),
         outside,
         false,

@@ -73,7 +73,7 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     crate::pipeline::budget::check_kernel_minimum(
         &tiles,
         &args.mem.max_mem,
-        args.mem.feature_mem.is_some(),
+        crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
         (feature_mem, memdet_mem),
         prepared.resident_bytes_in(ns, precision),
         true,
@@ -195,13 +195,14 @@ fn exact_logdet(
     let t0 = Instant::now();
     // The sample's tile source (and its inputs) stays alive for the report.
     let precision = args.kernel.precision;
-    let outside = prepared.resident_bytes_in(n, precision) + prepared.input_bytes(args.n_sample, precision);
+    let outside =
+        prepared.resident_bytes_in(n, precision) + prepared.input_bytes(args.n_sample, precision);
     let (feature_mem, memdet_mem) = budget_split(&args.mem, outside)?;
     let tiles: NtkTiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
     crate::pipeline::budget::check_kernel_minimum(
         &tiles,
         &args.mem.max_mem,
-        args.mem.feature_mem.is_some(),
+        crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
         (feature_mem, memdet_mem),
         outside,
         true,

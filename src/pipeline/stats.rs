@@ -93,7 +93,7 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
     budget::check_kernel_minimum(
         &tiles,
         &args.max_mem,
-        args.feature_mem.is_some(),
+        budget::FeatureShare::of(&args.feature_mem),
         (feature_mem / kernels as u64, 0),
         outside,
         false,
@@ -152,7 +152,12 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
         // The operator(s) and the estimators' own buffers share what the features leave.
         let parts = 1 + kernels as u64;
         let share = rest_mem / parts;
-        let op = NtkOperator::new(&prepared.model.network, inputs.clone(), spec, share as usize)?;
+        let op = NtkOperator::new(
+            &prepared.model.network,
+            inputs.clone(),
+            spec,
+            share as usize,
+        )?;
         budget::check_operator_minimum(&op, &args.max_mem, share, parts, outside)?;
         let op2 = match &against {
             Some(model) => Some(NtkOperator::new(

@@ -1,0 +1,333 @@
+//! Before the work and around it: `--quiet` leaves stderr to errors alone (no checkpoint, clean-up or warning
+//! lines), a resume on another thread count is refused naming both counts, `--checkpoint` with
+//! `--assume sym` is refused before anything is read, the scratch disk's free space is checked against the
+//! plan before the first tile, and `--max-mem` floors of `logdet --model`, `eval` and `stats` are refused
+//! up front naming the least budget, which then works and holds.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ntk-pipeline"));
+    c.env_remove("NTK_PIPELINE_TEST_KILL_AT");
+    c
+}
+
+/// `--model models/<model> --data mnist --data-dir <repo>/datasets`.
+fn model_args(model: &str) -> Vec<String> {
+    vec![
+        "--model".into(),
+        root().join("models").join(model).display().to_string(),
+        "--data".into(),
+        "mnist".into(),
+        "--data-dir".into(),
+        root().join("datasets").display().to_string(),
+    ]
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Run `cmd` and return its output and the child's peak RSS (VmHWM via `wait4`) in bytes.
+// The child is reaped by `wait4` (which also returns its rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
+fn output_and_peak(cmd: &mut Command) -> (i32, String, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let err_path = dir.path().join("stderr");
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: waiting for our own child; a zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    (code, err, usage.ru_maxrss as u64 * 1024)
+}
+
+/// The `N` of "it needs at least N MiB" in `err`.
+fn least_mib(err: &str) -> u64 {
+    err.rsplit("it needs at least ")
+        .next()
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no minimum named: {err}"))
+}
+
+#[test]
+fn quiet_prints_nothing_but_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // A near-singular SPD matrix: the near-singular warning goes to the JSON only.
+    let mut a = random_spd(5, 60);
+    for j in 0..60 {
+        a[(0, j)] *= 1e-8;
+        a[(j, 0)] *= 1e-8;
+    }
+    let npy = dir.path().join("k.npy");
+    write_npy(&npy, &a, false);
+    // A stale scratch directory of a dead process: removed silently.
+    let scratch = tempfile::tempdir().unwrap();
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let stale = scratch.path().join("ntk-memdet-killed");
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("lock"), format!("{pid} {}\n", host.trim())).unwrap();
+    let ck = dir.path().join("ck");
+    let out = dir.path().join("out.json");
+    let run = |extra: &[&str], quiet: bool| {
+        let mut c = bin();
+        c.args(["logdet", "--num-blocks", "3", "--matrix"])
+            .arg(&npy)
+            .arg("--scratch-dir")
+            .arg(scratch.path())
+            .arg("--json")
+            .arg(&out)
+            .args(extra);
+        if quiet {
+            c.arg("--quiet");
+        }
+        c.output().unwrap()
+    };
+    let o = run(&[], true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "", "--quiet printed on stderr");
+    assert!(!stale.exists(), "the stale scratch directory was kept");
+    let warnings = json(&out)["info"]["warnings"].clone();
+    assert!(
+        warnings[0].as_str().unwrap().contains("near-singular"),
+        "{warnings}"
+    );
+    // Without --quiet the same warning is on stderr (so the quiet run did drop something).
+    let o = run(&[], false);
+    assert!(stderr(&o).contains("warning: 1 pivot(s) are near-singular"));
+    // A checkpointed run, then its resume: "resuming from …" and "no checkpoint yet" are notes, dropped.
+    let ck_s = ck.to_str().unwrap();
+    for extra in [
+        &["--checkpoint", ck_s, "--resume"][..],
+        &["--checkpoint", ck_s, "--resume"][..],
+    ] {
+        let o = run(extra, true);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stderr(&o), "", "--quiet printed on stderr");
+    }
+    let o = run(&["--checkpoint", ck_s, "--resume"], false);
+    assert!(stderr(&o).contains("resuming from"), "{}", stderr(&o));
+    // Errors are still printed.
+    let o = run(&["--shift", "nan"], true);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+}
+
+#[test]
+fn a_resume_on_another_thread_count_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("k.npy");
+    write_npy(&npy, &random_spd(11, 400), false);
+    let ck = dir.path().join("ck");
+    let cmd = |threads: &str, out: &Path| {
+        let mut c = bin();
+        c.args([
+            "logdet",
+            "--quiet",
+            "--threads",
+            threads,
+            "--num-blocks",
+            "4",
+        ])
+        .args(["--nested", "10", "--matrix"])
+        .arg(&npy)
+        .arg("--checkpoint")
+        .arg(&ck)
+        .arg("--json")
+        .arg(out);
+        c
+    };
+    let whole = dir.path().join("whole.json");
+    let o = bin()
+        .args(["logdet", "--quiet", "--threads", "2", "--num-blocks", "4"])
+        .args(["--nested", "10", "--matrix"])
+        .arg(&npy)
+        .arg("--json")
+        .arg(&whole)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = dir.path().join("out.json");
+    // Killed after two complete block columns.
+    let o = cmd("2", &out)
+        .env("NTK_PIPELINE_TEST_KILL_AT", "source:2")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), None, "not killed: {}", stderr(&o));
+    let o = cmd("1", &out).arg("--resume").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("made with 2 threads, this command runs 1") && err.contains("--threads 2"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // On the same thread count it resumes, bitwise.
+    let o = cmd("2", &out).arg("--resume").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (json(&whole), json(&out));
+    assert_eq!(b["info"]["resumed_columns"], 2);
+    assert_eq!(
+        a["logdet"].as_f64().unwrap().to_bits(),
+        b["logdet"].as_f64().unwrap().to_bits()
+    );
+}
+
+#[test]
+fn checkpoint_with_assume_sym_is_refused_before_anything_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    // The matrix does not even exist: the refusal comes first.
+    let o = bin()
+        .args(["logdet", "--assume", "sym", "--matrix"])
+        .arg(dir.path().join("missing.npy"))
+        .arg("--checkpoint")
+        .arg(&ck)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("--checkpoint works with --assume spd only") && err.contains("Bunch-Kaufman"),
+        "{err}"
+    );
+    assert!(!ck.exists(), "the checkpoint directory was created");
+}
+
+#[test]
+fn a_scratch_disk_too_small_for_the_plan_is_refused_before_the_first_tile() {
+    // A sparse .npy claiming a 200,000² f64 matrix (320 GB, no blocks on disk): its plan's scratch is
+    // ~160 GB, more than this whole disk, so the run must stop before reading a tile.
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("big.npy");
+    let m = 200_000u64;
+    let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({m}, {m}), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    let offset = bytes.len() as u64;
+    let f = std::fs::File::create(&npy).unwrap();
+    use std::io::Write;
+    (&f).write_all(&bytes).unwrap();
+    f.set_len(offset + 8 * m * m).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let o = bin()
+        .args(["logdet", "--max-mem", "2GiB", "--matrix"])
+        .arg(&npy)
+        .arg("--scratch-dir")
+        .arg(scratch.path())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("of scratch in") && err.contains("are free"),
+        "{err}"
+    );
+    // Refused at once: no tile was formed (reading one 160 MB tile of zeros would also fail later).
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(!err.contains("progress: memdet"), "{err}");
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn logdet_model_below_its_least_budget_is_refused_and_the_least_works() {
+    let args = |max_mem: &str| {
+        let mut c = bin();
+        c.arg("logdet")
+            .args(model_args("resnet9-mnist.safetensors"))
+            .args(["--n", "2", "--quiet", "--max-mem", max_mem]);
+        c
+    };
+    let started = Instant::now();
+    let o = args("100MiB").output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("two examples' features"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "not refused up front"
+    );
+    let least = least_mib(&err);
+    assert!(least > 100, "{err}");
+    let (code, err, peak) = output_and_peak(&mut args(&format!("{least}MiB")));
+    assert_eq!(code, 0, "{err}");
+    assert!(peak <= (least + 64) << 20, "peak {} MiB", peak >> 20);
+}
+
+#[test]
+fn eval_keeps_to_its_budget_and_refuses_one_below_its_least() {
+    let args = |max_mem: &str| {
+        let mut c = bin();
+        c.arg("eval")
+            .args(model_args("lenet-mnist.safetensors"))
+            .args(["--limit", "3000", "--quiet", "--max-mem", max_mem]);
+        c
+    };
+    let o = args("20MiB").output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot hold what eval needs"), "{err}");
+    let least = least_mib(&err);
+    // Only the 3,000 evaluated images are held, not the 47 MB of the whole split.
+    assert!(least < 60, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.json");
+    let (code, err, peak) = output_and_peak(args(&format!("{least}MiB")).arg("--json").arg(&small));
+    assert_eq!(code, 0, "{err}");
+    assert!(peak <= (least + 64) << 20, "peak {} MiB", peak >> 20);
+    // The accuracy does not depend on the batch size the budget chose.
+    let big = dir.path().join("big.json");
+    let o = args("4GiB").arg("--json").arg(&big).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (json(&small), json(&big));
+    assert_eq!(a["correct"], b["correct"]);
+    assert_eq!(a["per_class"], b["per_class"]);
+}
+
+#[test]
+fn stats_below_its_least_budget_is_refused_before_the_work() {
+    let o = bin()
+        .arg("stats")
+        .args(model_args("resnet9-mnist.safetensors"))
+        .args(["--n", "4", "--quiet", "--max-mem", "100MiB"])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("two examples' features"), "{err}");
+    assert!(least_mib(&err) > 100, "{err}");
+}
