@@ -397,7 +397,17 @@ pub fn memdet(
             .sum()
     };
     let total_units: u64 = (0..n).map(units).sum();
-    progress.note(&super::plan_note::describe(&plan, opts, done));
+    let source_units: u64 = (done..n)
+        .flat_map(|j| (0..=j).map(move |i| (i, j)))
+        .map(|(i, j)| source.fill_units(plan.range(i), plan.range(j)))
+        .sum();
+    let forming = source.calibrate_fill(source_units)?;
+    progress.note(&super::plan_note::describe(
+        &plan,
+        opts,
+        done,
+        forming.as_ref(),
+    ));
     progress.start("memdet", total_units);
     progress.advance((0..done).map(units).sum());
     let outcome = (done..n).try_for_each(|j| {

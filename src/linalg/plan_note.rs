@@ -44,8 +44,14 @@ pub fn duration(s: f64) -> String {
     }
 }
 
-/// The plan line for a run with `plan` and `opts`, `done` block columns already complete (a resume).
-pub fn describe(plan: &BlockPlan, opts: &MemdetOptions, done: usize) -> String {
+/// The plan line for a run with `plan` and `opts`, `done` block columns already complete (a resume), and
+/// the source's calibrated estimate of the time to form the remaining tiles, if it made one.
+pub fn describe(
+    plan: &BlockPlan,
+    opts: &MemdetOptions,
+    done: usize,
+    forming: Option<&(f64, String)>,
+) -> String {
     let mib = |b: u64| b as f64 / 1048576.0;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let ldlt = opts.assume == super::Assume::Sym;
@@ -89,7 +95,13 @@ pub fn describe(plan: &BlockPlan, opts: &MemdetOptions, done: usize) -> String {
     } else {
         text += &format!("; factorisation {flops:.2e} FLOP (m^3/3), about a second or less");
     }
-    text += "; forming the tiles is timed as it runs (see the eta)";
+    text += &match forming {
+        Some((seconds, how)) => format!(
+            "; forming the tiles about {} (calibrated just now: {how})",
+            duration(*seconds)
+        ),
+        None => "; forming the tiles is timed as it runs (see the eta)".to_string(),
+    };
     text
 }
 

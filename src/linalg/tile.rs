@@ -19,6 +19,12 @@ pub trait TileSource: Sync {
     fn fill_units(&self, _rows: Range<usize>, _cols: Range<usize>) -> u64 {
         1
     }
+    /// Seconds that filling tiles worth `units` [`fill_units`](Self::fill_units) should take on this machine,
+    /// from a short calibration made now, with a line saying what was timed (`None`, the default: not
+    /// estimated, for sources whose tiles cost little next to the factorisation).
+    fn calibrate_fill(&self, _units: u64) -> Result<Option<(f64, String)>> {
+        Ok(None)
+    }
     /// [`fill`](Self::fill), calling `done(units)` as parts of the tile are finished (in total
     /// [`fill_units`](Self::fill_units)); the default reports the whole tile at the end.
     fn fill_reporting(

@@ -274,6 +274,36 @@ impl TileSource for NtkTiles {
         self.fill_reporting(rows, cols, out, &|_| {})
     }
 
+    /// Times chunk 0's features (kept in the cache: the first tile uses them) and one contraction pair of
+    /// chunk 0 with itself, then extrapolates: `units` chunk pairs, and the feature passes of every
+    /// example, about `n + n²/(2·held)` of them when the features do not all stay cached (module docs).
+    fn calibrate_fill(&self, units: u64) -> Result<Option<(f64, String)>> {
+        let n = self.num_examples();
+        let len = self.chunk.min(n);
+        let t0 = Instant::now();
+        let f = self.features(0)?;
+        let feature_s = t0.elapsed().as_secs_f64();
+        crate::signals::check()?;
+        let rf = self.plan.rows;
+        let mut block = Mat::<f64>::zeros(len * rf, len * rf);
+        let t1 = Instant::now();
+        contract(&self.plan, &f, 0..len, &f, 0..len, block.as_mut());
+        let pair_s = t1.elapsed().as_secs_f64();
+        let held = self.held_examples().max(1) as f64;
+        let nf = n as f64;
+        let passes = if held >= nf {
+            nf
+        } else {
+            nf + nf * nf / (2.0 * held)
+        };
+        let seconds = feature_s / len as f64 * passes + pair_s * units as f64;
+        let note = format!(
+            "features of one chunk of {len} examples {feature_s:.3} s, one contraction pair {pair_s:.3} s, \
+             for {passes:.0} example feature passes and {units} pairs"
+        );
+        Ok(Some((seconds, note)))
+    }
+
     fn fill_units(&self, rows: Range<usize>, cols: Range<usize>) -> u64 {
         let g = self.rows_per_example();
         let ex_rows = rows.start / g..rows.end.div_ceil(g);

@@ -28,6 +28,9 @@ pub fn least_memdet_share(m: usize, granule: usize) -> Result<u64> {
     let need = plan.resident_bytes(false);
     // The smallest budget whose tile share holds `need`.
     let mut budget = need + need / 7;
+    while budget > need && tile_share(budget - 1) >= need {
+        budget -= 1;
+    }
     while tile_share(budget) < need {
         budget += 1;
     }

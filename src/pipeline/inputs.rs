@@ -218,8 +218,10 @@ impl Prepared {
 /// [`Prepared::resident_bytes`] plus in-memory kernels); refused before any work when too little is left.
 pub fn budget_split(mem: &MemArgs, outside: u64) -> Result<(u64, u64)> {
     let total = crate::linalg::parse_size(&mem.max_mem)?;
-    // The least that a plan can use: a few MiB of tiles and features.
-    let least = 8 << 20;
+    // The least that a plan can use: a few MiB of tiles and features (the real floor of a kernel, two
+    // examples' features and MEMDET's smallest plan, is checked once its tile source exists:
+    // `budget::check_kernel_minimum`).
+    let least = 4 << 20;
     if total < outside + least {
         return Err(Error::Budget(format!(
             "--max-mem {} cannot hold what the run keeps outside MEMDET's tiles and the feature cache ({:.1} MiB: \
