@@ -170,7 +170,8 @@ pub struct TrainResumeArgs {
 /// `ntk --max-mem`.
 #[derive(Debug, Args, Clone)]
 pub struct NtkMemArgs {
-    /// Memory limit: the dense kernel (8·m² bytes) plus the cached NTK features must fit, e.g. 4GiB.
+    /// Memory limit of the whole process: the dense kernel (8·m² bytes), the data, model and inputs, and the
+    /// cached NTK features must fit, e.g. 4GiB.
     #[arg(long, default_value = "4GiB")]
     pub max_mem: String,
 }

@@ -1,7 +1,8 @@
-//! Peak RSS (the kernel's VmHWM of the child, from `wait4`) of `logdet --model`, `run` and `compare` on the
-//! shipped models at `--max-mem` 192 MiB, 512 MiB and 2 GiB, against the promise peak ≤ budget + 64 MiB.
-//! Ignored: it runs 18 full commands (minutes on a loaded machine). Run by hand with
-//! `cargo test --test rss_budget -- --ignored --nocapture`; it prints the table README quotes.
+//! Peak RSS (the kernel's VmHWM of the child, from `wait4`) of `logdet --model`, `run`, `compare`, `eval` and
+//! `stats` on the shipped models at `--max-mem` 192 MiB, 512 MiB and 2 GiB, against the promise peak ≤
+//! budget + 64 MiB. Ignored: it runs 30 full commands, one at a time (minutes on a loaded machine). Run by
+//! hand with `cargo test --release --test rss_budget -- --ignored --nocapture`; it prints the table README
+//! quotes.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -35,7 +36,7 @@ fn peak_rss(args: &[String]) -> (i32, u64) {
 }
 
 #[test]
-#[ignore = "minutes: 18 full runs; prints the README table"]
+#[ignore = "minutes: 30 full runs; prints the README table"]
 fn peak_rss_stays_within_the_budget_plus_64_mib() {
     let scratch = tempfile::tempdir().unwrap();
     let data = root().join("datasets").display().to_string();
@@ -83,15 +84,33 @@ fn peak_rss_stays_within_the_budget_plus_64_mib() {
                 "--burn-in".into(),
                 "2".into(),
             ]);
+            let mut eval = common("eval");
+            eval.extend(["--limit".into(), "5000".into()]);
+            eval.retain(|a| a != "--scratch-dir" && a != &scratch.path().display().to_string());
+            let mut stats = common("stats");
+            stats.extend([
+                "--n".into(),
+                n_compare.into(),
+                "--estimate".into(),
+                "hutchpp".into(),
+                "--exact".into(),
+            ]);
+            stats.retain(|a| a != "--scratch-dir" && a != &scratch.path().display().to_string());
             for (name, args) in [
                 ("logdet --model", logdet),
                 ("run", run),
                 ("compare", compare),
+                ("eval", eval),
+                ("stats", stats),
             ] {
                 let (code, rss) = peak_rss(&args);
                 let limit = ntk_pipeline::linalg::parse_size(budget).unwrap() + (64 << 20);
                 let mib = |b: u64| b as f64 / 1048576.0;
-                let n = if name == "compare" { n_compare } else { n };
+                let n = match name {
+                    "compare" | "stats" => n_compare,
+                    "eval" => "5000",
+                    _ => n,
+                };
                 println!(
                     "| `{name}` n = {n} | {model} | {budget} | {:.0} | {:.0} | {code} |",
                     mib(rss),

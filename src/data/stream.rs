@@ -197,8 +197,8 @@ mod tests {
             h.update(l.to_le_bytes());
         }
         assert_eq!(sha, format!("{:x}", h.finalize()));
-        // Mean of the 8 pixels / 255.
-        let mean = (0 + 1 + 2 + 3 + 10 + 20 + 30) as f64 / 8.0 / 255.0;
+        // Mean of the 8 pixels (0+0+1+10+2+20+3+30 = 66) / 255.
+        let mean = 66.0 / 8.0 / 255.0;
         assert!((norm.mean[0] - mean).abs() < 1e-15);
         assert!(Collector::new(shape, 4, vec![4], "t").is_err());
     }
