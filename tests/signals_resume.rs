@@ -497,4 +497,11 @@ fn progress_moves_within_a_single_tile_of_the_ntk() {
     );
     assert!(err.contains("plan: m = 400, 1 block of 400 rows"), "{err}");
     assert!(err.contains("FLOP (m^3/3), about"), "{err}");
+    // The time to form the tiles, calibrated on one feature chunk and one contraction pair.
+    assert!(
+        err.contains("forming the tiles about")
+            && err.contains("calibrated just now: features of one chunk of 3 examples")
+            && err.contains("and 105 pairs)"),
+        "{err}"
+    );
 }

@@ -60,10 +60,12 @@ impl FeatureShare {
 
 /// Refuse, before the kernel's work starts, shares that cannot hold the least the kernel needs: the
 /// features of two examples (`feature_share`, of which the cache gets 3/4), and MEMDET's
-/// smallest plan (`memdet_share`, unless `memdet` is false), with `outside` bytes taken off first. The
-/// message names the least `--max-mem` that would do with the features' `share`.
+/// smallest plan for an m×m kernel (`memdet_share`, unless `memdet` is false; m is `tiles`' order unless
+/// given, for a larger kernel of the same network), with `outside` bytes taken off first. The message names
+/// the least `--max-mem` that would do with the features' `share`.
 pub fn check_kernel_minimum(
     tiles: &NtkTiles,
+    m: Option<usize>,
     max_mem: &str,
     share: FeatureShare,
     (feature_share, memdet_share): (u64, u64),
@@ -72,7 +74,7 @@ pub fn check_kernel_minimum(
 ) -> Result<()> {
     let need_features = least_feature_share(tiles);
     let need_memdet = if memdet {
-        least_memdet_share(tiles.dim(), tiles.granule())?
+        least_memdet_share(m.unwrap_or(tiles.dim()), tiles.granule())?
     } else {
         0
     };

@@ -91,6 +91,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
     let least = |tiles: &NtkTiles| {
         crate::pipeline::budget::check_kernel_minimum(
             tiles,
+            None,
             &args.mem.max_mem,
             crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
             (feature_mem, memdet_mem),

@@ -56,6 +56,7 @@ pub fn run(args: &NtkArgs, progress: &dyn Progress) -> Result<()> {
     let tiles = prepared.tiles(args.n, &args.kernel, features as usize)?;
     crate::pipeline::budget::check_kernel_minimum(
         &tiles,
+        None,
         &args.mem.max_mem,
         crate::pipeline::budget::FeatureShare::All,
         (features, 0),

@@ -72,12 +72,26 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     let tiles = prepared.tiles(ns, &args.kernel, feature_mem as usize)?;
     crate::pipeline::budget::check_kernel_minimum(
         &tiles,
+        None,
         &args.mem.max_mem,
         crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
         (feature_mem, memdet_mem),
         prepared.resident_bytes_in(ns, precision),
         true,
     )?;
+    // `--exact-n N`'s kernel too, now, before the sample's work.
+    if let Some(n) = args.exact_n {
+        let outside = exact_outside(&prepared, n, args);
+        crate::pipeline::budget::check_kernel_minimum(
+            &tiles,
+            Some(n * tiles.granule()),
+            &args.mem.max_mem,
+            crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
+            budget_split(&args.mem, outside)?,
+            outside,
+            true,
+        )?;
+    }
     let granule = tiles.granule();
     let target_m = target_n * granule;
     if target_m > tiles.num_params() {
@@ -184,6 +198,13 @@ fn factor(
     memdet_recorded(source, &opts, progress)
 }
 
+/// What lives outside the plan while K_N is factored: the data, the model, N inputs, and the sample's
+/// inputs (its tile source stays alive for the report).
+fn exact_outside(prepared: &Prepared, n: usize, args: &RunArgs) -> u64 {
+    let precision = args.kernel.precision;
+    prepared.resident_bytes_in(n, precision) + prepared.input_bytes(args.n_sample, precision)
+}
+
 /// `--exact-n N`: form and factor K_N exactly (tiles streamed into MEMDET under the memory limit) and compare.
 fn exact_logdet(
     prepared: &Prepared,
@@ -193,14 +214,12 @@ fn exact_logdet(
     predict: impl Fn(f64) -> f64,
 ) -> Result<ExactJson> {
     let t0 = Instant::now();
-    // The sample's tile source (and its inputs) stays alive for the report.
-    let precision = args.kernel.precision;
-    let outside =
-        prepared.resident_bytes_in(n, precision) + prepared.input_bytes(args.n_sample, precision);
+    let outside = exact_outside(prepared, n, args);
     let (feature_mem, memdet_mem) = budget_split(&args.mem, outside)?;
     let tiles: NtkTiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
     crate::pipeline::budget::check_kernel_minimum(
         &tiles,
+        None,
         &args.mem.max_mem,
         crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
         (feature_mem, memdet_mem),

@@ -92,6 +92,7 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
     let tiles = prepared.tiles(args.n, &args.kernel, feature_mem as usize / kernels)?;
     budget::check_kernel_minimum(
         &tiles,
+        None,
         &args.max_mem,
         budget::FeatureShare::of(&args.feature_mem),
         (feature_mem / kernels as u64, 0),
