@@ -13,6 +13,7 @@ pub mod ntk;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod stats_options;
 pub mod train;
 
 use crate::cli::{Cli, Command};

@@ -17,20 +17,14 @@ use crate::pipeline::budget;
 use crate::pipeline::inputs::{
     budget_split, kernel_meta, memory_split, prepare, upper_tile_plan, Prepared,
 };
+pub use crate::pipeline::stats_options::ESTIMATORS;
+use crate::pipeline::stats_options::{parse_methods, parse_probes};
 use crate::progress::Progress;
 use crate::report::stats::{table, AgainstStats, EstimateRow, ExactStats, StatsReport};
 use crate::report::{check_outputs, write_json};
 use crate::{Error, Result};
 use faer::Mat;
 use std::time::Instant;
-
-/// The matrix-free estimators `--estimate` accepts.
-pub const ESTIMATORS: &[&str] = &[
-    "hutchinson",
-    "hutchpp",
-    "one-sided-reverse",
-    "one-sided-forward",
-];
 
 /// Execute `stats`.
 pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
@@ -112,6 +106,18 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
         )));
     }
     let x = probe_columns(y.as_ref());
+    // The operator(s) and the estimators' own buffers share what the features leave; their floor is
+    // checked now, before the exact pass (an operator is cheap to build: one forward of one example).
+    let parts = 1 + kernels as u64;
+    let share = rest_mem / parts;
+    if !methods.is_empty() {
+        for network in
+            std::iter::once(&prepared.model.network).chain(against.iter().map(|a| &a.network))
+        {
+            let op = NtkOperator::new(network, inputs.clone(), spec, share as usize)?;
+            budget::check_operator_minimum(&op, &args.max_mem, share, parts, outside)?;
+        }
+    }
 
     let exact = if methods.is_empty() || args.exact {
         let second = match &against {
@@ -150,16 +156,12 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
         estimates: Vec::new(),
     };
     if !methods.is_empty() {
-        // The operator(s) and the estimators' own buffers share what the features leave.
-        let parts = 1 + kernels as u64;
-        let share = rest_mem / parts;
         let op = NtkOperator::new(
             &prepared.model.network,
             inputs.clone(),
             spec,
             share as usize,
         )?;
-        budget::check_operator_minimum(&op, &args.max_mem, share, parts, outside)?;
         let op2 = match &against {
             Some(model) => Some(NtkOperator::new(
                 &model.network,
@@ -169,9 +171,6 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
             )?),
             None => None,
         };
-        if let Some(op2) = &op2 {
-            budget::check_operator_minimum(op2, &args.max_mem, share, parts, outside)?;
-        }
         if let Some(op2) = &op2 {
             if op2.order() != m {
                 return Err(Error::Usage(format!(
@@ -220,65 +219,6 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
     }
     print!("{}", table(&report));
     Ok(())
-}
-
-/// `--estimate` as a list of known estimators (`all` = every one); empty without the flag.
-fn parse_methods(arg: Option<&str>) -> Result<Vec<&'static str>> {
-    let Some(arg) = arg else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for name in arg.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        if name == "all" {
-            out.extend_from_slice(ESTIMATORS);
-            continue;
-        }
-        if name == "one-sided" {
-            out.extend_from_slice(&ESTIMATORS[2..]);
-            continue;
-        }
-        match ESTIMATORS.iter().find(|&&e| e == name) {
-            Some(&e) => out.push(e),
-            None => {
-                return Err(Error::Usage(format!(
-                    "--estimate: unknown estimator `{name}`; known: {}, one-sided (both), all",
-                    ESTIMATORS.join(", ")
-                )))
-            }
-        }
-    }
-    if out.is_empty() {
-        return Err(Error::Usage(
-            "--estimate: name at least one estimator".into(),
-        ));
-    }
-    let mut seen = Vec::new();
-    out.retain(|m| {
-        let new = !seen.contains(m);
-        seen.push(*m);
-        new
-    });
-    Ok(out)
-}
-
-/// `--probes` as positive integers.
-fn parse_probes(arg: &str) -> Result<Vec<usize>> {
-    let probes: Vec<usize> =
-        arg.split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse::<usize>().ok().filter(|&v| v > 0).ok_or_else(|| {
-                    Error::Usage(format!("--probes: `{s}` is not a positive integer"))
-                })
-            })
-            .collect::<Result<_>>()?;
-    if probes.is_empty() {
-        return Err(Error::Usage(
-            "--probes: give at least one probe count".into(),
-        ));
-    }
-    Ok(probes)
 }
 
 fn kernel_meta_for(
