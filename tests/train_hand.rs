@@ -200,3 +200,25 @@ fn mlp_matches_autograd_in_f64() {
         1e-10,
     );
 }
+
+/// Eval-mode logits of the hand-written pass (running statistics) equal candle's graph forward.
+fn check_inference(arch_name: &str, width: Option<usize>, shape: [usize; 3]) {
+    let mut t = trainer(arch_name, width, shape, DType::F64);
+    // One step first, so the running statistics are not the initial (0, 1).
+    let (x, y) = batch(4, shape, 3, DType::F64);
+    t.step(&x, &y, 0.05).expect("step");
+    let (x, _) = batch(3, shape, 9, DType::F64);
+    let want = values(&t.network.forward(&x).expect("forward"));
+    let mut inf =
+        ntk_pipeline::model::train::hand::Inference::<f64>::new(&t.network).expect("plan");
+    let got = inf.logits(&values(&x), 3).expect("logits").to_vec();
+    let r = rel(&got, &want);
+    assert!(r <= 1e-12, "{arch_name}: eval-mode logits differ by {r:e}");
+}
+
+#[test]
+fn eval_mode_logits_match_the_graph_forward() {
+    check_inference("resnet9", Some(4), [3, 32, 32]);
+    check_inference("lenet", None, [1, 28, 28]);
+    check_inference("mobilenet", None, [1, 28, 28]);
+}

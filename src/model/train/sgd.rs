@@ -94,10 +94,7 @@ impl Sgd {
                 }
                 *buf = Some(Tensor::from_slice(&d, var.shape(), var.device())?);
             }
-            theta
-                .iter_mut()
-                .zip(&d)
-                .for_each(|(t, &d)| *t -= d * lr);
+            theta.iter_mut().zip(&d).for_each(|(t, &d)| *t -= d * lr);
             var.set(&Tensor::from_vec(theta, var.shape(), var.device())?)?;
         }
         Ok(())

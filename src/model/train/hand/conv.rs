@@ -99,6 +99,7 @@ pub fn col2im<T: Real>(cols: &[T], g: &ConvShape, n: usize, group: usize, dx: &m
 pub struct ConvScratch<T> {
     cols: Vec<T>,
     dcols: Vec<T>,
+    small: Vec<T>,
 }
 
 impl<T: Real> ConvScratch<T> {
@@ -178,18 +179,45 @@ pub fn backward<T: Real>(
         let dw_g = &mut dw[group * cog * kg..][..cog * kg];
         if g.is_pointwise() {
             let x_g = Operand::new(&x[group * kg * nu..], kg, nu);
-            product(dw_g, dy_g, x_g.t(), false);
+            weight_grad(x_g, dy_g, &mut scratch.small, dw_g);
             if let Some((dx, add)) = dx.as_mut() {
                 product(&mut dx[group * kg * nu..][..kg * nu], w.t(), dy_g, *add);
             }
         } else {
             scratch.ensure(kg * nu);
             im2col(x, g, n, group, &mut scratch.cols);
-            product(dw_g, dy_g, Operand::new(&scratch.cols, kg, nu).t(), false);
+            let cols = Operand::new(&scratch.cols, kg, nu);
+            weight_grad(cols, dy_g, &mut scratch.small, dw_g);
             if let Some((dx, add)) = dx.as_mut() {
                 product(&mut scratch.dcols[..kg * nu], w.t(), dy_g, false);
                 col2im(&scratch.dcols, g, n, group, dx, *add);
             }
+        }
+    }
+}
+
+/// dW (C_out/g × K_g) of one group from its patch matrix `cols` (K_g × N·U) and `dy` (C_out/g × N·U),
+/// computed as dWᵀ = cols · dyᵀ (the long N·U dimension inside the product runs faster this way round)
+/// into `small`, then transposed.
+fn weight_grad<T: Real>(
+    cols: Operand<'_, T>,
+    dy: Operand<'_, T>,
+    small: &mut Vec<T>,
+    dw: &mut [T],
+) {
+    let (kg, cog) = (cols.rows(), dy.rows());
+    if small.len() < kg * cog {
+        small.resize(kg * cog, T::ZERO);
+    }
+    product(small, cols, dy.t(), false);
+    transpose_into(small, kg, cog, dw);
+}
+
+/// `dst (cols × rows) = srcᵀ` for a row-major `rows × cols` source.
+fn transpose_into<T: Real>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    for r in 0..rows {
+        for c in 0..cols {
+            dst[c * rows + r] = src[r * cols + c];
         }
     }
 }

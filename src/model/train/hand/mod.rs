@@ -8,6 +8,7 @@
 //! autograd path (`Trainer` with `TrainPass::Autograd`) stays as the reference the tests compare against.
 
 pub mod conv;
+pub mod infer;
 pub mod linear;
 pub mod loss;
 pub mod norm;
@@ -17,6 +18,7 @@ pub mod pool;
 pub mod product;
 pub mod real;
 
+pub use infer::Inference;
 pub use norm::NormStats;
 pub use plan::{Plan, Shape};
 pub use real::Real;
@@ -36,6 +38,7 @@ pub struct HandPass<T> {
     written: Vec<bool>,
     scratch: ConvScratch<T>,
     stats: Vec<NormStats>,
+    eval_mode: bool,
 }
 
 impl<T: Real> HandPass<T> {
@@ -51,6 +54,7 @@ impl<T: Real> HandPass<T> {
             grad: vec![Vec::new(); n],
             written: vec![false; n],
             scratch: ConvScratch::default(),
+            eval_mode: false,
         })
     }
 
@@ -88,17 +92,8 @@ impl<T: Real> HandPass<T> {
                 network.input_shape
             )));
         }
-        self.size_for(n);
-        // Input: (N, C, H·W) → (C, N, H·W).
-        let hw = h * w;
-        for (ex, img) in x.chunks(c * hw).enumerate() {
-            for ch in 0..c {
-                self.act[0][(ch * n + ex) * hw..][..hw].copy_from_slice(&img[ch * hw..][..hw]);
-            }
-        }
-        for k in 1..network.nodes.len() {
-            self.forward_node(network, params, k, n)?;
-        }
+        self.eval_mode = false;
+        self.forward(network, params, x, n)?;
         let out = network.output();
         let d = self.plan.shapes[out].len();
         let mut dlogits = std::mem::take(&mut self.grad[out]);
@@ -110,6 +105,60 @@ impl<T: Real> HandPass<T> {
             self.backward_node(network, params, grads, k, n);
         }
         Ok((loss, correct))
+    }
+
+    /// Eval-mode logits (N, d) of a batch `x` (N, C, H, W): BatchNorm normalises with `running`, one
+    /// (mean, variance) pair per BatchNorm node in node order (e.g. from the network's buffers).
+    pub fn logits_eval(
+        &mut self,
+        network: &Network,
+        params: &[Vec<T>],
+        running: &[(Vec<f64>, Vec<f64>)],
+        x: &[T],
+        n: usize,
+    ) -> Result<&[T]> {
+        if running.len() != self.stats.len() {
+            return Err(Error::Internal(format!(
+                "hand pass: {} running statistics for {} BatchNorm layers",
+                running.len(),
+                self.stats.len()
+            )));
+        }
+        for (node, slot) in network.nodes.iter().zip(&self.plan.bn_slot) {
+            if let (Some(slot), Op::BatchNorm2d(bn)) = (slot, &node.op) {
+                let (mean, var) = &running[*slot];
+                self.stats[*slot] = norm::running_stats(mean, var, bn.eps);
+            }
+        }
+        self.eval_mode = true;
+        let result = self.forward(network, params, x, n);
+        self.eval_mode = false;
+        result?;
+        Ok(&self.act[network.output()][..n * self.plan.shapes[network.output()].len()])
+    }
+
+    /// The forward pass of a batch of `n` (train or eval mode by `self.eval_mode`).
+    fn forward(&mut self, network: &Network, params: &[Vec<T>], x: &[T], n: usize) -> Result<()> {
+        let [c, h, w] = network.input_shape;
+        if x.len() != n * c * h * w {
+            return Err(Error::Internal(format!(
+                "hand pass: batch of {} values for {n} examples of shape {:?}",
+                x.len(),
+                network.input_shape
+            )));
+        }
+        self.size_for(n);
+        // Input: (N, C, H·W) → (C, N, H·W).
+        let hw = h * w;
+        for (ex, img) in x.chunks(c * hw).enumerate() {
+            for ch in 0..c {
+                self.act[0][(ch * n + ex) * hw..][..hw].copy_from_slice(&img[ch * hw..][..hw]);
+            }
+        }
+        for k in 1..network.nodes.len() {
+            self.forward_node(network, params, k, n)?;
+        }
+        Ok(())
     }
 
     /// Size every buffer for a batch of `n` (no-op when it already is).
@@ -150,7 +199,10 @@ impl<T: Real> HandPass<T> {
             Op::BatchNorm2d(bn) => {
                 let slot = self.plan.bn_slot[k].unwrap_or(0);
                 let len = n * map_plane(self.plan.shapes[k]);
-                norm::forward(x, p(0), p(1), bn.eps, len, &mut self.stats[slot], &mut y);
+                if !self.eval_mode {
+                    norm::batch_stats(x, p(0).len(), bn.eps, len, &mut self.stats[slot]);
+                }
+                norm::apply(x, p(0), p(1), len, &self.stats[slot], &mut y);
             }
             Op::Relu => pointwise::forward(Pointwise::Relu, x, &mut y),
             Op::Tanh => pointwise::forward(Pointwise::Tanh, x, &mut y),

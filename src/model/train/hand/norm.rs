@@ -19,22 +19,11 @@ pub struct NormStats {
     pub var_unbiased: Vec<f64>,
 }
 
-/// Normalise every channel row of `x` (C rows of `len` values) with its batch statistics into `y`.
-pub fn forward<T: Real>(
-    x: &[T],
-    gamma: &[T],
-    beta: &[T],
-    eps: f64,
-    len: usize,
-    stats: &mut NormStats,
-    y: &mut [T],
-) {
-    let c = gamma.len();
-    let per: Vec<(f64, f64, f64)> = y[..c * len]
-        .par_chunks_mut(len)
-        .enumerate()
-        .map(|(ch, out)| {
-            let row = &x[ch * len..][..len];
+/// The batch statistics of every channel row of `x` (rows of `len` values), with ε added to the variance.
+pub fn batch_stats<T: Real>(x: &[T], channels: usize, eps: f64, len: usize, stats: &mut NormStats) {
+    let per: Vec<(f64, f64, f64)> = x[..channels * len]
+        .par_chunks(len)
+        .map(|row| {
             let mean = row.iter().map(|v| v.to_f64()).sum::<f64>() / len as f64;
             let ss: f64 = row
                 .iter()
@@ -43,22 +32,48 @@ pub fn forward<T: Real>(
                     d * d
                 })
                 .sum();
-            let var = ss / len as f64;
-            let inv_std = 1.0 / (var + eps).sqrt();
-            let scale = gamma[ch].to_f64() * inv_std;
-            let (scale_t, shift_t) = (
-                T::from_f64(scale),
-                T::from_f64(beta[ch].to_f64() - mean * scale),
-            );
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o = v * scale_t + shift_t;
-            }
+            let inv_std = 1.0 / (ss / len as f64 + eps).sqrt();
             (mean, inv_std, ss / (len as f64 - 1.0))
         })
         .collect();
     stats.mean = per.iter().map(|p| p.0).collect();
     stats.inv_std = per.iter().map(|p| p.1).collect();
     stats.var_unbiased = per.iter().map(|p| p.2).collect();
+}
+
+/// Statistics from running estimates (eval mode): mean μ and 1/sqrt(var + ε).
+pub fn running_stats(mean: &[f64], var: &[f64], eps: f64) -> NormStats {
+    NormStats {
+        mean: mean.to_vec(),
+        inv_std: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
+        var_unbiased: var.to_vec(),
+    }
+}
+
+/// y = γ·(x − μ)·inv_std + β per channel row of `len` values, with the statistics in `stats`.
+pub fn apply<T: Real>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    len: usize,
+    stats: &NormStats,
+    y: &mut [T],
+) {
+    let c = gamma.len();
+    y[..c * len]
+        .par_chunks_mut(len)
+        .enumerate()
+        .for_each(|(ch, out)| {
+            let row = &x[ch * len..][..len];
+            let scale = gamma[ch].to_f64() * stats.inv_std[ch];
+            let (scale_t, shift_t) = (
+                T::from_f64(scale),
+                T::from_f64(beta[ch].to_f64() - stats.mean[ch] * scale),
+            );
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = v * scale_t + shift_t;
+            }
+        });
 }
 
 /// Gradients of train-mode BatchNorm: `dgamma`, `dbeta` replaced; `dx` replaced or added to (`add`).

@@ -37,6 +37,15 @@ impl<'a, T: Real> Operand<'a, T> {
         }
     }
 
+    /// Rows of the matrix as used (after any transpose).
+    pub fn rows(&self) -> usize {
+        if self.transposed {
+            self.cols
+        } else {
+            self.rows
+        }
+    }
+
     fn view(&self) -> MatRef<'a, T> {
         let m =
             MatRef::from_row_major_slice(&self.data[..self.rows * self.cols], self.rows, self.cols);
