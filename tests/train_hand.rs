@@ -209,8 +209,7 @@ fn check_inference(arch_name: &str, width: Option<usize>, shape: [usize; 3]) {
     t.step(&x, &y, 0.05).expect("step");
     let (x, _) = batch(3, shape, 9, DType::F64);
     let want = values(&t.network.forward(&x).expect("forward"));
-    let mut inf =
-        ntk_pipeline::model::train::hand::Inference::<f64>::new(&t.network).expect("plan");
+    let mut inf = ntk_pipeline::model::hand::Inference::<f64>::new(&t.network).expect("plan");
     let got = inf.logits(&values(&x), 3).expect("logits").to_vec();
     let r = rel(&got, &want);
     assert!(r <= 1e-12, "{arch_name}: eval-mode logits differ by {r:e}");

@@ -6,13 +6,13 @@
 //! place and the network sees the new values.
 
 pub mod forward;
-pub mod hand;
 pub mod sgd;
 pub mod state;
 
 pub use forward::{batch_norm_train, forward_train, BatchStats, ConvMode};
 pub use sgd::{cosine_lr, Sgd};
 
+use crate::model::hand;
 use crate::model::{join_name, Init, Network, Op, ParamSource};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -72,7 +72,7 @@ pub struct StepStats {
 /// How a training step computes its gradients (the values agree; see `tests/train_hand.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TrainPass {
-    /// The hand-written pass of [`hand`] on plain buffers (the fast one, default).
+    /// The hand-written pass of [`crate::model::hand`] on plain buffers (the fast one, default).
     #[default]
     Hand,
     /// candle's autograd over the train-mode forward of [`forward_train`] (the reference).

@@ -2,8 +2,8 @@
 
 use crate::cli::EvalArgs;
 use crate::data::Dataset;
+use crate::model::hand::Inference;
 use crate::model::layers::argmax_rows;
-use crate::model::train::hand::Inference;
 use crate::model::Network;
 use crate::pipeline::inputs::prepare;
 use crate::progress::Progress;

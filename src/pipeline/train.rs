@@ -172,7 +172,7 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
         PassArg::Autograd => TrainPass::Autograd,
     };
     if trainer.pass == TrainPass::Hand {
-        crate::model::train::hand::Plan::new(&trainer.network)?;
+        crate::model::hand::Plan::new(&trainer.network)?;
     }
     let init = match &args.init {
         Some(path) => Some(load_init(&trainer, path)?),

@@ -65,7 +65,7 @@ impl Sgd {
 impl Sgd {
     /// [`Sgd::step`] on plain buffers: `values` are the current parameters (in `params` order) and `grads`
     /// their gradients; the same arithmetic in the same order, then each `Var` is set to its new value.
-    pub fn step_values<T: crate::model::train::hand::Real>(
+    pub fn step_values<T: crate::model::hand::Real>(
         &mut self,
         params: &[(String, Var)],
         values: Vec<Vec<T>>,

@@ -1,4 +1,5 @@
-//! The hand-written training pass: train-mode forward (BatchNorm with batch statistics), softmax
+//! The hand-written passes on plain buffers (used by training, evaluation and the NTK features):
+//! train-mode forward (BatchNorm with batch statistics), softmax
 //! cross-entropy and backward through a [`Network`], on plain buffers reused from step to step.
 //!
 //! Written for speed (issue: training at PyTorch's speed on CPU): feature maps are channel-major for the
@@ -17,6 +18,7 @@ pub mod pointwise;
 pub mod pool;
 pub mod product;
 pub mod real;
+pub mod reverse;
 
 pub use infer::Inference;
 pub use norm::NormStats;

@@ -298,7 +298,22 @@ fn depthwise_backward<T: Real>(
         .par_chunks_mut(k * k)
         .enumerate()
         .for_each(|(c, dwc)| kernel_grad(c, dwc));
-    let Some((dx, add)) = dx else { return };
+    if let Some((dx, add)) = dx {
+        depthwise_input_grad(weight, dy, g, n, dx, add);
+    }
+}
+
+/// Depthwise input gradient: dx[c] = Σ_ab w[c, a, b] · dy[c] shifted back, replaced or added (`add`).
+fn depthwise_input_grad<T: Real>(
+    weight: &[T],
+    dy: &[T],
+    g: &ConvShape,
+    n: usize,
+    dx: &mut [T],
+    add: bool,
+) {
+    let (k, s, p) = (g.k, g.stride, g.padding);
+    let (plane, u) = (g.h * g.w, g.positions());
     dx[..g.c_in * n * plane]
         .par_chunks_mut(n * plane)
         .enumerate()
@@ -329,4 +344,34 @@ fn depthwise_backward<T: Real>(
                 }
             }
         });
+}
+
+/// The input gradient alone (no weight gradient) of `n` images' output gradients `dy` (C_out, n, OH, OW):
+/// what the NTK's batched reverse pass needs, `n` being its number of rows.
+pub fn input_grad<T: Real>(
+    weight: &[T],
+    dy: &[T],
+    g: &ConvShape,
+    n: usize,
+    scratch: &mut ConvScratch<T>,
+    dx: &mut [T],
+    add: bool,
+) {
+    if g.is_depthwise() {
+        depthwise_input_grad(weight, dy, g, n, dx, add);
+        return;
+    }
+    let nu = n * g.positions();
+    let (kg, cog) = (g.patch_len(), g.c_out_group());
+    for group in 0..g.groups {
+        let dy_g = Operand::new(&dy[group * cog * nu..], cog, nu);
+        let w = Operand::new(&weight[group * cog * kg..], cog, kg);
+        if g.is_pointwise() {
+            product(&mut dx[group * kg * nu..][..kg * nu], w.t(), dy_g, add);
+        } else {
+            scratch.ensure(kg * nu);
+            product(&mut scratch.dcols[..kg * nu], w.t(), dy_g, false);
+            col2im(&scratch.dcols, g, n, group, dx, add);
+        }
+    }
 }
