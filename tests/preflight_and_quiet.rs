@@ -2,7 +2,8 @@
 //! lines), a resume on another thread count is refused naming both counts, `--checkpoint` with
 //! `--assume sym` is refused before anything is read, the scratch disk's free space is checked against the
 //! plan before the first tile, and `--max-mem` floors of `logdet --model`, `eval` and `stats` are refused
-//! up front naming the least budget, which then works and holds.
+//! up front naming the least budget, which then works and holds; a run's data read keeps only the examples
+//! it uses, with the checksum, labels and statistics of a full read.
 
 mod support;
 
@@ -330,4 +331,90 @@ fn stats_below_its_least_budget_is_refused_before_the_work() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("two examples' features"), "{err}");
     assert!(least_mib(&err) > 100, "{err}");
+}
+
+/// An IDX split of `n` images of 5×4 pixels (gzipped) in `dir`, as `t10k-*` files.
+fn write_tiny_idx(dir: &Path, n: u32) {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let gz = |name: &str, bytes: &[u8]| {
+        let f = std::fs::File::create(dir.join(name)).unwrap();
+        let mut e = flate2::write::GzEncoder::new(f, flate2::Compression::default());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap();
+    };
+    let mut images = 0x803u32.to_be_bytes().to_vec();
+    for d in [n, 5, 4] {
+        images.extend_from_slice(&d.to_be_bytes());
+    }
+    images.extend((0..n * 20).map(|i| (i * 37 % 251) as u8));
+    let mut labels = 0x801u32.to_be_bytes().to_vec();
+    labels.extend_from_slice(&n.to_be_bytes());
+    labels.extend((0..n).map(|i| (i % 3) as u8));
+    gz("t10k-images-idx3-ubyte.gz", &images);
+    gz("t10k-labels-idx1-ubyte.gz", &labels);
+}
+
+#[test]
+fn a_run_reads_only_its_examples_with_the_full_reads_checksum_and_statistics() {
+    use ntk_pipeline::data::{load_kept, load_with, DataOptions, Locations, Split};
+    use ntk_pipeline::progress::Silent;
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = tmp.path().join("tinyidx");
+    write_tiny_idx(&tiny, 50);
+    let shipped = DataOptions {
+        split: Split::Test,
+        data_dir: Some(root().join("datasets")),
+        download: false,
+    };
+    let plain = DataOptions {
+        split: Split::Test,
+        data_dir: None,
+        download: false,
+    };
+    let tiny_name = tiny.display().to_string();
+    for (name, opts, keep) in [
+        ("mnist", &shipped, vec![9000, 3, 3, 7]),
+        (tiny_name.as_str(), &plain, vec![49, 0, 12]),
+    ] {
+        let full = load_with(name, opts, &Locations::default(), &Silent).unwrap();
+        let mut seen = 0;
+        let kept = load_kept(name, opts, &Locations::default(), &Silent, &mut |len| {
+            seen = len;
+            Ok(keep.clone())
+        })
+        .unwrap();
+        assert_eq!(seen, full.len());
+        assert_eq!(kept.len(), full.len());
+        assert_eq!(kept.labels(), full.labels());
+        // The plain directory's own statistics are measured over every image, as a full read does.
+        assert_eq!(kept.normalization(), full.normalization(), "{name}");
+        assert_eq!(
+            kept.content_sha256().unwrap(),
+            ntk_pipeline::report::provenance::record_dataset(&full),
+            "{name}"
+        );
+        for &i in &keep {
+            assert_eq!(kept.raw_image(i), full.raw_image(i));
+        }
+        let absent = (0..full.len()).find(|i| !keep.contains(i)).unwrap();
+        assert!(kept.raw_image(absent).is_none());
+        assert!(kept.images(&[absent], kept.image_shape()).is_err());
+        let want = kept.images(&keep, [3, 32, 32]).unwrap();
+        let got = full.images(&keep, [3, 32, 32]).unwrap();
+        assert_eq!(
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
+    // Only the kept pixels are held: 3 MNIST images, not 10,000 (7.8 MB).
+    let kept = load_kept(
+        "mnist",
+        &shipped,
+        &Locations::default(),
+        &Silent,
+        &mut |_| Ok(vec![1, 2, 3]),
+    )
+    .unwrap();
+    assert!(kept.resident_bytes() < 100_000, "{}", kept.resident_bytes());
 }
