@@ -68,6 +68,36 @@ pub fn backward<T: Real>(f: Pointwise, x: &[T], y: &[T], dy: &[T], dx: &mut [T],
     }
 }
 
+/// [`backward`] on one block, on the calling thread (the NTK reverse pass calls it once per (channel, row)
+/// block from its own parallel loop).
+pub fn backward_block<T: Real>(f: Pointwise, x: &[T], y: &[T], dy: &[T], dx: &mut [T], add: bool) {
+    let mut each = |g: &dyn Fn(T, T, T) -> T| {
+        for i in 0..dx.len() {
+            let v = g(x[i], y[i], dy[i]);
+            put(&mut dx[i], v, add);
+        }
+    };
+    match f {
+        Pointwise::Relu => {
+            for i in 0..dx.len() {
+                let v = if y[i] > T::ZERO { dy[i] } else { T::ZERO };
+                put(&mut dx[i], v, add);
+            }
+        }
+        Pointwise::Tanh => each(&|_, y, d| d * (T::from(1.0) - y * y)),
+        Pointwise::Gelu => each(&|x, _, d| {
+            let v = x.to_f64();
+            let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            d * T::from_f64(phi(v) + v * pdf)
+        }),
+        Pointwise::Identity => {
+            for i in 0..dx.len() {
+                put(&mut dx[i], dy[i], add);
+            }
+        }
+    }
+}
+
 /// Apply `f(x, y, dy, &mut dx)` element by element, in parallel chunks (one monomorphic loop per rule, so
 /// the compiler can vectorise it).
 fn zip3<T: Real>(x: &[T], y: &[T], dy: &[T], dx: &mut [T], f: impl Fn(T, T, T, &mut T) + Sync) {

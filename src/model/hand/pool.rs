@@ -67,35 +67,58 @@ pub fn backward<T: Real>(
     add: bool,
 ) {
     let (oh, ow) = g.out();
-    let scale = T::from_f64(1.0 / (g.kh * g.kw) as f64);
-    dx.par_chunks_mut(g.h * g.w)
+    let (plane, out) = (g.h * g.w, oh * ow);
+    dx.par_chunks_mut(plane)
         .enumerate()
         .for_each(|(p, dplane)| {
-            let plane = &x[p * g.h * g.w..][..g.h * g.w];
-            if !add {
-                dplane.fill(T::ZERO);
-            }
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let o = p * oh * ow + oy * ow + ox;
-                    let mut first = true;
-                    for a in 0..g.kh {
-                        for b in 0..g.kw {
-                            let i = (oy * g.kh + a) * g.w + ox * g.kw + b;
-                            match pool {
-                                Pool::Mean => dplane[i] += dy[o] * scale,
-                                Pool::Max => {
-                                    if first && plane[i] == y[o] {
-                                        dplane[i] += dy[o];
-                                        first = false;
-                                    }
-                                }
+            let o = p * out..(p + 1) * out;
+            backward_plane(
+                pool,
+                &x[p * plane..][..plane],
+                &y[o.clone()],
+                &dy[o],
+                g,
+                dplane,
+                add,
+            );
+        });
+}
+
+/// [`backward`] on one plane (input `plane`, output `y`, output gradient `dy`), on the calling thread.
+pub fn backward_plane<T: Real>(
+    pool: Pool,
+    plane: &[T],
+    y: &[T],
+    dy: &[T],
+    g: Windows,
+    dplane: &mut [T],
+    add: bool,
+) {
+    let (oh, ow) = g.out();
+    let scale = T::from_f64(1.0 / (g.kh * g.kw) as f64);
+    if !add {
+        dplane.fill(T::ZERO);
+    }
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let o = oy * ow + ox;
+            let mut first = true;
+            for a in 0..g.kh {
+                for b in 0..g.kw {
+                    let i = (oy * g.kh + a) * g.w + ox * g.kw + b;
+                    match pool {
+                        Pool::Mean => dplane[i] += dy[o] * scale,
+                        Pool::Max => {
+                            if first && plane[i] == y[o] {
+                                dplane[i] += dy[o];
+                                first = false;
                             }
                         }
                     }
                 }
             }
-        });
+        }
+    }
 }
 
 /// Flatten a channel-major batch (C, N, F_c) into (N, C·F_c) rows in PyTorch's feature order.

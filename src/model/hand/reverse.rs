@@ -170,7 +170,14 @@ impl<T: Real> HandPass<T> {
                 repeated(outer, n, r, inner, dx, |o, i, dst| {
                     let src = &dy[(o * rows + i.1) * inner..][..inner];
                     let at = (o * n + i.0) * inner;
-                    pointwise::backward(f, &x[at..at + inner], &y[at..at + inner], src, dst, add);
+                    pointwise::backward_block(
+                        f,
+                        &x[at..at + inner],
+                        &y[at..at + inner],
+                        src,
+                        dst,
+                        add,
+                    );
                 });
             }
             Op::MaxPool2d { .. } | Op::AvgPool2d { .. } | Op::AdaptiveAvgPool2d { .. } => {
@@ -180,7 +187,7 @@ impl<T: Real> HandPass<T> {
                 repeated(c, n, r, plane, dx, |o, i, dst| {
                     let src = &dy[(o * rows + i.1) * out_plane..][..out_plane];
                     let at = o * n + i.0;
-                    pool::backward(
+                    pool::backward_plane(
                         kind,
                         &x[at * plane..][..plane],
                         &y[at * out_plane..][..out_plane],
