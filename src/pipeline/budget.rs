@@ -130,12 +130,19 @@ pub fn forward_bytes_per_example(network: &Network, prepared: &Prepared) -> Resu
     Ok(HAND_PASS_FACTOR * (bytes + probe.elem_count() * 4) as u64)
 }
 
-/// `eval`'s batch size under `--max-mem` `total`: what lives outside the batches (the data as held, the
-/// sample order, the f32 model, [`BASELINE_BYTES`]) is taken off, the rest holds batches of at most
-/// `most` examples; refused before the work when not even one example fits.
-pub fn eval_batch(prepared: &Prepared, max_mem: &str, total: u64, most: usize) -> Result<usize> {
+/// `eval`'s batch size under `--max-mem` `total`: what lives outside the batches (the data as held, `extra`
+/// bytes of other data held too, the sample order, the f32 model, [`BASELINE_BYTES`]) is taken off, the
+/// rest holds batches of at most `most` examples; refused before the work when not even one example fits.
+pub fn eval_batch(
+    prepared: &Prepared,
+    max_mem: &str,
+    total: u64,
+    extra: u64,
+    most: usize,
+) -> Result<usize> {
     let network = &prepared.model.network;
     let outside = prepared.dataset.resident_bytes()
+        + extra
         + 8 * prepared.order.capacity() as u64
         + 4 * network.num_params() as u64
         + BASELINE_BYTES;

@@ -1,7 +1,7 @@
 //! The `eval` subcommand: a model's accuracy (and per-class counts) on a dataset split.
 
 use crate::cli::EvalArgs;
-use crate::data::Dataset;
+use crate::data::{Dataset, Split};
 use crate::model::hand::Inference;
 use crate::model::layers::argmax_rows;
 use crate::model::Network;
@@ -124,6 +124,18 @@ struct EvalReport<'a> {
     split: &'a str,
     #[serde(flatten)]
     accuracy: &'a Accuracy,
+    /// Eval-mode accuracy on the training split (first --limit examples, dataset order), when the
+    /// evaluated split is another one: the figure the training stop rule uses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    train_accuracy: Option<TrainAccuracy>,
+}
+
+/// The training-split figures of `eval`.
+#[derive(Serialize)]
+struct TrainAccuracy {
+    n: usize,
+    correct: usize,
+    accuracy: f64,
 }
 
 /// Execute `eval`.
@@ -144,7 +156,7 @@ pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
         }
     };
     let network = &prepared.model.network;
-    let batch = crate::pipeline::budget::eval_batch(&prepared, &args.max_mem, total_mem, BATCH)?;
+    let batch = crate::pipeline::budget::eval_batch(&prepared, &args.max_mem, total_mem, 0, BATCH)?;
     let acc = evaluate_in_batches(
         network,
         &prepared.dataset,
@@ -152,6 +164,41 @@ pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
         batch,
         progress,
     )?;
+    let train_accuracy = if prepared.dataset.split() == Split::Train {
+        None
+    } else {
+        // Only the first `--limit` training examples' images are read, and the batch is chosen again with
+        // them held as well.
+        let mut keep = |len: usize| Ok((0..args.limit.map_or(len, |l| l.min(len))).collect());
+        match crate::pipeline::inputs::load_data_with(
+            &args.md.data,
+            Split::Train,
+            progress,
+            Some(&mut keep),
+        ) {
+            Err(e) => {
+                progress.note(&format!("note: no training accuracy ({e})"));
+                None
+            }
+            Ok(train) => {
+                let count = args.limit.map_or(train.len(), |l| l.min(train.len()));
+                let indices: Vec<usize> = (0..count).collect();
+                let batch = crate::pipeline::budget::eval_batch(
+                    &prepared,
+                    &args.max_mem,
+                    total_mem,
+                    train.resident_bytes(),
+                    BATCH,
+                )?;
+                let a = evaluate_in_batches(network, &train, &indices, batch, progress)?;
+                Some(TrainAccuracy {
+                    n: a.n,
+                    correct: a.correct,
+                    accuracy: a.accuracy,
+                })
+            }
+        }
+    };
     let report = EvalReport {
         model: prepared.model.source.display().to_string(),
         arch: &network.arch,
@@ -159,6 +206,7 @@ pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
         data: prepared.dataset.name(),
         split: prepared.dataset.split().as_str(),
         accuracy: &acc,
+        train_accuracy,
     };
     // The result goes to stdout first, so a failing write at the end loses nothing.
     println!(
@@ -172,6 +220,15 @@ pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
         acc.correct,
         acc.n
     );
+    if let Some(t) = &report.train_accuracy {
+        println!(
+            "training accuracy (eval mode, first {} training examples): {:.2}% ({}/{})",
+            t.n,
+            100.0 * t.accuracy,
+            t.correct,
+            t.n
+        );
+    }
     println!(
         "{:>6} {:>8} {:>8} {:>9}",
         "class", "count", "correct", "accuracy"

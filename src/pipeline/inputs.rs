@@ -64,7 +64,7 @@ pub fn load_data(
 }
 
 /// [`load_data`], keeping only the pixels of the examples `keep` chooses when given (`data::load_kept`).
-fn load_data_with(
+pub fn load_data_with(
     data: &DataArgs,
     split: Split,
     progress: &dyn crate::progress::Progress,
