@@ -56,6 +56,35 @@ pub fn evaluate_in_batches(
     batch: usize,
     progress: &dyn Progress,
 ) -> Result<Accuracy> {
+    evaluate_with(
+        &mut fast_pass(network),
+        network,
+        dataset,
+        indices,
+        batch,
+        progress,
+    )
+}
+
+/// The hand-written pass when it supports the network (f32 networks; several times faster), else `None`
+/// (candle's graph forward).
+fn fast_pass(network: &Network) -> Option<Inference<'_, f32>> {
+    match network.dtype() {
+        candle_core::DType::F32 => Inference::<f32>::new(network).ok(),
+        _ => None,
+    }
+}
+
+/// [`evaluate_in_batches`] on the pass `fast` (reused across calls: a second pass over other data then
+/// holds no second set of buffers).
+fn evaluate_with(
+    fast: &mut Option<Inference<'_, f32>>,
+    network: &Network,
+    dataset: &Dataset,
+    indices: &[usize],
+    batch: usize,
+    progress: &dyn Progress,
+) -> Result<Accuracy> {
     let classes = dataset.num_classes();
     let d = network.num_outputs()?;
     if d != classes {
@@ -73,12 +102,6 @@ pub fn evaluate_in_batches(
             correct: 0,
         })
         .collect();
-    // The hand-written pass when it supports the network (f32 networks; several times faster), else
-    // candle's graph forward.
-    let mut fast = match network.dtype() {
-        candle_core::DType::F32 => Inference::<f32>::new(network).ok(),
-        _ => None,
-    };
     progress.start("eval", indices.len() as u64);
     for chunk in indices.chunks(batch.max(1)) {
         crate::signals::check()?;
@@ -157,7 +180,9 @@ pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
     };
     let network = &prepared.model.network;
     let batch = crate::pipeline::budget::eval_batch(&prepared, &args.max_mem, total_mem, 0, BATCH)?;
-    let acc = evaluate_in_batches(
+    let mut fast = fast_pass(network);
+    let acc = evaluate_with(
+        &mut fast,
         network,
         &prepared.dataset,
         &prepared.order[..n],
@@ -190,7 +215,7 @@ pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
                     train.resident_bytes(),
                     BATCH,
                 )?;
-                let a = evaluate_in_batches(network, &train, &indices, batch, progress)?;
+                let a = evaluate_with(&mut fast, network, &train, &indices, batch, progress)?;
                 Some(TrainAccuracy {
                     n: a.n,
                     correct: a.correct,
