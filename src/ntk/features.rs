@@ -469,30 +469,56 @@ fn extract(
                 .par_chunks_mut(u * plen)
                 .enumerate()
                 .for_each(|(e, out)| patch_rows(&x[e * in_len..(e + 1) * in_len], geometry, out));
-            block
-                .par_chunks_mut(ecols)
-                .enumerate()
-                .for_each(|(row, col)| {
-                    let e = row / r;
-                    let p =
-                        MatRef::from_row_major_slice(&patches[e * u * plen..][..u * plen], u, plen);
-                    let gm = MatRef::from_row_major_slice(
-                        &g[row * c_out * u..(row + 1) * c_out * u],
-                        c_out,
+            if groups == 1 {
+                // One product per example for its r rows stacked, (r·C_out × U)·(U × patch): the patch
+                // matrix is packed once instead of r times, and the product is r times taller.
+                let mut stacked = vec![0.0; r * c_out * plen];
+                for e in 0..len {
+                    let lhs = MatRef::from_row_major_slice(
+                        &g[e * r * c_out * u..(e + 1) * r * c_out * u],
+                        r * c_out,
                         u,
                     );
-                    let seg = &mut col[offset..offset + c_out * pg];
-                    for grp in 0..groups {
-                        let dst = MatMut::from_row_major_slice_mut(
-                            &mut seg[grp * cog * pg..(grp + 1) * cog * pg],
-                            cog,
-                            pg,
+                    let rhs =
+                        MatRef::from_row_major_slice(&patches[e * u * plen..][..u * plen], u, plen);
+                    let dst = MatMut::from_row_major_slice_mut(&mut stacked, r * c_out, plen);
+                    matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::rayon(0));
+                    block[e * r * ecols..(e + 1) * r * ecols]
+                        .par_chunks_mut(ecols)
+                        .zip(stacked.par_chunks(c_out * plen))
+                        .for_each(|(col, part)| {
+                            col[offset..offset + c_out * plen].copy_from_slice(part)
+                        });
+                }
+            } else {
+                block
+                    .par_chunks_mut(ecols)
+                    .enumerate()
+                    .for_each(|(row, col)| {
+                        let e = row / r;
+                        let p = MatRef::from_row_major_slice(
+                            &patches[e * u * plen..][..u * plen],
+                            u,
+                            plen,
                         );
-                        let lhs = gm.subrows(grp * cog, cog);
-                        let rhs = p.subcols(grp * pg, pg);
-                        matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::Seq);
-                    }
-                });
+                        let gm = MatRef::from_row_major_slice(
+                            &g[row * c_out * u..(row + 1) * c_out * u],
+                            c_out,
+                            u,
+                        );
+                        let seg = &mut col[offset..offset + c_out * pg];
+                        for grp in 0..groups {
+                            let dst = MatMut::from_row_major_slice_mut(
+                                &mut seg[grp * cog * pg..(grp + 1) * cog * pg],
+                                cog,
+                                pg,
+                            );
+                            let lhs = gm.subrows(grp * cog, cog);
+                            let rhs = p.subcols(grp * pg, pg);
+                            matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::Seq);
+                        }
+                    });
+            }
             if let Some(bias) = rule.bias_offset {
                 write_channel_sums(feats, row0, len * r, bias, g, c_out, u, None)?;
             }
