@@ -17,7 +17,11 @@ pub fn agreed<T>(local: Result<T>) -> Result<T> {
 /// True on every rank but 0 of a distributed job (they compute, rank 0 alone prints and writes).
 pub fn is_follower() -> bool {
     #[cfg(feature = "mpi")]
-    return crate::linalg::dist::is_follower();
+    {
+        crate::linalg::dist::is_follower()
+    }
     #[cfg(not(feature = "mpi"))]
-    false
+    {
+        false
+    }
 }

@@ -64,6 +64,17 @@ pub fn begin(cli: &Cli) -> Result<Option<usize>> {
     Ok(Some(threads))
 }
 
+/// The default block size: [`DEFAULT_BLOCK`], or less where that would leave fewer than 16 block rows per
+/// grid row or column (a lower triangle dealt out in few blocks leaves the ranks unevenly loaded, and
+/// forming an NTK's tiles costs far more than factoring them), rounded up to the granule.
+pub fn default_block(m: usize, granule: usize, (p, q): (usize, usize)) -> usize {
+    let g = granule.max(1);
+    DEFAULT_BLOCK
+        .min(m.div_ceil(16 * p.max(q)).max(1))
+        .div_ceil(g)
+        * g
+}
+
 /// The distributed options for `source` as `dist` asks (default grid: the squarest for the job).
 fn options(
     source: &dyn TileSource,
@@ -76,10 +87,11 @@ fn options(
         Some(g) => parse_grid(g)?,
         None => squarest_grid(world.size() as usize),
     };
-    let g = source.granule();
     Ok(DistOptions {
         grid,
-        block_size: dist.block_size.unwrap_or(DEFAULT_BLOCK.div_ceil(g) * g),
+        block_size: dist
+            .block_size
+            .unwrap_or_else(|| default_block(source.dim(), source.granule(), grid)),
         max_mem,
         reserved: 0,
         scale,
