@@ -75,9 +75,23 @@ pub fn default_block(m: usize, granule: usize, (p, q): (usize, usize)) -> usize 
         * g
 }
 
-/// The distributed options for `source` as `dist` asks (default grid: the squarest for the job).
+/// The default block size for an NTK: one feature chunk of examples (so that every tile is one chunk
+/// pair, the granularity single-process MEMDET contracts at: smaller pieces make the contraction's GEMMs
+/// several times slower), or the chunk's 1/k where that leaves fewer than 8 blocks per grid row or column.
+pub fn ntk_block(tiles: &NtkTiles, (p, q): (usize, usize)) -> usize {
+    let (g, chunk) = (tiles.granule(), tiles.chunk_examples().max(1));
+    let want = 8 * p.max(q);
+    let k = (1..=chunk)
+        .find(|k| tiles.num_examples().div_ceil(chunk.div_ceil(*k)) >= want)
+        .unwrap_or(chunk);
+    chunk.div_ceil(k) * g
+}
+
+/// The distributed options for `source` (`ntk` when it is an NTK) as `dist` asks (default grid: the
+/// squarest for the job; default block: [`ntk_block`] for an NTK, else [`default_block`]).
 fn options(
     source: &dyn TileSource,
+    ntk: Option<&NtkTiles>,
     dist: &DistArgs,
     max_mem: u64,
     (scale, shift): (f64, f64),
@@ -89,9 +103,10 @@ fn options(
     };
     Ok(DistOptions {
         grid,
-        block_size: dist
-            .block_size
-            .unwrap_or_else(|| default_block(source.dim(), source.granule(), grid)),
+        block_size: dist.block_size.unwrap_or_else(|| match ntk {
+            Some(tiles) => ntk_block(tiles, grid),
+            None => default_block(source.dim(), source.granule(), grid),
+        }),
         max_mem,
         reserved: 0,
         scale,
@@ -130,7 +145,7 @@ pub fn factor_for_run(
     dist: &DistArgs,
     max_mem: u64,
 ) -> Result<Option<(LogDet, serde_json::Value)>> {
-    let opts = options(tiles, dist, max_mem, (1.0, 0.0))?;
+    let opts = options(tiles, Some(tiles), dist, max_mem, (1.0, 0.0))?;
     let Some((result, shared)) = factor(tiles, Some(tiles), opts)? else {
         return Ok(None);
     };
@@ -172,6 +187,7 @@ pub fn factor_and_report(
 ) -> Result<serde_json::Value> {
     let opts = options(
         source,
+        ntk,
         &args.dist,
         parse_size(&args.mem.max_mem)?,
         (args.scale_by, args.shift),

@@ -32,6 +32,10 @@ pub struct ShareInfo {
     pub sent_chunks: usize,
     /// Seconds computing and exchanging features.
     pub seconds: f64,
+    /// Of those, seconds computing this rank's chunks.
+    pub compute_seconds: f64,
+    /// Of those, seconds waiting for the other ranks' chunks and sending and receiving (the exchange).
+    pub exchange_seconds: f64,
 }
 
 /// The sharing plan for a grid: which chunks each rank needs, and which rank computes each chunk.
@@ -112,6 +116,7 @@ pub fn share_features(
         .iter()
         .map(|&c| Ok((c, tiles.compute_chunk(c)?)))
         .collect();
+    info.compute_seconds = t0.elapsed().as_secs_f64();
     let mut computed = agree(world, computed)?.into_iter().peekable();
     info.computed_chunks = mine.len();
     // Phase 2: chunk by chunk, in the same order on every rank, the owner sends to every other rank that
@@ -143,6 +148,7 @@ pub fn share_features(
     }
     agree(world, failure)?;
     info.seconds = t0.elapsed().as_secs_f64();
+    info.exchange_seconds = info.seconds - info.compute_seconds;
     Ok(info)
 }
 
