@@ -21,6 +21,9 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ntk-pipeline");
 
+/// (formation seconds, factorisation seconds, ln det as printed) of one configuration.
+type Timing = (f64, f64, String);
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -89,12 +92,7 @@ fn slowest(v: &serde_json::Value) -> f64 {
 }
 
 /// (formation seconds, factorisation seconds) of the best of `reps` runs.
-fn best(
-    grid: Option<(usize, usize)>,
-    args: &[&str],
-    json: &Path,
-    reps: usize,
-) -> (f64, f64, String) {
+fn best(grid: Option<(usize, usize)>, args: &[&str], json: &Path, reps: usize) -> Timing {
     let mut best = (f64::INFINITY, f64::INFINITY, String::new());
     for _ in 0..reps {
         let doc = run(grid, args, json);
@@ -118,13 +116,7 @@ fn best(
 
 /// Print one part: 1 rank, 2 ranks on each grid of `twos`, single-process MEMDET; efficiencies against
 /// the first 2-rank grid.
-fn report(
-    what: &str,
-    m: usize,
-    one: (f64, f64, String),
-    twos: &[((usize, usize), (f64, f64, String))],
-    memdet: (f64, f64, String),
-) {
+fn report(what: &str, m: usize, one: Timing, twos: &[((usize, usize), Timing)], memdet: Timing) {
     let gflops = |s: f64| (m as f64).powi(3) / 3.0 / s / 1e9;
     println!("{what} (m = {m})");
     println!(
