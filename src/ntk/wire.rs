@@ -12,6 +12,16 @@ use crate::{Error, Result};
 
 /// `features` packed into one buffer (see the module docs for the layout).
 pub fn pack(features: &Features) -> Vec<f64> {
+    let mut out = header(features);
+    out.reserve(features.bytes() / 8);
+    for v in values(features) {
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// The header of [`pack`]'s layout alone: the counts that size every array.
+pub fn header(features: &Features) -> Vec<f64> {
     let f = features;
     let mut head = vec![
         f.n as f64,
@@ -36,22 +46,50 @@ pub fn pack(features: &Features) -> Vec<f64> {
             .map(|v| v as f64),
         );
     }
-    let mut out = Vec::with_capacity(head.len() + f.bytes() / 8);
-    out.extend(head);
-    out.extend_from_slice(&f.explicit);
-    for d in &f.dense {
-        out.extend_from_slice(&d.inputs);
-        out.extend_from_slice(&d.grads);
-    }
-    for s in &f.spatial {
-        out.extend_from_slice(&s.patches);
-        out.extend_from_slice(&s.grads);
-    }
-    out
+    head
 }
 
 /// The features that [`pack`] wrote into `buf`; an error (never a panic) when `buf` is not such a buffer.
 pub fn unpack(buf: &[f64]) -> Result<Features> {
+    let mut at = 0;
+    let (features, header) = build(buf, |header, len| {
+        let start = header + at;
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= buf.len())
+            .ok_or_else(|| malformed(format!("{len} values asked at {start} of {}", buf.len())))?;
+        at += len;
+        Ok(buf[start..end].to_vec())
+    })?;
+    let used = header + at;
+    if used != buf.len() {
+        return Err(malformed(format!(
+            "{} values left over after {used}",
+            buf.len().saturating_sub(used)
+        )));
+    }
+    Ok(features)
+}
+
+/// Features sized by `header` (from [`header`]) with every value zero, ready to be filled array by array
+/// through [`values_mut`] in [`values`]' order.
+pub fn from_header(header: &[f64]) -> Result<Features> {
+    let (features, used) = build(header, |_, len| Ok(vec![0.0; len]))?;
+    if used != header.len() {
+        return Err(malformed(format!(
+            "a header of {used} values has {} more",
+            header.len() - used
+        )));
+    }
+    Ok(features)
+}
+
+/// Features from the header at the front of `buf`, each value array from `take(header length, len)` in
+/// [`values`]' order; also returns the header's length.
+fn build(
+    buf: &[f64],
+    mut take: impl FnMut(usize, usize) -> Result<Vec<f64>>,
+) -> Result<(Features, usize)> {
     let mut reader = Reader { buf, at: 0 };
     let (n, rows, explicit_cols) = (reader.count()?, reader.count()?, reader.count()?);
     let explicit_len = reader.count()?;
@@ -75,14 +113,16 @@ pub fn unpack(buf: &[f64]) -> Result<Features> {
             reader.count()?,
         ]);
     }
-    let explicit = reader.values(explicit_len)?;
+    let header = reader.at;
+    let mut take = |len| take(header, len);
+    let explicit = take(explicit_len)?;
     let mut dense = Vec::with_capacity(dense_layers);
     for [in_dim, out_dim, inputs, grads] in dense_sizes {
         dense.push(DenseFactors {
             in_dim,
             out_dim,
-            inputs: reader.values(inputs)?,
-            grads: reader.values(grads)?,
+            inputs: take(inputs)?,
+            grads: take(grads)?,
         });
     }
     let mut spatial = Vec::with_capacity(spatial_layers);
@@ -91,25 +131,46 @@ pub fn unpack(buf: &[f64]) -> Result<Features> {
             positions,
             patch_len,
             c_out,
-            patches: reader.values(patches)?,
-            grads: reader.values(grads)?,
+            patches: take(patches)?,
+            grads: take(grads)?,
         });
     }
-    if reader.at != buf.len() {
-        return Err(malformed(format!(
-            "{} values left over after {}",
-            buf.len() - reader.at,
-            reader.at
-        )));
-    }
-    Ok(Features {
+    let features = Features {
         n,
         rows,
         explicit_cols,
         explicit,
         dense,
         spatial,
-    })
+    };
+    Ok((features, header))
+}
+
+/// The value arrays of `features`, in the order [`pack`] writes them (after the header): for sending them
+/// as they are, without the copy that packing makes.
+pub fn values(features: &Features) -> Vec<&[f64]> {
+    let mut out: Vec<&[f64]> = vec![&features.explicit];
+    for d in &features.dense {
+        out.extend([&d.inputs[..], &d.grads[..]]);
+    }
+    for s in &features.spatial {
+        out.extend([&s.patches[..], &s.grads[..]]);
+    }
+    out
+}
+
+/// The value arrays of `features`, writable, in [`values`]' order.
+pub fn values_mut(features: &mut Features) -> Vec<&mut [f64]> {
+    let mut out: Vec<&mut [f64]> = vec![&mut features.explicit];
+    for d in &mut features.dense {
+        out.push(&mut d.inputs);
+        out.push(&mut d.grads);
+    }
+    for s in &mut features.spatial {
+        out.push(&mut s.patches);
+        out.push(&mut s.grads);
+    }
+    out
 }
 
 /// Reads counts and values off the front of a packed buffer.
@@ -130,24 +191,6 @@ impl Reader<'_> {
         }
         self.at += 1;
         Ok(v as usize)
-    }
-
-    /// The next `len` values.
-    fn values(&mut self, len: usize) -> Result<Vec<f64>> {
-        let end = self
-            .at
-            .checked_add(len)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| {
-                malformed(format!(
-                    "{len} values asked at {} of {}",
-                    self.at,
-                    self.buf.len()
-                ))
-            })?;
-        let out = self.buf[self.at..end].to_vec();
-        self.at = end;
-        Ok(out)
     }
 }
 
@@ -212,6 +255,17 @@ mod tests {
         let buf = pack(&f);
         assert_eq!(buf.len(), 6 + 4 + 2 * 5 + f.bytes() / 8);
         assert!(same(&unpack(&buf).unwrap(), &f));
+    }
+
+    #[test]
+    fn header_then_values_rebuild_the_features() {
+        let f = sample();
+        let mut g = from_header(&header(&f)).unwrap();
+        for (dst, src) in values_mut(&mut g).into_iter().zip(values(&f)) {
+            dst.copy_from_slice(src);
+        }
+        assert!(same(&g, &f));
+        assert!(from_header(&header(&f)[..4]).is_err());
     }
 
     #[test]

@@ -75,12 +75,13 @@ pub fn default_block(m: usize, granule: usize, (p, q): (usize, usize)) -> usize 
         * g
 }
 
-/// The default block size for an NTK: one feature chunk of examples (so that every tile is one chunk
-/// pair, the granularity single-process MEMDET contracts at: smaller pieces make the contraction's GEMMs
-/// several times slower), or the chunk's 1/k where that leaves fewer than 8 blocks per grid row or column.
+/// The default block size for an NTK: one feature chunk of examples, so that every tile is one chunk pair,
+/// the granularity single-process MEMDET contracts at (measured here on resnet9: half-chunk tiles made
+/// the contractions 3.5 times slower per pair). Only where that leaves fewer than 2 blocks per grid row
+/// or column is it the chunk's 1/k.
 pub fn ntk_block(tiles: &NtkTiles, (p, q): (usize, usize)) -> usize {
     let (g, chunk) = (tiles.granule(), tiles.chunk_examples().max(1));
-    let want = 8 * p.max(q);
+    let want = 2 * p.max(q);
     let k = (1..=chunk)
         .find(|k| tiles.num_examples().div_ceil(chunk.div_ceil(*k)) >= want)
         .unwrap_or(chunk);

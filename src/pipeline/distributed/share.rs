@@ -34,7 +34,9 @@ pub struct ShareInfo {
     pub seconds: f64,
     /// Of those, seconds computing this rank's chunks.
     pub compute_seconds: f64,
-    /// Of those, seconds waiting for the other ranks' chunks and sending and receiving (the exchange).
+    /// Of those, seconds waiting for the other ranks to finish computing theirs.
+    pub wait_seconds: f64,
+    /// Of those, seconds sending and receiving chunks (the exchange).
     pub exchange_seconds: f64,
 }
 
@@ -118,6 +120,7 @@ pub fn share_features(
         .collect();
     info.compute_seconds = t0.elapsed().as_secs_f64();
     let mut computed = agree(world, computed)?.into_iter().peekable();
+    info.wait_seconds = t0.elapsed().as_secs_f64() - info.compute_seconds;
     info.computed_chunks = mine.len();
     // Phase 2: chunk by chunk, in the same order on every rank, the owner sends to every other rank that
     // needs it (blocking sends; a rank waits only on ranks at the same chunk, so no cycle can form). A
@@ -129,45 +132,74 @@ pub fn share_features(
             let Some((_, feats)) = computed.next_if(|(k, _)| *k == c) else {
                 return Err(Error::Internal(format!("chunk {c} was not computed here")));
             };
-            let buf = wire::pack(&feats);
             for r in (0..plan.needs.len()).filter(|&r| r != me && plan.needs[r][c]) {
-                send(world, r, &buf);
+                send(world, r, &feats);
                 info.sent_chunks += 1;
             }
-            drop(buf);
             if plan.needs[me][c] && failure.is_ok() {
                 failure = tiles.insert_chunk(c, feats);
             }
         } else if plan.needs[me][c] {
-            let buf = receive(world, owner);
+            let received = receive(world, owner);
             info.received_chunks += 1;
             if failure.is_ok() {
-                failure = wire::unpack(&buf).and_then(|f| tiles.insert_chunk(c, f));
+                failure = received.and_then(|f| tiles.insert_chunk(c, f));
             }
         }
     }
     agree(world, failure)?;
     info.seconds = t0.elapsed().as_secs_f64();
-    info.exchange_seconds = info.seconds - info.compute_seconds;
+    info.exchange_seconds = info.seconds - info.compute_seconds - info.wait_seconds;
     Ok(info)
 }
 
-/// Send `buf` to rank `to`: its length, then pieces of at most [`PIECE`] values.
-fn send(world: &SimpleCommunicator, to: usize, buf: &[f64]) {
+/// Send `feats` to rank `to`: the header's length and the number of value messages, the header, then
+/// every value array in pieces of at most [`PIECE`] values, straight from the features (no packed copy).
+fn send(world: &SimpleCommunicator, to: usize, feats: &Features) {
     let dest = world.process_at_rank(to as i32);
-    dest.send(&(buf.len() as u64));
-    for piece in buf.chunks(PIECE) {
-        dest.send(piece);
+    let header = wire::header(feats);
+    let values = wire::values(feats);
+    let messages: usize = values.iter().map(|v| v.len().div_ceil(PIECE)).sum();
+    dest.send(&[header.len() as u64, messages as u64][..]);
+    dest.send(&header[..]);
+    for values in values {
+        for piece in values.chunks(PIECE) {
+            dest.send(piece);
+        }
     }
 }
 
-/// Receive what [`send`] sent from rank `from`.
-fn receive(world: &SimpleCommunicator, from: usize) -> Vec<f64> {
+/// Receive what [`send`] sent from rank `from`, straight into features of the header's sizes. Every
+/// message is received even when the header cannot be read (then into scratch), so the sender never
+/// waits on a receive that is not posted.
+fn receive(world: &SimpleCommunicator, from: usize) -> Result<Features> {
     let src = world.process_at_rank(from as i32);
-    let (len, _) = src.receive::<u64>();
-    let mut buf = vec![0.0f64; len as usize];
-    for piece in buf.chunks_mut(PIECE) {
-        src.receive_into(piece);
+    let mut counts = [0u64; 2];
+    src.receive_into(&mut counts[..]);
+    let mut header = vec![0.0f64; counts[0] as usize];
+    src.receive_into(&mut header[..]);
+    let mut feats = match wire::from_header(&header) {
+        Ok(f) => f,
+        Err(e) => {
+            let mut scratch = vec![0.0f64; PIECE];
+            for _ in 0..counts[1] {
+                src.receive_into(&mut scratch[..]);
+            }
+            return Err(e);
+        }
+    };
+    let mut messages = 0u64;
+    for values in wire::values_mut(&mut feats) {
+        for piece in values.chunks_mut(PIECE) {
+            src.receive_into(piece);
+            messages += 1;
+        }
     }
-    buf
+    if messages != counts[1] {
+        return Err(Error::Internal(format!(
+            "features from rank {from}: {messages} value messages for a header announcing {}",
+            counts[1]
+        )));
+    }
+    Ok(feats)
 }
