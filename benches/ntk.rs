@@ -92,6 +92,40 @@ fn gemm_gflops(ours: bool) -> f64 {
     2.0 * (n as f64).powi(3) * reps as f64 / t.elapsed().as_secs_f64() / 1e9
 }
 
+/// Seconds of the per-example feature pass (eval forward, batched reverse pass over the d logits, feature
+/// extraction) on the first `nf` examples by the hand-written pass and by the candle pass it replaced,
+/// interleaved (two runs each, the faster kept), at 2 examples per pass as `NtkTiles` picks for this model.
+fn feature_pass_ratio(net: &Network, x: &candle_core::Tensor, nf: usize) {
+    use ntk_pipeline::ntk::features::{compute_with, FeaturePass};
+    let net = net.to_dtype(candle_core::DType::F64).unwrap();
+    let xs = x
+        .narrow(0, 0, nf)
+        .unwrap()
+        .to_dtype(candle_core::DType::F64)
+        .unwrap();
+    let plan = LayerPlan::new(&net, &xs.narrow(0, 0, 1).unwrap(), 10).unwrap();
+    let spec = KernelSpec {
+        outputs: Outputs::Full,
+        scale: Scale::SqrtP,
+        precision: Precision::F64,
+    };
+    let (mut hand, mut candle) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..2 {
+        for (pass, best) in [
+            (FeaturePass::Candle, &mut candle),
+            (FeaturePass::Hand, &mut hand),
+        ] {
+            let t = Instant::now();
+            compute_with(pass, &net, &plan, &xs, &spec, 2).expect("features");
+            *best = best.min(t.elapsed().as_secs_f64());
+        }
+    }
+    println!(
+        "feature pass, {nf} examples: hand-written {hand:.2} s, candle {candle:.2} s: speed-up x{:.2}",
+        candle / hand
+    );
+}
+
 fn main() {
     let n = env("NTK_BENCH_N", 200);
     let brute_n = env("NTK_BENCH_BRUTE_N", 8);
@@ -139,6 +173,7 @@ fn main() {
     println!(
         "f64 GEMM (2048³) in this run: gemm crate (x86-v4, what the contractions use) {gemm:.1} GFLOP/s, faer {faer_gemm:.1} GFLOP/s; ratios below are against the gemm crate"
     );
+    feature_pass_ratio(&net, &x, env("NTK_BENCH_FEATURES_N", 60).min(n));
     let (flops, route_b) = structured_flops(&net, &x, 10, n);
     let plain = 2.0 * (n as f64 * 10.0).powi(2) * p as f64;
     println!(

@@ -1,19 +1,31 @@
-//! One training step (train-mode forward, cross-entropy, backward, SGD update) of a CIFAR ResNet9 of width
-//! 32 on a batch of 64 random 3×32×32 images, with candle's conv2d backward and with ours (im2col + GEMM),
-//! interleaved in one run so machine load affects both alike. Prints the median seconds and the ratio.
+//! One SGD training step (train-mode forward with batch statistics, cross-entropy, backward, momentum and
+//! weight decay) at batch 64, by the hand-written pass and by candle's autograd, and by PyTorch on the CPU
+//! when a Python with torch is found; all in one run, interleaved, so machine load affects each alike.
+//! Prints the median seconds per step and the ratios.
 //!
-//! `cargo bench --bench train_step` (add `--profile dev` for a quick run; `STEPS=N` sets the repetitions).
+//! `cargo bench --bench train_step` (`STEPS=N` repetitions, default 5; `ARCHS=resnet9,lenet,mobilenet`).
+//! PyTorch: `TORCH_PYTHON=/path/to/python` (default `python3`), e.g. after
+//! `python3 -m venv venv && venv/bin/pip install torch`; the bench skips it when `import torch` fails.
 
 use candle_core::{DType, Device, Tensor};
 use ntk_pipeline::model::arch;
-use ntk_pipeline::model::train::{ConvMode, Sgd, Trainer, VarSource};
+use ntk_pipeline::model::train::{Sgd, TrainPass, Trainer, VarSource};
+use std::process::Command;
 use std::time::Instant;
 
-fn trainer(mode: ConvMode) -> Trainer {
+/// (architecture, width, input shape) of each benchmarked network: the shapes the shipped models use.
+const CASES: [(&str, Option<usize>, [usize; 3]); 3] = [
+    ("resnet9", Some(32), [3, 32, 32]),
+    ("lenet", None, [1, 28, 28]),
+    ("mobilenet", None, [3, 32, 32]),
+];
+const BATCH: usize = 64;
+
+fn trainer(arch_name: &str, width: Option<usize>, shape: [usize; 3], pass: TrainPass) -> Trainer {
     let mut src = VarSource::new(0, DType::F32);
-    let net = arch::build("resnet9", Some(32), [3, 32, 32], 10, &mut src).expect("build resnet9");
+    let net = arch::build(arch_name, width, shape, 10, &mut src).expect("build");
     let mut t = Trainer::new(net, src.into_vars(), Sgd::new(0.9, 5e-4)).expect("trainer");
-    t.conv_mode = mode;
+    t.pass = pass;
     t
 }
 
@@ -22,34 +34,71 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// PyTorch's median seconds per step for the case, or None when no torch is available.
+fn torch_step(python: &str, case: (&str, Option<usize>, [usize; 3]), steps: usize) -> Option<f64> {
+    let (name, width, [c, h, w]) = case;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/train_step_torch.py");
+    let threads = rayon::current_num_threads();
+    let out = Command::new(python)
+        .arg(script)
+        .args([name, &width.unwrap_or(0).to_string()])
+        .args([c, h, w, BATCH, steps, threads].map(|v| v.to_string()))
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
 fn main() {
     let steps: usize = std::env::var("STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
+    let wanted = std::env::var("ARCHS").unwrap_or_else(|_| "resnet9,lenet,mobilenet".into());
+    let python = std::env::var("TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let dev = Device::Cpu;
-    let x = Tensor::randn(0f32, 1.0, (64, 3, 32, 32), &dev).expect("input");
-    let labels =
-        Tensor::from_vec((0..64u32).map(|i| i % 10).collect::<Vec<_>>(), 64, &dev).expect("labels");
-    let mut fast = trainer(ConvMode::Fast);
-    let mut slow = trainer(ConvMode::Candle);
     println!(
-        "resnet9 w=32, batch 64, {} parameters, {steps} timed steps each (after 1 warm-up)",
-        fast.network.num_params()
+        "batch {BATCH}, {steps} timed steps per pass after 1 warm-up, {} threads",
+        rayon::current_num_threads()
     );
-    let (mut t_fast, mut t_slow) = (Vec::new(), Vec::new());
-    for i in 0..=steps {
-        for (t, times) in [(&mut fast, &mut t_fast), (&mut slow, &mut t_slow)] {
-            let start = Instant::now();
-            t.step(&x, &labels, 0.01).expect("step");
-            if i > 0 {
-                times.push(start.elapsed().as_secs_f64());
+    println!("| network | input | p | hand s/step | autograd s/step | PyTorch s/step | autograd/hand | PyTorch/hand |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for case in CASES
+        .into_iter()
+        .filter(|c| wanted.split(',').any(|w| w == c.0))
+    {
+        let (name, width, [c, h, w]) = case;
+        let x = Tensor::randn(0f32, 1.0, (BATCH, c, h, w), &dev).expect("input");
+        let labels = Tensor::from_vec(
+            (0..BATCH as u32).map(|i| i % 10).collect::<Vec<_>>(),
+            BATCH,
+            &dev,
+        )
+        .expect("labels");
+        let mut hand = trainer(name, width, [c, h, w], TrainPass::Hand);
+        let mut auto = trainer(name, width, [c, h, w], TrainPass::Autograd);
+        let (mut t_hand, mut t_auto) = (Vec::new(), Vec::new());
+        for i in 0..=steps {
+            for (t, times) in [(&mut hand, &mut t_hand), (&mut auto, &mut t_auto)] {
+                let start = Instant::now();
+                t.step(&x, &labels, 0.01).expect("step");
+                if i > 0 {
+                    times.push(start.elapsed().as_secs_f64());
+                }
             }
         }
+        let (th, ta) = (median(t_hand), median(t_auto));
+        let torch = torch_step(&python, case, steps);
+        let fmt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.3}"));
+        println!(
+            "| {name}{} | {c}×{h}×{w} | {} | {th:.3} | {ta:.3} | {} | {:.2} | {} |",
+            width.map_or(String::new(), |w| format!(" w={w}")),
+            hand.network.num_params(),
+            fmt(torch),
+            ta / th,
+            torch.map_or("–".to_string(), |t| format!("{:.2}", t / th)),
+        );
     }
-    let (f, s) = (median(t_fast), median(t_slow));
-    println!(
-        "candle conv backward: {s:.3} s/step   ours: {f:.3} s/step   speed-up x{:.2}",
-        s / f
-    );
 }

@@ -5,7 +5,7 @@ mod default_run;
 mod values;
 
 pub use default_run::parse_with_default_run;
-pub use values::{CompareMethod, OutputsParser, SampleOrder};
+pub use values::{Augment, CompareMethod, OutputsParser, PassArg, SampleOrder, Schedule};
 
 use crate::data::Split;
 use crate::linalg::{Assume, Triangle};
@@ -449,7 +449,7 @@ pub struct TrainArgs {
     /// Maximum number of epochs.
     #[arg(long, default_value_t = 30)]
     pub epochs: usize,
-    /// Stop once training accuracy reaches this.
+    /// Stop once the eval-mode accuracy on all training examples reaches this (README: the stop rule).
     #[arg(long, default_value_t = 0.995)]
     pub target_acc: f64,
     /// Learning rate (SGD, momentum 0.9, weight decay 5e-4, cosine schedule).
@@ -467,6 +467,23 @@ pub struct TrainArgs {
     /// Input shape C,H,W the network expects (default: 3,32,32 for ResNets/MobileNet, the data's own otherwise).
     #[arg(long)]
     pub input_shape: Option<String>,
+    /// Start from these weights (.safetensors or .pth of the same architecture: fine-tuning, or a model
+    /// trained elsewhere) instead of a seeded initialisation; BatchNorm running statistics come from it too.
+    #[arg(long, value_name = "FILE")]
+    pub init: Option<PathBuf>,
+    /// Augmentation of the training batches (default: crop-flip on 3-channel data, none on 1-channel
+    /// data, where a mirrored digit is another symbol).
+    #[arg(long, value_enum)]
+    pub augment: Option<Augment>,
+    /// Reshuffle the training examples every epoch (false: dataset order every epoch).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub shuffle: bool,
+    /// Learning-rate schedule over the planned --epochs.
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    pub schedule: Schedule,
+    /// How gradients are computed (both give the same step to rounding; see README).
+    #[arg(long, value_enum, default_value_t = PassArg::Hand)]
+    pub pass: PassArg,
     /// Output weights (.safetensors); a training log is written next to it as .log.json.
     #[arg(long)]
     pub out: PathBuf,

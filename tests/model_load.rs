@@ -815,6 +815,11 @@ fn hugging_face_cache_layout_resolves_offline() {
 
 /// Write an IDX test split of 28×28 images; image i is black except pixel `hot[i]` (0..10).
 fn write_idx(dir: &Path, hot: &[usize], labels: &[u8]) {
+    write_idx_split(dir, "t10k", hot, labels);
+}
+
+/// IDX image and label files of one split (`t10k` or `train`) with one hot pixel per image.
+fn write_idx_split(dir: &Path, split: &str, hot: &[usize], labels: &[u8]) {
     let n = hot.len();
     let mut img = vec![0, 0, 8, 3];
     for d in [n as u32, 28, 28] {
@@ -828,8 +833,8 @@ fn write_idx(dir: &Path, hot: &[usize], labels: &[u8]) {
     let mut lab = vec![0, 0, 8, 1];
     lab.extend_from_slice(&(n as u32).to_be_bytes());
     lab.extend_from_slice(labels);
-    std::fs::write(dir.join("t10k-images-idx3-ubyte"), img).unwrap();
-    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), lab).unwrap();
+    std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), img).unwrap();
+    std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), lab).unwrap();
 }
 
 /// A spec network flatten → linear whose logit k is pixel k: it predicts the index of the hot pixel.
@@ -916,6 +921,43 @@ fn eval_reports_accuracy_and_per_class_counts() {
         assert_eq!(report["per_class"][k]["correct"], correct, "class {k}");
     }
     assert!(stdout.contains("accuracy 65.22% (15/23)"), "{stdout}");
+    assert!(
+        report.get("train_accuracy").is_none(),
+        "no training split here"
+    );
+
+    // With a training split too, eval reports its eval-mode accuracy besides: 12 images, 3 mislabelled.
+    let train_hot: Vec<usize> = (0..12).map(|i| (i * 3) % 10).collect();
+    let train_labels: Vec<u8> = train_hot
+        .iter()
+        .enumerate()
+        .map(|(i, &h)| if i % 4 == 1 { (h + 5) % 10 } else { h } as u8)
+        .collect();
+    write_idx_split(&data, "train", &train_hot, &train_labels);
+    let (code, stdout, stderr) = cli(
+        &[
+            "eval",
+            "--model",
+            weights.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--split",
+            "test",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["correct"], 15);
+    assert_eq!(report["train_accuracy"]["n"], 12);
+    assert_eq!(report["train_accuracy"]["correct"], 9);
+    assert!(
+        stdout.contains("training accuracy (eval mode, first 12 training examples): 75.00% (9/12)"),
+        "{stdout}"
+    );
 
     // --limit: the first 10 are all right.
     let (code, stdout, _) = cli(

@@ -498,3 +498,59 @@ fn progress_moves_within_a_single_tile_of_the_ntk() {
     assert!(err.contains("plan: m = 400, 1 block of 400 rows"), "{err}");
     assert!(err.contains("FLOP (m^3/3), about"), "{err}");
 }
+
+/// `train --init` (fine-tuning the shipped LeNet) with `--shuffle false --augment none`, killed after its
+/// first epoch and resumed, ends with the same weights, byte for byte, as one uninterrupted run; and the
+/// initial weights really are the file's (the first epoch's loss is the trained model's, far below ln 10).
+#[test]
+fn train_init_and_resume_without_shuffle_give_the_uninterrupted_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = root().join("models/lenet-mnist.safetensors");
+    let cmd = |out: &Path| {
+        let mut c = train_cmd(out, "1500", "3");
+        c.arg("--init").arg(&init).args([
+            "--shuffle",
+            "false",
+            "--augment",
+            "none",
+            "--lr",
+            "0.01",
+        ]);
+        c
+    };
+    let whole = dir.path().join("whole.safetensors");
+    let o = cmd(&whole).arg("--quiet").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = json(&dir.path().join("whole.log.json"));
+    let first_loss = log["epochs"][0]["loss"].as_f64().unwrap();
+    assert!(
+        first_loss < 0.5,
+        "epoch 1 loss {first_loss}: not started from the trained weights"
+    );
+    assert_eq!(log["shuffle"], false);
+    assert!(log["init"].as_str().unwrap().contains("sha256"));
+
+    let cut = dir.path().join("cut.safetensors");
+    let mut run = spawn(cmd(&cut));
+    run.wait_for("progress: epoch 2/3 started");
+    run.signal("KILL");
+    let (status, stderr) = run.finish();
+    assert_eq!(status.code(), None, "not killed: {stderr}");
+    let o = cmd(&cut).args(["--resume", "--quiet"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(tensors(&cut), tensors(&whole));
+
+    // Weights of another architecture are refused before any training, naming what does not fit.
+    let o = train_cmd(&dir.path().join("bad.safetensors"), "1500", "1")
+        .arg("--init")
+        .arg(root().join("models/resnet9-mnist.safetensors"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("does not fit the network") && err.contains("missing `conv1.bias`"),
+        "{err}"
+    );
+    assert!(!dir.path().join("bad.safetensors").exists());
+}

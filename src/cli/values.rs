@@ -115,3 +115,30 @@ impl CompareMethod {
             .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
     }
 }
+
+/// `train --augment`: data augmentation of the training batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Augment {
+    /// The images as they are.
+    None,
+    /// Random 4-pixel-padded crop and random horizontal flip (pytorch-cifar's CIFAR transform).
+    CropFlip,
+}
+
+/// `train --schedule`: the learning rate over the planned steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Schedule {
+    /// lr · (1 + cos(π·step/total))/2 over the planned epochs (the paper's).
+    Cosine,
+    /// lr at every step.
+    Constant,
+}
+
+/// `train --pass`: how gradients are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PassArg {
+    /// The hand-written pass (fast; the default).
+    Hand,
+    /// candle's autograd (the reference the hand-written pass is tested against).
+    Autograd,
+}

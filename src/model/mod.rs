@@ -6,6 +6,7 @@
 
 pub mod arch;
 pub mod conv;
+pub mod hand;
 pub mod im2col;
 pub mod layers;
 pub mod load;

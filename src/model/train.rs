@@ -12,6 +12,7 @@ pub mod state;
 pub use forward::{batch_norm_train, forward_train, BatchStats, ConvMode};
 pub use sgd::{cosine_lr, Sgd};
 
+use crate::model::hand;
 use crate::model::{join_name, Init, Network, Op, ParamSource};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -68,6 +69,22 @@ pub struct StepStats {
     pub correct: usize,
 }
 
+/// How a training step computes its gradients (the values agree; see `tests/train_hand.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrainPass {
+    /// The hand-written pass of [`crate::model::hand`] on plain buffers (the fast one, default).
+    #[default]
+    Hand,
+    /// candle's autograd over the train-mode forward of [`forward_train`] (the reference).
+    Autograd,
+}
+
+/// The hand-written pass's buffers, in the network's element type.
+enum HandWork {
+    F32(hand::HandPass<f32>, Vec<Vec<f32>>),
+    F64(hand::HandPass<f64>, Vec<Vec<f64>>),
+}
+
 /// A network being trained: its trainable `Var`s, its BatchNorm running-statistics `Var`s and the optimizer.
 pub struct Trainer {
     /// The network; its tensors share storage with the `Var`s below.
@@ -80,8 +97,12 @@ pub struct Trainer {
     pub sgd: Sgd,
     /// Momentum of the running-statistics update (PyTorch's 0.1).
     pub bn_momentum: f64,
-    /// Convolution implementation of the train-mode forward (default: the fast one).
+    /// Convolution implementation of the autograd path's train-mode forward (default: the fast one).
     pub conv_mode: ConvMode,
+    /// Which pass computes the gradients.
+    pub pass: TrainPass,
+    /// Buffers of the hand-written pass, made at its first step.
+    hand: Option<HandWork>,
 }
 
 impl Trainer {
@@ -113,6 +134,8 @@ impl Trainer {
             sgd,
             bn_momentum: 0.1,
             conv_mode: ConvMode::Fast,
+            pass: TrainPass::Hand,
+            hand: None,
         })
     }
 
@@ -124,6 +147,70 @@ impl Trainer {
     /// One SGD step on the batch (`x`, `labels`) at learning rate `lr`: train-mode forward, cross-entropy,
     /// backward, parameter update, running-statistics update.
     pub fn step(&mut self, x: &Tensor, labels: &Tensor, lr: f64) -> Result<StepStats> {
+        match self.pass {
+            TrainPass::Autograd => self.autograd_step(x, labels, lr),
+            TrainPass::Hand => match self.network.dtype() {
+                DType::F64 => self.hand_step::<f64>(x, labels, lr),
+                _ => self.hand_step::<f32>(x, labels, lr),
+            },
+        }
+    }
+
+    /// [`Trainer::step`] by the hand-written pass: parameters are read from the `Var`s, the gradients
+    /// computed on plain buffers, and the updated parameters, momentum and running statistics written back,
+    /// so everything else (saving, resuming, evaluation) sees one state.
+    fn hand_step<T: hand::Real>(
+        &mut self,
+        x: &Tensor,
+        labels: &Tensor,
+        lr: f64,
+    ) -> Result<StepStats>
+    where
+        HandWork: HandSlot<T>,
+    {
+        if self.hand.is_none() {
+            self.hand = Some(HandWork::make::<T>(&self.network, &self.params)?);
+        }
+        let work = self
+            .hand
+            .as_mut()
+            .and_then(HandSlot::<T>::get)
+            .ok_or_else(|| Error::Internal("hand pass buffers of another element type".into()))?;
+        let (pass, grads) = work;
+        let values = self
+            .params
+            .iter()
+            .map(|(_, v)| Ok(v.as_tensor().flatten_all()?.to_vec1::<T>()?))
+            .collect::<Result<Vec<Vec<T>>>>()?;
+        let xs = x.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()?;
+        let truth = labels.to_vec1::<u32>()?;
+        let (loss, correct) = pass.gradients(&self.network, &values, &xs, &truth, grads)?;
+        if !loss.is_finite() {
+            return Err(Error::Model(format!(
+                "training diverged: the loss is {loss}; try a smaller --lr"
+            )));
+        }
+        self.sgd.step_values(&self.params, values, grads, lr)?;
+        let stats = pass
+            .batch_stats()
+            .map(|(node, s)| {
+                Ok(BatchStats {
+                    node,
+                    mean: Tensor::from_slice(&s.mean, s.mean.len(), &Device::Cpu)?,
+                    var_unbiased: Tensor::from_slice(
+                        &s.var_unbiased,
+                        s.var_unbiased.len(),
+                        &Device::Cpu,
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.update_running_stats(&stats)?;
+        Ok(StepStats { loss, correct })
+    }
+
+    /// [`Trainer::step`] by candle's autograd.
+    fn autograd_step(&mut self, x: &Tensor, labels: &Tensor, lr: f64) -> Result<StepStats> {
         let (logits, stats) = forward_train(&self.network, x, self.conv_mode)?;
         let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
         let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -167,6 +254,53 @@ impl Trainer {
             }
         }
         Ok(())
+    }
+}
+
+/// Access to the hand-pass buffers of one element type.
+trait HandSlot<T> {
+    /// The pass and gradient buffers, if they are of type `T`.
+    fn get(&mut self) -> Option<(&mut hand::HandPass<T>, &mut Vec<Vec<T>>)>;
+    /// Wrap buffers of type `T`.
+    fn wrap(pass: hand::HandPass<T>, grads: Vec<Vec<T>>) -> Self;
+}
+
+impl HandSlot<f32> for HandWork {
+    fn get(&mut self) -> Option<(&mut hand::HandPass<f32>, &mut Vec<Vec<f32>>)> {
+        match self {
+            HandWork::F32(p, g) => Some((p, g)),
+            HandWork::F64(..) => None,
+        }
+    }
+    fn wrap(pass: hand::HandPass<f32>, grads: Vec<Vec<f32>>) -> Self {
+        HandWork::F32(pass, grads)
+    }
+}
+
+impl HandSlot<f64> for HandWork {
+    fn get(&mut self) -> Option<(&mut hand::HandPass<f64>, &mut Vec<Vec<f64>>)> {
+        match self {
+            HandWork::F64(p, g) => Some((p, g)),
+            HandWork::F32(..) => None,
+        }
+    }
+    fn wrap(pass: hand::HandPass<f64>, grads: Vec<Vec<f64>>) -> Self {
+        HandWork::F64(pass, grads)
+    }
+}
+
+impl HandWork {
+    /// Plan the pass and size one gradient buffer per parameter.
+    fn make<T: hand::Real>(network: &Network, params: &[(String, Var)]) -> Result<Self>
+    where
+        HandWork: HandSlot<T>,
+    {
+        let pass = hand::HandPass::<T>::new(network)?;
+        let grads = params
+            .iter()
+            .map(|(_, v)| vec![T::ZERO; v.elem_count()])
+            .collect();
+        Ok(HandSlot::wrap(pass, grads))
     }
 }
 

@@ -259,6 +259,35 @@ pub fn compute(
     spec: &KernelSpec,
     micro: usize,
 ) -> Result<Features> {
+    let hand = network.dtype() == DType::F64 && crate::model::hand::Plan::new(network).is_ok();
+    let pass = if hand {
+        FeaturePass::Hand
+    } else {
+        FeaturePass::Candle
+    };
+    compute_with(pass, network, plan, inputs, spec, micro)
+}
+
+/// Which implementation computes the forward and reverse passes of the features (same values; see
+/// `tests/ntk_exactness.rs` and `cargo bench --bench ntk`, which times both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeaturePass {
+    /// The hand-written pass of [`crate::model::hand`] on plain buffers (f64 networks of supported layers).
+    Hand,
+    /// candle's graph forward and the candle-tensor reverse pass of [`crate::ntk::backward`] (f32 kernels,
+    /// other layers, and the baseline of the benchmark).
+    Candle,
+}
+
+/// [`compute`] by a chosen pass (`Hand` needs an f64 network).
+pub fn compute_with(
+    pass: FeaturePass,
+    network: &Network,
+    plan: &LayerPlan,
+    inputs: &Tensor,
+    spec: &KernelSpec,
+    micro: usize,
+) -> Result<Features> {
     let n = inputs.dim(0)?;
     let r = plan.rows;
     let mut feats = Features {
@@ -273,6 +302,107 @@ pub fn compute(
         Precision::F64 => DType::F64,
         Precision::F32 => DType::F32,
     };
+    match pass {
+        FeaturePass::Hand => compute_hand(network, plan, inputs, spec, micro, &mut feats)?,
+        FeaturePass::Candle => {
+            compute_candle(network, plan, inputs, spec, micro, dtype, &mut feats)?
+        }
+    }
+    Ok(feats)
+}
+
+/// The features by the hand-written pass: per micro-batch one eval-mode forward and one reverse pass over
+/// its n·r rows on plain f64 buffers; each parametrised node's input and output gradient are put in the
+/// (example-major) layout of [`extract`].
+fn compute_hand(
+    network: &Network,
+    plan: &LayerPlan,
+    inputs: &Tensor,
+    spec: &KernelSpec,
+    micro: usize,
+    feats: &mut Features,
+) -> Result<()> {
+    use crate::model::hand::{reverse::Visit, HandPass, Shape};
+    let n = inputs.dim(0)?;
+    let r = plan.rows;
+    let mut pass = HandPass::<f64>::new(network)?;
+    let params = network
+        .parameters()
+        .into_iter()
+        .map(|(_, t)| to_f64_vec(t))
+        .collect::<Result<Vec<_>>>()?;
+    let buffers = network.buffers();
+    let running = buffers
+        .chunks(2)
+        .map(|b| Ok((to_f64_vec(b[0].1)?, to_f64_vec(b[1].1)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let all = to_f64_vec(&inputs.to_dtype(DType::F64)?)?;
+    let per = all.len() / n.max(1);
+    let d = network.num_outputs()?;
+    let mut start = 0;
+    while start < n {
+        crate::signals::check()?;
+        let len = micro.max(1).min(n - start);
+        let seeds = to_f64_vec(&seed(len, d, spec.outputs, DType::F64)?)?;
+        let x = &all[start * per..(start + len) * per];
+        pass.reverse_rows(
+            network,
+            &params,
+            &running,
+            x,
+            len,
+            r,
+            &seeds,
+            |v: Visit<'_, f64>| {
+                let rule = plan
+                    .layers
+                    .iter()
+                    .find(|l| l.node == v.node)
+                    .ok_or_else(|| Error::Internal(format!("no NTK rule for node {}", v.node)))?;
+                let example_major = |data: &[f64], shape: Shape, count: usize| match shape {
+                    Shape::Map { c, h, w } => {
+                        let hw = h * w;
+                        let mut out = vec![0.0; data.len()];
+                        out.par_chunks_mut(c * hw).enumerate().for_each(|(i, dst)| {
+                            for ch in 0..c {
+                                dst[ch * hw..][..hw]
+                                    .copy_from_slice(&data[(ch * count + i) * hw..][..hw]);
+                            }
+                        });
+                        out
+                    }
+                    Shape::Flat(_) => data.to_vec(),
+                };
+                let input = example_major(v.input, v.input_shape, len);
+                let grad = example_major(v.grad, v.output_shape, len * r);
+                extract(
+                    feats,
+                    rule,
+                    &network.nodes[v.node].op,
+                    &input,
+                    &grad,
+                    start,
+                    len,
+                )
+            },
+        )?;
+        start += len;
+    }
+    Ok(())
+}
+
+/// The features by candle's graph forward and the candle-tensor reverse pass.
+fn compute_candle(
+    network: &Network,
+    plan: &LayerPlan,
+    inputs: &Tensor,
+    spec: &KernelSpec,
+    micro: usize,
+    dtype: DType,
+    feats: &mut Features,
+) -> Result<()> {
+    let n = inputs.dim(0)?;
+    let r = plan.rows;
     let mut start = 0;
     while start < n {
         crate::signals::check()?;
@@ -287,20 +417,13 @@ pub fn compute(
                 .iter()
                 .find(|l| l.node == node)
                 .ok_or_else(|| Error::Internal(format!("no NTK rule for node {node}")))?;
-            let input = &cache[network.nodes[node].inputs[0]];
-            extract(
-                &mut feats,
-                rule,
-                &network.nodes[node].op,
-                input,
-                grad,
-                start,
-                len,
-            )
+            let input = to_f64_vec(&cache[network.nodes[node].inputs[0]])?;
+            let g = to_f64_vec(grad)?;
+            extract(feats, rule, &network.nodes[node].op, &input, &g, start, len)
         })?;
         start += len;
     }
-    Ok(feats)
+    Ok(())
 }
 
 /// Copy a tensor to a Vec<f64> (row-major, whatever its dtype).
@@ -309,18 +432,17 @@ fn to_f64_vec(t: &Tensor) -> Result<Vec<f64>> {
 }
 
 /// Fill the features of one layer for examples `start..start + len` of the block from the layer input
-/// (len, …) and output gradient (len·r, …).
+/// (len, …) and output gradient (len·r, …), both example-major (PyTorch's layout), in f64.
 fn extract(
     feats: &mut Features,
     rule: &LayerRule,
     op: &Op,
-    input: &Tensor,
-    grad: &Tensor,
+    input: &[f64],
+    g: &[f64],
     start: usize,
     len: usize,
 ) -> Result<()> {
     let r = feats.rows;
-    let g = to_f64_vec(grad)?;
     // Explicit columns for rows (start·r ..), one slice per row.
     let row0 = start * r;
     match (&rule.rule, op) {
@@ -333,23 +455,52 @@ fn extract(
             },
             Op::Conv2d(_),
         ) => {
-            let x = to_f64_vec(input)?;
+            let x = input;
             let (u, plen) = (geometry.positions(), geometry.patch_len());
             let (c_out, groups, offset) = (*c_out, *groups, *offset);
             let (cog, pg) = (c_out / groups, plen / groups);
             let in_len = geometry.c_in * geometry.h * geometry.w;
             let ecols = feats.explicit_cols;
             let block = &mut feats.explicit[row0 * ecols..(row0 + len * r) * ecols];
-            // Each example owns r consecutive rows: work on examples in parallel.
-            block
-                .par_chunks_mut(r * ecols)
+            // Patches of every example first, then every (example, seed) row in parallel: a block of one
+            // example still uses every thread.
+            let mut patches = vec![0.0; len * u * plen];
+            patches
+                .par_chunks_mut(u * plen)
                 .enumerate()
-                .for_each(|(e, rows_e)| {
-                    let mut patches = vec![0.0; u * plen];
-                    patch_rows(&x[e * in_len..(e + 1) * in_len], geometry, &mut patches);
-                    let p = MatRef::from_row_major_slice(&patches, u, plen);
-                    for (c, col) in rows_e.chunks_mut(ecols).enumerate() {
-                        let row = e * r + c;
+                .for_each(|(e, out)| patch_rows(&x[e * in_len..(e + 1) * in_len], geometry, out));
+            if groups == 1 {
+                // One product per example for its r rows stacked, (r·C_out × U)·(U × patch): the patch
+                // matrix is packed once instead of r times, and the product is r times taller.
+                let mut stacked = vec![0.0; r * c_out * plen];
+                for e in 0..len {
+                    let lhs = MatRef::from_row_major_slice(
+                        &g[e * r * c_out * u..(e + 1) * r * c_out * u],
+                        r * c_out,
+                        u,
+                    );
+                    let rhs =
+                        MatRef::from_row_major_slice(&patches[e * u * plen..][..u * plen], u, plen);
+                    let dst = MatMut::from_row_major_slice_mut(&mut stacked, r * c_out, plen);
+                    matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::rayon(0));
+                    block[e * r * ecols..(e + 1) * r * ecols]
+                        .par_chunks_mut(ecols)
+                        .zip(stacked.par_chunks(c_out * plen))
+                        .for_each(|(col, part)| {
+                            col[offset..offset + c_out * plen].copy_from_slice(part)
+                        });
+                }
+            } else {
+                block
+                    .par_chunks_mut(ecols)
+                    .enumerate()
+                    .for_each(|(row, col)| {
+                        let e = row / r;
+                        let p = MatRef::from_row_major_slice(
+                            &patches[e * u * plen..][..u * plen],
+                            u,
+                            plen,
+                        );
                         let gm = MatRef::from_row_major_slice(
                             &g[row * c_out * u..(row + 1) * c_out * u],
                             c_out,
@@ -366,10 +517,10 @@ fn extract(
                             let rhs = p.subcols(grp * pg, pg);
                             matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::Seq);
                         }
-                    }
-                });
+                    });
+            }
             if let Some(bias) = rule.bias_offset {
-                write_channel_sums(feats, row0, len * r, bias, &g, c_out, u, None)?;
+                write_channel_sums(feats, row0, len * r, bias, g, c_out, u, None)?;
             }
         }
         (
@@ -380,7 +531,7 @@ fn extract(
             },
             Op::Conv2d(_),
         ) => {
-            let x = to_f64_vec(input)?;
+            let x = input;
             let (u, plen) = (geometry.positions(), geometry.patch_len());
             let in_len = geometry.c_in * geometry.h * geometry.w;
             let s = &mut feats.spatial[*slot];
@@ -395,14 +546,14 @@ fn extract(
                 .par_chunks_mut(u * plen)
                 .enumerate()
                 .for_each(|(e, out)| patch_rows(&x[e * in_len..(e + 1) * in_len], geometry, out));
-            s.grads[row0 * c_out * u..(row0 + len * r) * c_out * u].copy_from_slice(&g);
+            s.grads[row0 * c_out * u..(row0 + len * r) * c_out * u].copy_from_slice(g);
             if let Some(bias) = rule.bias_offset {
-                write_channel_sums(feats, row0, len * r, bias, &g, *c_out, u, None)?;
+                write_channel_sums(feats, row0, len * r, bias, g, *c_out, u, None)?;
             }
         }
         (Rule::Linear { slot, .. }, Op::Linear(l)) => {
             let (out_dim, in_dim) = l.weight.dims2()?;
-            let a = to_f64_vec(input)?;
+            let a = input;
             let dn = &mut feats.dense[*slot];
             if dn.inputs.is_empty() {
                 dn.in_dim = in_dim;
@@ -410,19 +561,32 @@ fn extract(
                 dn.inputs = vec![0.0; feats.n * in_dim];
                 dn.grads = vec![0.0; feats.n * r * out_dim];
             }
-            dn.inputs[start * in_dim..(start + len) * in_dim].copy_from_slice(&a);
-            dn.grads[row0 * out_dim..(row0 + len * r) * out_dim].copy_from_slice(&g);
+            dn.inputs[start * in_dim..(start + len) * in_dim].copy_from_slice(a);
+            dn.grads[row0 * out_dim..(row0 + len * r) * out_dim].copy_from_slice(g);
         }
         (Rule::BatchNorm { channels, offset }, Op::BatchNorm2d(bn)) => {
-            let xhat = to_f64_vec(&bn.normalise(input)?)?;
-            let u = input.dim(2)? * input.dim(3)?;
+            // x̂ = (x − running mean)/sqrt(running var + ε), per channel of each example.
+            let mean = to_f64_vec(&bn.running_mean)?;
+            let inv_std: Vec<f64> = to_f64_vec(&bn.running_var)?
+                .iter()
+                .map(|v| 1.0 / (v + bn.eps).sqrt())
+                .collect();
+            let u = input.len() / (len * channels).max(1);
+            let xhat: Vec<f64> = input
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    let c = (i / u) % channels;
+                    (x - mean[c]) * inv_std[c]
+                })
+                .collect();
             // γ: Σ_u g·x̂ (x̂ of the row's example), β: Σ_u g.
             write_channel_sums(
                 feats,
                 row0,
                 len * r,
                 *offset,
-                &g,
+                g,
                 *channels,
                 u,
                 Some((&xhat, r)),
@@ -432,7 +596,7 @@ fn extract(
                 row0,
                 len * r,
                 offset + channels,
-                &g,
+                g,
                 *channels,
                 u,
                 None,

@@ -116,6 +116,9 @@ pub fn forward_train(
                 });
                 y
             }
+            Op::MaxPool2d { kernel, stride } if kernel == stride => {
+                window_max(inputs[0], *kernel).map_err(wrap)?
+            }
             op => op.forward(&inputs).map_err(wrap)?,
         };
         outs.push(out);
@@ -124,4 +127,18 @@ pub fn forward_train(
         .pop()
         .ok_or_else(|| Error::Internal("empty network".into()))?;
     Ok((logits, stats))
+}
+
+/// Max pooling over non-overlapping k×k windows as a reshape and two max reductions, so that candle's
+/// autograd gives the window's gradient to its maximum. (candle 0.11's own `max_pool2d` backward scales it
+/// by (number of maxima)/k², a quarter of the true gradient for a 2×2 window with one maximum; the
+/// hand-written pass and `tests/train_hand.rs` found it.)
+fn window_max(x: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (oh, ow) = (h / k, w / k);
+    x.narrow(2, 0, oh * k)?
+        .narrow(3, 0, ow * k)?
+        .reshape((n, c, oh, k, ow, k))?
+        .max(5)?
+        .max(3)
 }

@@ -62,6 +62,45 @@ impl Sgd {
     }
 }
 
+impl Sgd {
+    /// [`Sgd::step`] on plain buffers: `values` are the current parameters (in `params` order) and `grads`
+    /// their gradients; the same arithmetic in the same order, then each `Var` is set to its new value.
+    pub fn step_values<T: crate::model::hand::Real>(
+        &mut self,
+        params: &[(String, Var)],
+        values: Vec<Vec<T>>,
+        grads: &[Vec<T>],
+        lr: f64,
+    ) -> Result<()> {
+        self.buffers.resize(params.len(), None);
+        let (wd, mu, lr) = (
+            T::from_f64(self.weight_decay),
+            T::from_f64(self.momentum),
+            T::from_f64(lr),
+        );
+        for (((_, var), mut theta), (grad, buf)) in params
+            .iter()
+            .zip(values)
+            .zip(grads.iter().zip(self.buffers.iter_mut()))
+        {
+            let mut d: Vec<T> = grad.clone();
+            if self.weight_decay != 0.0 {
+                d.iter_mut().zip(&theta).for_each(|(d, &t)| *d += t * wd);
+            }
+            if self.momentum != 0.0 {
+                if let Some(b) = buf.take() {
+                    let b = b.flatten_all()?.to_vec1::<T>()?;
+                    d.iter_mut().zip(&b).for_each(|(d, &b)| *d = b * mu + *d);
+                }
+                *buf = Some(Tensor::from_slice(&d, var.shape(), var.device())?);
+            }
+            theta.iter_mut().zip(&d).for_each(|(t, &d)| *t -= d * lr);
+            var.set(&Tensor::from_vec(theta, var.shape(), var.device())?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Cosine annealing from `lr0` to 0 over `total` steps: lr0 · (1 + cos(π·step/total)) / 2.
 pub fn cosine_lr(lr0: f64, step: usize, total: usize) -> f64 {
     if total == 0 {

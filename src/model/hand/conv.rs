@@ -1,0 +1,377 @@
+//! Convolution over a channel-major batch `(C, N, H, W)`: the whole batch's patch matrix (one row per
+//! `(c, a, b)` of a group, one column per `(n, oy, ox)`) and one GEMM per group, so each product has the
+//! batch's `N·U` columns; 1×1 stride-1 convolutions use the input itself as the patch matrix, and depthwise
+//! convolutions run as direct loops over channels. Backward: `dW = dY · colsᵀ`, `dcols = Wᵀ · dY`, then
+//! col2im (the adjoint of im2col) onto the input gradient.
+
+use super::plan::ConvShape;
+use super::product::{product, Operand};
+use super::real::Real;
+use rayon::prelude::*;
+
+/// Output columns `ox` whose input column `ox·s + b − p` lies inside a row of width `w`.
+fn valid_range(out: usize, s: usize, b: usize, p: usize, w: usize) -> std::ops::Range<usize> {
+    let lo = if p > b { (p - b).div_ceil(s) } else { 0 };
+    let hi = if w + p > b {
+        ((w + p - b - 1) / s + 1).min(out)
+    } else {
+        0
+    };
+    lo.min(hi)..hi
+}
+
+/// The patch matrix of group `group` of the batch `x` (C_in, N, H, W) into `cols`
+/// (patch_len × N·U, row-major); entries outside the image are 0.
+pub fn im2col<T: Real>(x: &[T], g: &ConvShape, n: usize, group: usize, cols: &mut [T]) {
+    let (k, s, p) = (g.k, g.stride, g.padding);
+    let (plane, u) = (g.h * g.w, g.positions());
+    let c0 = group * g.c_in_group();
+    cols[..g.patch_len() * n * u]
+        .par_chunks_mut(n * u)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (c, a, b) = (r / (k * k), (r / k) % k, r % k);
+            let src = &x[(c0 + c) * n * plane..][..n * plane];
+            let xs = valid_range(g.out_w, s, b, p, g.w);
+            for ex in 0..n {
+                let img = &src[ex * plane..][..plane];
+                for oy in 0..g.out_h {
+                    let out = &mut row[ex * u + oy * g.out_w..][..g.out_w];
+                    let iy = (oy * s + a).checked_sub(p).filter(|&iy| iy < g.h);
+                    let Some(iy) = iy else {
+                        out.fill(T::ZERO);
+                        continue;
+                    };
+                    out[..xs.start].fill(T::ZERO);
+                    out[xs.end..].fill(T::ZERO);
+                    let line = &img[iy * g.w..][..g.w];
+                    if s == 1 {
+                        let from = xs.start + b - p;
+                        out[xs.clone()].copy_from_slice(&line[from..from + xs.len()]);
+                    } else {
+                        for ox in xs.clone() {
+                            out[ox] = line[ox * s + b - p];
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// col2im: scatter the patch-matrix gradient `cols` of group `group` onto the channels of that group in
+/// `dx` (C_in, N, H, W), replacing them or adding to them (`add`).
+pub fn col2im<T: Real>(cols: &[T], g: &ConvShape, n: usize, group: usize, dx: &mut [T], add: bool) {
+    let (k, s, p) = (g.k, g.stride, g.padding);
+    let (plane, u, cg) = (g.h * g.w, g.positions(), g.c_in_group());
+    let c0 = group * cg;
+    dx[c0 * n * plane..(c0 + cg) * n * plane]
+        .par_chunks_mut(n * plane)
+        .enumerate()
+        .for_each(|(c, dst)| {
+            if !add {
+                dst.fill(T::ZERO);
+            }
+            for a in 0..k {
+                for b in 0..k {
+                    let row = &cols[((c * k + a) * k + b) * n * u..][..n * u];
+                    let xs = valid_range(g.out_w, s, b, p, g.w);
+                    for ex in 0..n {
+                        let img = &mut dst[ex * plane..][..plane];
+                        for oy in 0..g.out_h {
+                            let Some(iy) = (oy * s + a).checked_sub(p).filter(|&iy| iy < g.h)
+                            else {
+                                continue;
+                            };
+                            let src = &row[ex * u + oy * g.out_w..][..g.out_w];
+                            let line = &mut img[iy * g.w..][..g.w];
+                            for ox in xs.clone() {
+                                line[ox * s + b - p] += src[ox];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Reused buffers of the convolutions (patch matrix and its gradient), sized for the largest one.
+#[derive(Default)]
+pub struct ConvScratch<T> {
+    cols: Vec<T>,
+    dcols: Vec<T>,
+    small: Vec<T>,
+}
+
+impl<T: Real> ConvScratch<T> {
+    fn ensure(&mut self, len: usize) {
+        if self.cols.len() < len {
+            self.cols.resize(len, T::ZERO);
+            self.dcols.resize(len, T::ZERO);
+        }
+    }
+}
+
+/// y (C_out, N, OH, OW) = conv(x) + bias for the batch of `n` examples.
+pub fn forward<T: Real>(
+    x: &[T],
+    weight: &[T],
+    bias: Option<&[T]>,
+    g: &ConvShape,
+    n: usize,
+    scratch: &mut ConvScratch<T>,
+    y: &mut [T],
+) {
+    let nu = n * g.positions();
+    if g.is_depthwise() {
+        depthwise_forward(x, weight, g, n, y);
+    } else {
+        let (kg, cog) = (g.patch_len(), g.c_out_group());
+        for group in 0..g.groups {
+            let w = Operand::new(&weight[group * cog * kg..], cog, kg);
+            let out = &mut y[group * cog * nu..][..cog * nu];
+            if g.is_pointwise() {
+                let cols = Operand::new(&x[group * kg * nu..], kg, nu);
+                product(out, w, cols, false);
+            } else {
+                scratch.ensure(kg * nu);
+                im2col(x, g, n, group, &mut scratch.cols);
+                product(out, w, Operand::new(&scratch.cols, kg, nu), false);
+            }
+        }
+    }
+    if let Some(bias) = bias {
+        y[..g.c_out * nu]
+            .par_chunks_mut(nu)
+            .zip(bias)
+            .for_each(|(row, &b)| row.iter_mut().for_each(|v| *v += b));
+    }
+}
+
+/// Gradients of a convolution: `dw` (same layout as the weight) and `dbias` replaced, and, when `dx` is
+/// given, the input gradient replaced or added to (`add`).
+#[allow(clippy::too_many_arguments)]
+pub fn backward<T: Real>(
+    x: &[T],
+    weight: &[T],
+    dy: &[T],
+    g: &ConvShape,
+    n: usize,
+    scratch: &mut ConvScratch<T>,
+    dw: &mut [T],
+    dbias: Option<&mut [T]>,
+    dx: Option<(&mut [T], bool)>,
+) {
+    let nu = n * g.positions();
+    if let Some(db) = dbias {
+        db.par_iter_mut().enumerate().for_each(|(o, d)| {
+            *d = T::from_f64(dy[o * nu..(o + 1) * nu].iter().map(|v| v.to_f64()).sum());
+        });
+    }
+    if g.is_depthwise() {
+        depthwise_backward(x, weight, dy, g, n, dw, dx);
+        return;
+    }
+    let (kg, cog) = (g.patch_len(), g.c_out_group());
+    let mut dx = dx;
+    for group in 0..g.groups {
+        let dy_g = Operand::new(&dy[group * cog * nu..], cog, nu);
+        let w = Operand::new(&weight[group * cog * kg..], cog, kg);
+        let dw_g = &mut dw[group * cog * kg..][..cog * kg];
+        if g.is_pointwise() {
+            let x_g = Operand::new(&x[group * kg * nu..], kg, nu);
+            weight_grad(x_g, dy_g, &mut scratch.small, dw_g);
+            if let Some((dx, add)) = dx.as_mut() {
+                product(&mut dx[group * kg * nu..][..kg * nu], w.t(), dy_g, *add);
+            }
+        } else {
+            scratch.ensure(kg * nu);
+            im2col(x, g, n, group, &mut scratch.cols);
+            let cols = Operand::new(&scratch.cols, kg, nu);
+            weight_grad(cols, dy_g, &mut scratch.small, dw_g);
+            if let Some((dx, add)) = dx.as_mut() {
+                product(&mut scratch.dcols[..kg * nu], w.t(), dy_g, false);
+                col2im(&scratch.dcols, g, n, group, dx, *add);
+            }
+        }
+    }
+}
+
+/// dW (C_out/g × K_g) of one group from its patch matrix `cols` (K_g × N·U) and `dy` (C_out/g × N·U),
+/// computed as dWᵀ = cols · dyᵀ (the long N·U dimension inside the product runs faster this way round)
+/// into `small`, then transposed.
+fn weight_grad<T: Real>(
+    cols: Operand<'_, T>,
+    dy: Operand<'_, T>,
+    small: &mut Vec<T>,
+    dw: &mut [T],
+) {
+    let (kg, cog) = (cols.rows(), dy.rows());
+    if small.len() < kg * cog {
+        small.resize(kg * cog, T::ZERO);
+    }
+    product(small, cols, dy.t(), false);
+    transpose_into(small, kg, cog, dw);
+}
+
+/// `dst (cols × rows) = srcᵀ` for a row-major `rows × cols` source.
+fn transpose_into<T: Real>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    for r in 0..rows {
+        for c in 0..cols {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
+/// Depthwise forward: y[c] = Σ_ab w[c, a, b] · x[c] shifted, one channel per task.
+fn depthwise_forward<T: Real>(x: &[T], weight: &[T], g: &ConvShape, n: usize, y: &mut [T]) {
+    let (k, s, p) = (g.k, g.stride, g.padding);
+    let (plane, u) = (g.h * g.w, g.positions());
+    y[..g.c_out * n * u]
+        .par_chunks_mut(n * u)
+        .enumerate()
+        .for_each(|(c, out)| {
+            out.fill(T::ZERO);
+            let wc = &weight[c * k * k..][..k * k];
+            let src = &x[c * n * plane..][..n * plane];
+            for ex in 0..n {
+                let img = &src[ex * plane..][..plane];
+                let o = &mut out[ex * u..][..u];
+                for a in 0..k {
+                    for b in 0..k {
+                        let wv = wc[a * k + b];
+                        let xs = valid_range(g.out_w, s, b, p, g.w);
+                        for oy in 0..g.out_h {
+                            let Some(iy) = (oy * s + a).checked_sub(p).filter(|&iy| iy < g.h)
+                            else {
+                                continue;
+                            };
+                            let line = &img[iy * g.w..][..g.w];
+                            let orow = &mut o[oy * g.out_w..][..g.out_w];
+                            for ox in xs.clone() {
+                                orow[ox] += wv * line[ox * s + b - p];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Depthwise backward: dw[c, a, b] = Σ dy[c]·x[c] shifted (accumulated in f64), dx[c] = Σ_ab w·dy shifted back.
+fn depthwise_backward<T: Real>(
+    x: &[T],
+    weight: &[T],
+    dy: &[T],
+    g: &ConvShape,
+    n: usize,
+    dw: &mut [T],
+    dx: Option<(&mut [T], bool)>,
+) {
+    let (k, s, p) = (g.k, g.stride, g.padding);
+    let (plane, u) = (g.h * g.w, g.positions());
+    let kernel_grad = |c: usize, dwc: &mut [T]| {
+        let src = &x[c * n * plane..][..n * plane];
+        let grad = &dy[c * n * u..][..n * u];
+        for a in 0..k {
+            for b in 0..k {
+                let xs = valid_range(g.out_w, s, b, p, g.w);
+                let mut acc = 0.0f64;
+                for ex in 0..n {
+                    for oy in 0..g.out_h {
+                        let Some(iy) = (oy * s + a).checked_sub(p).filter(|&iy| iy < g.h) else {
+                            continue;
+                        };
+                        let line = &src[ex * plane + iy * g.w..][..g.w];
+                        let drow = &grad[ex * u + oy * g.out_w..][..g.out_w];
+                        let mut part = T::ZERO;
+                        for ox in xs.clone() {
+                            part += drow[ox] * line[ox * s + b - p];
+                        }
+                        acc += part.to_f64();
+                    }
+                }
+                dwc[a * k + b] = T::from_f64(acc);
+            }
+        }
+    };
+    dw[..g.c_out * k * k]
+        .par_chunks_mut(k * k)
+        .enumerate()
+        .for_each(|(c, dwc)| kernel_grad(c, dwc));
+    if let Some((dx, add)) = dx {
+        depthwise_input_grad(weight, dy, g, n, dx, add);
+    }
+}
+
+/// Depthwise input gradient: dx[c] = Σ_ab w[c, a, b] · dy[c] shifted back, replaced or added (`add`).
+fn depthwise_input_grad<T: Real>(
+    weight: &[T],
+    dy: &[T],
+    g: &ConvShape,
+    n: usize,
+    dx: &mut [T],
+    add: bool,
+) {
+    let (k, s, p) = (g.k, g.stride, g.padding);
+    let (plane, u) = (g.h * g.w, g.positions());
+    dx[..g.c_in * n * plane]
+        .par_chunks_mut(n * plane)
+        .enumerate()
+        .for_each(|(c, dst)| {
+            if !add {
+                dst.fill(T::ZERO);
+            }
+            let wc = &weight[c * k * k..][..k * k];
+            let grad = &dy[c * n * u..][..n * u];
+            for ex in 0..n {
+                let img = &mut dst[ex * plane..][..plane];
+                for a in 0..k {
+                    for b in 0..k {
+                        let wv = wc[a * k + b];
+                        let xs = valid_range(g.out_w, s, b, p, g.w);
+                        for oy in 0..g.out_h {
+                            let Some(iy) = (oy * s + a).checked_sub(p).filter(|&iy| iy < g.h)
+                            else {
+                                continue;
+                            };
+                            let drow = &grad[ex * u + oy * g.out_w..][..g.out_w];
+                            let line = &mut img[iy * g.w..][..g.w];
+                            for ox in xs.clone() {
+                                line[ox * s + b - p] += wv * drow[ox];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The input gradient alone (no weight gradient) of `n` images' output gradients `dy` (C_out, n, OH, OW):
+/// what the NTK's batched reverse pass needs, `n` being its number of rows.
+pub fn input_grad<T: Real>(
+    weight: &[T],
+    dy: &[T],
+    g: &ConvShape,
+    n: usize,
+    scratch: &mut ConvScratch<T>,
+    dx: &mut [T],
+    add: bool,
+) {
+    if g.is_depthwise() {
+        depthwise_input_grad(weight, dy, g, n, dx, add);
+        return;
+    }
+    let nu = n * g.positions();
+    let (kg, cog) = (g.patch_len(), g.c_out_group());
+    for group in 0..g.groups {
+        let dy_g = Operand::new(&dy[group * cog * nu..], cog, nu);
+        let w = Operand::new(&weight[group * cog * kg..], cog, kg);
+        if g.is_pointwise() {
+            product(&mut dx[group * kg * nu..][..kg * nu], w.t(), dy_g, add);
+        } else {
+            scratch.ensure(kg * nu);
+            product(&mut scratch.dcols[..kg * nu], w.t(), dy_g, false);
+            col2im(&scratch.dcols, g, n, group, dx, add);
+        }
+    }
+}

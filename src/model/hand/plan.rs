@@ -1,0 +1,272 @@
+//! What the hand-written pass needs to know about a network before it runs: every node's output shape per
+//! example, where its parameters sit in `Network::parameters()`, and which nodes need gradients.
+//!
+//! Feature maps are stored channel-major for the whole batch, `(C, N, H, W)`: a convolution over the batch is
+//! then one matrix product `W · columns` whose result is already in that layout, and BatchNorm's per-channel
+//! statistics run over one contiguous row of `N·H·W` values. After `Flatten` a node's output is `(N, F)`
+//! row-major, in PyTorch's `(C, H, W)` feature order.
+
+use crate::model::{Network, Op};
+use crate::{Error, Result};
+
+/// Output shape of a node, per example.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A feature map, stored `(C, N, H, W)` for the batch.
+    Map {
+        /// Channels.
+        c: usize,
+        /// Height.
+        h: usize,
+        /// Width.
+        w: usize,
+    },
+    /// A feature vector, stored `(N, F)` for the batch.
+    Flat(usize),
+}
+
+impl Shape {
+    /// Values per example.
+    pub fn len(&self) -> usize {
+        match *self {
+            Shape::Map { c, h, w } => c * h * w,
+            Shape::Flat(f) => f,
+        }
+    }
+
+    /// Whether the shape holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Geometry of one convolution node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Input channels, height, width.
+    pub c_in: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Square kernel size.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding.
+    pub padding: usize,
+    /// Groups (C_in for depthwise).
+    pub groups: usize,
+    /// Output height.
+    pub out_h: usize,
+    /// Output width.
+    pub out_w: usize,
+}
+
+impl ConvShape {
+    /// Output positions per example.
+    pub fn positions(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    /// Input channels per group.
+    pub fn c_in_group(&self) -> usize {
+        self.c_in / self.groups
+    }
+
+    /// Output channels per group.
+    pub fn c_out_group(&self) -> usize {
+        self.c_out / self.groups
+    }
+
+    /// Patch length of one group, (C_in / groups)·k·k.
+    pub fn patch_len(&self) -> usize {
+        self.c_in_group() * self.k * self.k
+    }
+
+    /// Whether the convolution is the identity on positions (1×1, stride 1, no padding): its columns are
+    /// the input itself.
+    pub fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Whether every group has one input and one output channel (depthwise).
+    pub fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.c_in_group() == 1 && self.c_out_group() == 1
+    }
+}
+
+/// The plan of one network: shapes, parameter positions, gradient needs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Output shape of every node (node 0: the input).
+    pub shapes: Vec<Shape>,
+    /// Index in `Network::parameters()` of each node's first parameter (parametrised nodes only).
+    pub first_param: Vec<Option<usize>>,
+    /// Whether a node's output depends on parameters (only those nodes' gradients are computed).
+    pub needs_grad: Vec<bool>,
+    /// Index of the BatchNorm statistics slot of each BatchNorm node.
+    pub bn_slot: Vec<Option<usize>>,
+    /// Geometry of each convolution node.
+    pub convs: Vec<Option<ConvShape>>,
+}
+
+impl Plan {
+    /// Work out the plan of `network`, refusing layers the hand-written pass does not implement.
+    pub fn new(network: &Network) -> Result<Self> {
+        let n = network.nodes.len();
+        let mut shapes = Vec::with_capacity(n);
+        let mut first_param = vec![None; n];
+        let mut bn_slot = vec![None; n];
+        let mut convs = vec![None; n];
+        let (mut params, mut bns) = (0, 0);
+        for (k, node) in network.nodes.iter().enumerate() {
+            let input = node.inputs.first().map(|&i| shapes[i]);
+            let refuse = |why: String| {
+                Error::Model(format!(
+                    "the hand-written training pass does not support layer `{}` ({}): {why}; use --pass autograd",
+                    if node.name.is_empty() { format!("#{k}") } else { node.name.clone() },
+                    node.op.kind()
+                ))
+            };
+            let shape = match (&node.op, input) {
+                (Op::Input, _) => {
+                    let [c, h, w] = network.input_shape;
+                    Shape::Map { c, h, w }
+                }
+                (Op::Conv2d(_), Some(Shape::Map { c, h, w })) => {
+                    let g = conv_shape(network, k, [c, h, w])?;
+                    convs[k] = Some(g);
+                    Shape::Map {
+                        c: g.c_out,
+                        h: g.out_h,
+                        w: g.out_w,
+                    }
+                }
+                (Op::Linear(l), Some(s)) => {
+                    let (out, inp) = l.weight.dims2()?;
+                    match s {
+                        Shape::Flat(f) if f == inp => Shape::Flat(out),
+                        other => {
+                            return Err(refuse(format!(
+                                "input {other:?} does not match weight (…, {inp})"
+                            )))
+                        }
+                    }
+                }
+                (Op::BatchNorm2d(_), Some(s @ Shape::Map { .. })) => {
+                    bn_slot[k] = Some(bns);
+                    bns += 1;
+                    s
+                }
+                (Op::Relu | Op::Tanh | Op::Gelu | Op::Dropout, Some(s)) => s,
+                (Op::Add, Some(s)) => {
+                    if node.inputs.iter().any(|&i| shapes[i] != s) {
+                        return Err(refuse("inputs of different shapes".into()));
+                    }
+                    s
+                }
+                (
+                    Op::MaxPool2d { kernel, stride } | Op::AvgPool2d { kernel, stride },
+                    Some(Shape::Map { c, h, w }),
+                ) => {
+                    if kernel != stride || *kernel == 0 || h < *kernel || w < *kernel {
+                        return Err(refuse(format!(
+                            "kernel {kernel}, stride {stride} on {h}x{w} (only non-overlapping windows)"
+                        )));
+                    }
+                    Shape::Map {
+                        c,
+                        h: h / kernel,
+                        w: w / kernel,
+                    }
+                }
+                (Op::AdaptiveAvgPool2d { output }, Some(Shape::Map { c, h, w })) => {
+                    if output[0] == 0 || output[1] == 0 || h % output[0] != 0 || w % output[1] != 0
+                    {
+                        return Err(refuse(format!(
+                            "input {h}x{w} not divisible by output {}x{}",
+                            output[0], output[1]
+                        )));
+                    }
+                    Shape::Map {
+                        c,
+                        h: output[0],
+                        w: output[1],
+                    }
+                }
+                (Op::Flatten, Some(s)) => Shape::Flat(s.len()),
+                (_, s) => return Err(refuse(format!("input {s:?}"))),
+            };
+            if !node.op.parameters().is_empty() {
+                first_param[k] = Some(params);
+                params += node.op.parameters().len();
+            }
+            shapes.push(shape);
+        }
+        match shapes.last() {
+            Some(Shape::Flat(_)) => {}
+            other => {
+                return Err(Error::Model(format!(
+                    "the hand-written training pass needs (batch, classes) logits, the network ends in {other:?}; use --pass autograd"
+                )))
+            }
+        }
+        Ok(Self {
+            shapes,
+            first_param,
+            needs_grad: crate::ntk::backward::depends_on_parameters(network),
+            bn_slot,
+            convs,
+        })
+    }
+
+    /// Number of BatchNorm nodes.
+    pub fn batch_norms(&self) -> usize {
+        self.bn_slot.iter().flatten().count()
+    }
+}
+
+/// The geometry of convolution node `k` on an input map `[C, H, W]`.
+fn conv_shape(network: &Network, k: usize, [c_in, h, w]: [usize; 3]) -> Result<ConvShape> {
+    let node = &network.nodes[k];
+    let Op::Conv2d(conv) = &node.op else {
+        return Err(Error::Internal(format!("node {k} is not a convolution")));
+    };
+    let (c_out, c_in_group, kh, kw) = conv.weight.dims4()?;
+    let bad = |why: String| {
+        Error::Model(format!(
+            "the hand-written training pass does not support convolution `{}`: {why}; use --pass autograd",
+            node.name
+        ))
+    };
+    if kh != kw {
+        return Err(bad(format!("non-square kernel {kh}x{kw}")));
+    }
+    let groups = conv.groups.max(1);
+    if c_in % groups != 0 || c_out % groups != 0 || c_in / groups != c_in_group {
+        return Err(bad(format!(
+            "weight {:?} does not fit {c_in} input channels in {groups} groups",
+            conv.weight.dims()
+        )));
+    }
+    if h + 2 * conv.padding < kh || w + 2 * conv.padding < kh || conv.stride == 0 {
+        return Err(bad(format!(
+            "kernel {kh} larger than the padded {h}x{w} input"
+        )));
+    }
+    Ok(ConvShape {
+        c_in,
+        h,
+        w,
+        c_out,
+        k: kh,
+        stride: conv.stride,
+        padding: conv.padding,
+        groups,
+        out_h: (h + 2 * conv.padding - kh) / conv.stride + 1,
+        out_w: (w + 2 * conv.padding - kh) / conv.stride + 1,
+    })
+}

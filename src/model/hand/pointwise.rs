@@ -1,0 +1,138 @@
+//! Element-wise layers (ReLU, tanh, GELU, dropout as the identity) and residual sums, forward and backward,
+//! on flat buffers.
+
+use super::real::{put, Real};
+use rayon::prelude::*;
+
+/// Values per parallel task of the element-wise loops.
+const CHUNK: usize = 1 << 14;
+
+/// Which element-wise function.
+#[derive(Debug, Clone, Copy)]
+pub enum Pointwise {
+    /// max(x, 0).
+    Relu,
+    /// tanh(x).
+    Tanh,
+    /// x·Φ(x) (exact erf form).
+    Gelu,
+    /// The identity (dropout in this pass, which carries no drop probability).
+    Identity,
+}
+
+/// Φ(x), the standard normal CDF.
+fn phi(x: f64) -> f64 {
+    0.5 * (1.0 + candle_core::cpu::erf::erf_f64(x / std::f64::consts::SQRT_2))
+}
+
+/// y = f(x).
+pub fn forward<T: Real>(f: Pointwise, x: &[T], y: &mut [T]) {
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, i)| match f {
+            Pointwise::Relu => o.iter_mut().zip(i).for_each(|(o, &v)| {
+                *o = if v > T::ZERO { v } else { T::ZERO };
+            }),
+            Pointwise::Tanh => o
+                .iter_mut()
+                .zip(i)
+                .for_each(|(o, &v)| *o = T::from_f64(v.to_f64().tanh())),
+            Pointwise::Gelu => o.iter_mut().zip(i).for_each(|(o, &v)| {
+                let v = v.to_f64();
+                *o = T::from_f64(v * phi(v));
+            }),
+            Pointwise::Identity => o.copy_from_slice(i),
+        });
+}
+
+/// dx = f'(x)·dy, replaced or added (`add`); `x` is the input and `y` the output of the forward pass.
+pub fn backward<T: Real>(f: Pointwise, x: &[T], y: &[T], dy: &[T], dx: &mut [T], add: bool) {
+    match (f, add) {
+        (Pointwise::Relu, false) => zip3(x, y, dy, dx, |_, y, d, o| {
+            *o = if y > T::ZERO { d } else { T::ZERO }
+        }),
+        (Pointwise::Relu, true) => zip3(x, y, dy, dx, |_, y, d, o| {
+            if y > T::ZERO {
+                *o += d
+            }
+        }),
+        (Pointwise::Tanh, add) => zip3(x, y, dy, dx, |_, y, d, o| {
+            put(o, d * (T::from(1.0) - y * y), add)
+        }),
+        (Pointwise::Gelu, add) => zip3(x, y, dy, dx, |x, _, d, o| {
+            let v = x.to_f64();
+            let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            put(o, d * T::from_f64(phi(v) + v * pdf), add)
+        }),
+        (Pointwise::Identity, add) => pass_through(dy, dx, add),
+    }
+}
+
+/// [`backward`] on one block, on the calling thread (the NTK reverse pass calls it once per (channel, row)
+/// block from its own parallel loop).
+pub fn backward_block<T: Real>(f: Pointwise, x: &[T], y: &[T], dy: &[T], dx: &mut [T], add: bool) {
+    let mut each = |g: &dyn Fn(T, T, T) -> T| {
+        for i in 0..dx.len() {
+            let v = g(x[i], y[i], dy[i]);
+            put(&mut dx[i], v, add);
+        }
+    };
+    match f {
+        Pointwise::Relu => {
+            for i in 0..dx.len() {
+                let v = if y[i] > T::ZERO { dy[i] } else { T::ZERO };
+                put(&mut dx[i], v, add);
+            }
+        }
+        Pointwise::Tanh => each(&|_, y, d| d * (T::from(1.0) - y * y)),
+        Pointwise::Gelu => each(&|x, _, d| {
+            let v = x.to_f64();
+            let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            d * T::from_f64(phi(v) + v * pdf)
+        }),
+        Pointwise::Identity => {
+            for i in 0..dx.len() {
+                put(&mut dx[i], dy[i], add);
+            }
+        }
+    }
+}
+
+/// Apply `f(x, y, dy, &mut dx)` element by element, in parallel chunks (one monomorphic loop per rule, so
+/// the compiler can vectorise it).
+fn zip3<T: Real>(x: &[T], y: &[T], dy: &[T], dx: &mut [T], f: impl Fn(T, T, T, &mut T) + Sync) {
+    dx.par_chunks_mut(CHUNK).enumerate().for_each(|(j, o)| {
+        let at = j * CHUNK;
+        let len = o.len();
+        let (x, y, dy) = (&x[at..][..len], &y[at..][..len], &dy[at..][..len]);
+        for i in 0..len {
+            f(x[i], y[i], dy[i], &mut o[i]);
+        }
+    });
+}
+
+/// y = Σ inputs (all of y's length).
+pub fn sum<T: Real>(inputs: &[&[T]], y: &mut [T]) {
+    y.par_chunks_mut(CHUNK).enumerate().for_each(|(j, o)| {
+        let at = j * CHUNK;
+        let len = o.len();
+        o.copy_from_slice(&inputs[0][at..][..len]);
+        for other in &inputs[1..] {
+            o.iter_mut()
+                .zip(&other[at..][..len])
+                .for_each(|(a, &b)| *a += b);
+        }
+    });
+}
+
+/// dx = dy, replaced or added (`add`).
+pub fn pass_through<T: Real>(dy: &[T], dx: &mut [T], add: bool) {
+    dx.par_chunks_mut(CHUNK).enumerate().for_each(|(j, o)| {
+        let src = &dy[j * CHUNK..][..o.len()];
+        if add {
+            o.iter_mut().zip(src).for_each(|(a, &b)| *a += b);
+        } else {
+            o.copy_from_slice(src);
+        }
+    });
+}
