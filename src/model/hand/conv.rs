@@ -111,7 +111,9 @@ impl<T: Real> ConvScratch<T> {
     }
 }
 
-/// y (C_out, N, OH, OW) = conv(x) + bias for the batch of `n` examples.
+/// y (C_out, N, OH, OW) = conv(x) + bias for the batch of `n` examples. With `keep`, the patch matrices of
+/// every group are left there (groups × patch_len × N·U) for [`backward`] to reuse instead of recomputing.
+#[allow(clippy::too_many_arguments)]
 pub fn forward<T: Real>(
     x: &[T],
     weight: &[T],
@@ -119,9 +121,11 @@ pub fn forward<T: Real>(
     g: &ConvShape,
     n: usize,
     scratch: &mut ConvScratch<T>,
+    keep: Option<&mut Vec<T>>,
     y: &mut [T],
 ) {
     let nu = n * g.positions();
+    let mut keep = keep;
     if g.is_depthwise() {
         depthwise_forward(x, weight, g, n, y);
     } else {
@@ -133,9 +137,18 @@ pub fn forward<T: Real>(
                 let cols = Operand::new(&x[group * kg * nu..], kg, nu);
                 product(out, w, cols, false);
             } else {
-                scratch.ensure(kg * nu);
-                im2col(x, g, n, group, &mut scratch.cols);
-                product(out, w, Operand::new(&scratch.cols, kg, nu), false);
+                let cols = match keep.as_mut() {
+                    Some(saved) => {
+                        saved.resize(g.groups * kg * nu, T::ZERO);
+                        &mut saved[group * kg * nu..][..kg * nu]
+                    }
+                    None => {
+                        scratch.ensure(kg * nu);
+                        &mut scratch.cols[..kg * nu]
+                    }
+                };
+                im2col(x, g, n, group, cols);
+                product(out, w, Operand::new(cols, kg, nu), false);
             }
         }
     }
@@ -148,7 +161,7 @@ pub fn forward<T: Real>(
 }
 
 /// Gradients of a convolution: `dw` (same layout as the weight) and `dbias` replaced, and, when `dx` is
-/// given, the input gradient replaced or added to (`add`).
+/// given, the input gradient replaced or added to (`add`). `saved`: the patch matrices [`forward`] kept.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Real>(
     x: &[T],
@@ -156,6 +169,7 @@ pub fn backward<T: Real>(
     dy: &[T],
     g: &ConvShape,
     n: usize,
+    saved: Option<&[T]>,
     scratch: &mut ConvScratch<T>,
     dw: &mut [T],
     dbias: Option<&mut [T]>,
@@ -185,9 +199,14 @@ pub fn backward<T: Real>(
             }
         } else {
             scratch.ensure(kg * nu);
-            im2col(x, g, n, group, &mut scratch.cols);
-            let cols = Operand::new(&scratch.cols, kg, nu);
-            weight_grad(cols, dy_g, &mut scratch.small, dw_g);
+            let cols = match saved {
+                Some(s) if s.len() >= g.groups * kg * nu => &s[group * kg * nu..][..kg * nu],
+                _ => {
+                    im2col(x, g, n, group, &mut scratch.cols);
+                    &scratch.cols[..kg * nu]
+                }
+            };
+            weight_grad(Operand::new(cols, kg, nu), dy_g, &mut scratch.small, dw_g);
             if let Some((dx, add)) = dx.as_mut() {
                 product(&mut scratch.dcols[..kg * nu], w.t(), dy_g, false);
                 col2im(&scratch.dcols, g, n, group, dx, *add);

@@ -39,6 +39,8 @@ pub struct HandPass<T> {
     grad: Vec<Vec<T>>,
     written: Vec<bool>,
     scratch: ConvScratch<T>,
+    /// Patch matrices of each convolution from the last train-mode forward, reused by its backward.
+    saved_cols: Vec<Vec<T>>,
     stats: Vec<NormStats>,
     eval_mode: bool,
 }
@@ -56,6 +58,7 @@ impl<T: Real> HandPass<T> {
             grad: vec![Vec::new(); n],
             written: vec![false; n],
             scratch: ConvScratch::default(),
+            saved_cols: vec![Vec::new(); n],
             eval_mode: false,
         })
     }
@@ -191,7 +194,8 @@ impl<T: Real> HandPass<T> {
             Op::Conv2d(c) => {
                 let g = self.plan.convs[k].ok_or_else(|| Error::Internal("conv plan".into()))?;
                 let bias = c.bias.as_ref().map(|_| p(1));
-                conv::forward(x, p(0), bias, &g, n, &mut self.scratch, &mut y);
+                let keep = (!self.eval_mode).then_some(&mut self.saved_cols[k]);
+                conv::forward(x, p(0), bias, &g, n, &mut self.scratch, keep, &mut y);
             }
             Op::Linear(l) => {
                 let out = self.plan.shapes[k].len();
@@ -275,7 +279,8 @@ impl<T: Real> HandPass<T> {
                 let f = first.expect("conv parameters");
                 let (dw, rest) = grads[f..].split_at_mut(1);
                 let db = c.bias.as_ref().map(|_| &mut rest[0][..]);
-                conv::backward(x, p(0), &dy, &g, n, &mut self.scratch, &mut dw[0], db, dx);
+                let saved = Some(&self.saved_cols[k][..]);
+                conv::backward(x, p(0), &dy, &g, n, saved, &mut self.scratch, &mut dw[0], db, dx);
             }
             Op::Linear(l) => {
                 let f = first.expect("linear parameters");
