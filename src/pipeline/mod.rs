@@ -9,6 +9,7 @@ pub mod fit;
 pub mod inputs;
 pub mod logdet;
 pub mod ntk;
+pub mod ranks;
 pub mod report;
 pub mod run;
 pub mod stats;
@@ -35,7 +36,12 @@ fn check_threads(threads: usize) -> Result<()> {
 pub fn execute(cli: &Cli) -> Result<()> {
     crate::signals::install();
     crate::report::provenance::begin();
-    if let Some(threads) = cli.threads {
+    // Under mpirun, one compute thread per core of this rank, and refusals made once for the job.
+    #[cfg(feature = "mpi")]
+    let threads = distributed::begin(cli)?;
+    #[cfg(not(feature = "mpi"))]
+    let threads = cli.threads;
+    if let Some(threads) = threads {
         check_threads(threads)?;
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
