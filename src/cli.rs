@@ -283,6 +283,9 @@ pub struct RunArgs {
     pub plot: Option<PathBuf>,
     #[command(flatten)]
     pub ckpt: CheckpointArgs,
+    #[cfg(feature = "mpi")]
+    #[command(flatten)]
+    pub dist: DistArgs,
 }
 
 /// Arguments of `ntk`.
@@ -349,14 +352,21 @@ pub struct LogdetArgs {
     pub scratch_cap: Option<String>,
     #[command(flatten)]
     pub ckpt: CheckpointArgs,
+    #[cfg(feature = "mpi")]
+    #[command(flatten)]
+    pub dist: DistArgs,
+}
+
+/// MPI build only: the layout of the distributed factorisation (`logdet` and `run` under `mpirun`).
+#[cfg(feature = "mpi")]
+#[derive(Debug, Args, Clone, Default)]
+pub struct DistArgs {
     /// MPI build only: the process grid PxQ for the distributed factorisation (default: the squarest for
     /// the job's ranks; used whenever the job has more than one rank or this is given).
-    #[cfg(feature = "mpi")]
     #[arg(long)]
     pub grid: Option<String>,
     /// MPI build only: the block-cyclic block size (a multiple of the granule, d for an NTK; default
     /// 256 rounded up to the granule).
-    #[cfg(feature = "mpi")]
     #[arg(long)]
     pub block_size: Option<usize>,
 }

@@ -79,3 +79,14 @@ fn lenet_mnist_matches_models_readme() {
 fn resnet9_mnist_matches_models_readme() {
     check("resnet9-mnist.safetensors");
 }
+
+#[test]
+fn protocol_trained_models_match_models_readme() {
+    for file in [
+        "resnet9-mnist-s0.safetensors",
+        "resnet9-mnist-s1.safetensors",
+        "mobilenet-mnist-s0.safetensors",
+    ] {
+        check(file);
+    }
+}

@@ -10,6 +10,7 @@
 //! - [`tiles`]: `NtkTiles: TileSource` with a byte-budgeted feature cache;
 //! - [`layout`], [`tangent`], [`pullback`], [`matvec`]: matrix-free products `J W`, `Jᵀ V` and
 //!   `K V = J (Jᵀ V) / s` (forward-mode tangent pass, reverse pass seeded with V), for the statistics;
+//! - [`wire`]: features packed into one flat buffer, for sending them between MPI ranks;
 //! - [`brute`]: the reference oracle (one autograd backward per example and logit), for tests and benchmarks.
 
 pub mod backward;
@@ -21,6 +22,7 @@ pub mod matvec;
 pub mod pullback;
 pub mod tangent;
 pub mod tiles;
+pub mod wire;
 
 pub use matvec::NtkOperator;
 pub use tiles::NtkTiles;

@@ -14,7 +14,7 @@
 use crate::linalg::TileSource;
 use crate::model::Network;
 use crate::ntk::contract::contract;
-use crate::ntk::features::{compute, Features, LayerPlan};
+use crate::ntk::features::{Features, LayerPlan};
 use crate::ntk::{KernelSpec, Outputs, Precision};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
@@ -23,6 +23,8 @@ use serde::Serialize;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+mod chunks;
 
 /// Time and work spent forming the kernel so far.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -192,29 +194,8 @@ impl NtkTiles {
                 return Ok(found);
             }
         }
-        let start = c * self.chunk;
-        let len = self.chunk.min(self.num_examples() - start);
-        let t0 = Instant::now();
-        let feats = Arc::new(compute(
-            &self.network,
-            &self.plan,
-            &self.inputs.narrow(0, start, len)?,
-            &self.spec,
-            self.micro,
-        )?);
-        if let Ok(mut s) = self.stats.lock() {
-            s.feature_seconds += t0.elapsed().as_secs_f64();
-            s.feature_blocks_computed += 1;
-        }
-        if let Ok(mut cache) = self.cache.lock() {
-            let bytes = feats.bytes();
-            while !cache.entries.is_empty() && cache.bytes + bytes > cache.budget {
-                let (_, old) = cache.entries.remove(0);
-                cache.bytes -= old.bytes();
-            }
-            cache.bytes += bytes;
-            cache.entries.push((c, feats.clone()));
-        }
+        let feats = Arc::new(self.compute_chunk(c)?);
+        self.cache_insert(c, feats.clone());
         Ok(feats)
     }
 

@@ -286,7 +286,7 @@ pub fn check_scratch_dir(mem: &MemArgs) -> Result<()> {
 pub fn warn_if_singular(tiles: &NtkTiles) {
     use crate::linalg::TileSource;
     let (m, p) = (tiles.dim(), tiles.num_params());
-    if m > p {
+    if m > p && !crate::pipeline::ranks::is_follower() {
         crate::progress::notice(&format!(
             "warning: the kernel has order m = {m} but the network only p = {p} parameters: K has rank <= p, \
              so it is singular and its log-determinant is meaningless (SPEC §5); use fewer examples or a larger model"

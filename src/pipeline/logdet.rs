@@ -5,6 +5,8 @@ use crate::cli::LogdetArgs;
 use crate::linalg::{
     memdet, parse_size, Checkpoint, LogDet, MemdetOptions, NpySource, Shift, TileSource, Triangle,
 };
+use crate::ntk::NtkTiles;
+use crate::pipeline::ranks::{agreed, is_follower};
 use crate::progress::Progress;
 use crate::report::logdet::LogdetReport;
 use crate::report::{check_outputs, write_json};
@@ -12,6 +14,21 @@ use crate::{Error, Result};
 
 /// Execute `logdet`.
 pub fn run(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
+    agreed(check(args))?;
+    match (&args.matrix, &args.md.model) {
+        (Some(path), _) => {
+            let opened = NpySource::open(path, args.triangle.unwrap_or(Triangle::Full))
+                .and_then(|source| Ok((source, matrix_identity(path, args)?)));
+            let (source, identity) = agreed(opened)?;
+            let report = factor_and_report(&source, None, args, None, identity, progress)?;
+            write_report(args, &report)
+        }
+        (None, _) => factor_ntk(args, progress),
+    }
+}
+
+/// Everything about `args` that can be checked before any work.
+fn check(args: &LogdetArgs) -> Result<()> {
     check_outputs(&[("--json", args.json.as_deref())])?;
     if args.nested == Some(Some(0)) {
         return Err(Error::Usage(
@@ -22,20 +39,13 @@ pub fn run(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
     memdet_options(args)?;
     crate::pipeline::inputs::check_scratch_dir(&args.mem)?;
     match (&args.matrix, &args.md.model) {
-        (Some(path), None) => {
-            let triangle = args.triangle.unwrap_or(Triangle::Full);
-            let source = NpySource::open(path, triangle)?;
-            let identity = matrix_identity(path, args)?;
-            let report = factor_and_report(&source, args, None, identity, progress)?;
-            write_report(args, &report)
-        }
-        (None, Some(_)) => factor_ntk(args, progress),
         (Some(_), Some(_)) => Err(Error::Usage(
             "give either --matrix or --model, not both".into(),
         )),
         (None, None) => Err(Error::Usage(
             "logdet needs --matrix K.npy (or --model … --data … --n N)".into(),
         )),
+        _ => Ok(()),
     }
 }
 
@@ -44,38 +54,50 @@ pub fn run(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
 /// to cached NTK features, the rest to MEMDET.
 fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
     let md = &args.md;
-    let (Some(_), Some(n)) = (&md.data.name, args.n) else {
-        return Err(Error::Usage(
-            "logdet --model needs --data NAME and --n N as well".into(),
-        ));
+    let n = args.n.unwrap_or(0);
+    let set_up = || -> Result<_> {
+        if md.data.name.is_none() || args.n.is_none() {
+            return Err(Error::Usage(
+                "logdet --model needs --data NAME and --n N as well".into(),
+            ));
+        }
+        if args.triangle.is_some() {
+            return Err(Error::Usage(
+                "--triangle is for --matrix; an NTK is formed symmetric".into(),
+            ));
+        }
+        crate::pipeline::inputs::memory_split(&args.mem)?;
+        let prepared = crate::pipeline::inputs::prepare(md, n, progress)?;
+        let outside =
+            prepared.resident_bytes_in(n.min(prepared.order.len()), args.kernel.precision);
+        let (feature_mem, memdet_mem) = crate::pipeline::inputs::budget_split(&args.mem, outside)?;
+        let tiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
+        crate::pipeline::budget::check_kernel_minimum(
+            &tiles,
+            None,
+            &args.mem.max_mem,
+            crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
+            (feature_mem, memdet_mem),
+            outside,
+            true,
+        )?;
+        Ok((prepared, tiles, memdet_mem))
     };
-    if args.triangle.is_some() {
-        return Err(Error::Usage(
-            "--triangle is for --matrix; an NTK is formed symmetric".into(),
-        ));
-    }
-    crate::pipeline::inputs::memory_split(&args.mem)?;
-    let prepared = crate::pipeline::inputs::prepare(md, n, progress)?;
-    let outside = prepared.resident_bytes_in(n.min(prepared.order.len()), args.kernel.precision);
-    let (feature_mem, memdet_mem) = crate::pipeline::inputs::budget_split(&args.mem, outside)?;
-    let tiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
-    crate::pipeline::budget::check_kernel_minimum(
-        &tiles,
-        None,
-        &args.mem.max_mem,
-        crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
-        (feature_mem, memdet_mem),
-        outside,
-        true,
-    )?;
+    let (prepared, tiles, memdet_mem) = agreed(set_up())?;
     let mut memdet_args = args.clone();
     memdet_args.mem.max_mem = memdet_mem.to_string();
     let t0 = std::time::Instant::now();
     let meta = crate::pipeline::inputs::kernel_meta(&prepared, &tiles, n);
     let identity = crate::pipeline::inputs::kernel_identity(&prepared, md, n, &args.kernel);
-    let mut report = factor_and_report(&tiles, &memdet_args, Some(meta), identity, progress)?;
-    #[cfg(feature = "mpi")]
-    if crate::linalg::dist::is_follower() {
+    let mut report = factor_and_report(
+        &tiles,
+        Some(&tiles),
+        &memdet_args,
+        Some(meta),
+        identity,
+        progress,
+    )?;
+    if is_follower() {
         return Ok(()); // rank 0 alone reports
     }
     let stats = tiles.stats();
@@ -96,8 +118,7 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
 
 /// Write `--json`, if asked for.
 fn write_report(args: &LogdetArgs, report: &serde_json::Value) -> Result<()> {
-    #[cfg(feature = "mpi")]
-    if crate::linalg::dist::is_follower() {
+    if is_follower() {
         return Ok(()); // rank 0 alone writes
     }
     match &args.json {
@@ -183,19 +204,23 @@ pub fn memdet_recorded(
     Ok(result)
 }
 
-/// Run MEMDET on `source` as `args` say, print log|det|, sign and a summary on stdout, and return the
-/// `--json` document (with `kernel_meta`'s keys merged in at the top level) for the caller to write.
+/// Run MEMDET on `source` (`ntk` when it is an NTK) as `args` say, print log|det|, sign and a summary on
+/// stdout, and return the `--json` document (with `kernel_meta`'s keys merged in at the top level) for the
+/// caller to write. Under MPI, the distributed factorisation instead (rank 0 alone prints).
 pub fn factor_and_report(
     source: &dyn TileSource,
+    ntk: Option<&NtkTiles>,
     args: &LogdetArgs,
     kernel_meta: Option<serde_json::Value>,
     identity: Vec<(String, String)>,
     progress: &dyn Progress,
 ) -> Result<serde_json::Value> {
     #[cfg(feature = "mpi")]
-    if crate::pipeline::distributed::requested(args) {
-        return crate::pipeline::distributed::factor_and_report(source, args, kernel_meta);
+    if crate::pipeline::distributed::requested(&args.dist) {
+        return crate::pipeline::distributed::factor_and_report(source, ntk, args, kernel_meta);
     }
+    #[cfg(not(feature = "mpi"))]
+    let _ = ntk;
     let mut opts = memdet_options(args)?;
     opts.checkpoint = checkpoint_for(&args.ckpt, None, identity);
     let nested = args.nested.map(|d| d.unwrap_or(source.granule()));

@@ -10,6 +10,7 @@ pub mod fit;
 pub mod inputs;
 pub mod logdet;
 pub mod ntk;
+pub mod ranks;
 pub mod report;
 pub mod run;
 pub mod stats;
@@ -38,7 +39,12 @@ pub fn execute(cli: &Cli) -> Result<()> {
     crate::signals::install();
     crate::progress::set_quiet(cli.quiet);
     crate::report::provenance::begin();
-    if let Some(threads) = cli.threads {
+    // Under mpirun, one compute thread per core of this rank, and refusals made once for the job.
+    #[cfg(feature = "mpi")]
+    let threads = distributed::begin(cli)?;
+    #[cfg(not(feature = "mpi"))]
+    let threads = cli.threads;
+    if let Some(threads) = threads {
         check_threads(threads)?;
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

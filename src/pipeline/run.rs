@@ -10,6 +10,7 @@ use crate::pipeline::inputs::{
     budget_split, check_scratch_dir, kernel_identity, kernel_meta, memory_split, prepare, Prepared,
 };
 use crate::pipeline::logdet::{checkpoint_for, memdet_recorded};
+use crate::pipeline::ranks::{agreed, is_follower};
 use crate::progress::Progress;
 use crate::report::fit::{EstimateJson, FitJson};
 use crate::report::plot::plot_fit;
@@ -21,9 +22,168 @@ use crate::scaling::{estimate, nested_logdets};
 use crate::{Error, Result};
 use std::time::Instant;
 
+/// The run's inputs, loaded and checked before any kernel work.
+struct SetUp {
+    opts: crate::scaling::EstimateOptions,
+    max_mem: u64,
+    feature_mem: u64,
+    memdet_mem: u64,
+    prepared: Prepared,
+    target_n: usize,
+    load_s: f64,
+    tiles: NtkTiles,
+}
+
+/// Distributed factorisations of this run (label, report), for the JSON; empty for single-process runs.
+type DistLog = Vec<(&'static str, serde_json::Value)>;
+
 /// Execute `run`.
 pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     let t0 = Instant::now();
+    let ns = args.n_sample;
+    let SetUp {
+        opts,
+        max_mem,
+        feature_mem,
+        memdet_mem,
+        prepared,
+        target_n,
+        load_s,
+        tiles,
+    } = agreed(set_up(args, progress, t0))?;
+    let granule = tiles.granule();
+    let target_m = target_n * granule;
+    if target_m > tiles.num_params() && !is_follower() {
+        crate::progress::notice(&format!(
+            "warning: the target kernel (n = {target_n}, m = {target_m}) exceeds p = {} parameters: K_n is singular \
+             and ℓ_n is meaningless there (SPEC §5); the extrapolation is reported anyway",
+            tiles.num_params()
+        ));
+    }
+    let checkpoint = checkpoint_for(
+        &args.ckpt,
+        Some("sample"),
+        kernel_identity(&prepared, &args.md, ns, &args.kernel),
+    );
+    let mut dist_log = DistLog::new();
+    let factored = factor(
+        &tiles,
+        args,
+        memdet_mem,
+        checkpoint,
+        progress,
+        ("sample", &mut dist_log),
+    )?;
+    if is_follower() {
+        // Rank 0 fits; the followers join the agreement on it and the factorisation of K_N.
+        agreed(Ok(()))?;
+        tiles.clear_features();
+        if let Some(n) = args.exact_n {
+            exact_factor(&prepared, n, args, progress, &mut dist_log)?;
+        }
+        return Ok(());
+    }
+    let fitted_nested = nested_logdets(&factored.pivots_logabs, &factored.pivot_signs, granule)
+        .and_then(|nested| match nested.signs.iter().position(|&s| s < 0.0) {
+            Some(k) => Err(Error::Input(format!(
+                "det K_{} is negative: the kernel is not positive definite",
+                k + 1
+            ))),
+            None => Ok(nested),
+        })
+        .and_then(|nested| {
+            let t_fit = Instant::now();
+            progress.start("fit", 1);
+            let est = estimate(&nested.points, &opts, target_n)?;
+            progress.finish();
+            Ok((nested, est, t_fit.elapsed().as_secs_f64()))
+        });
+    let (nested, est, fit_s) = agreed(fitted_nested)?;
+    let fitted = &est.fit;
+
+    let stats = tiles.stats();
+    // K_N's features have their own budget: free the sample's before forming it.
+    tiles.clear_features();
+    let exact = match args.exact_n {
+        Some(n) => Some(exact_logdet(
+            &prepared,
+            n,
+            args,
+            progress,
+            &mut dist_log,
+            |x| fitted.predict(x),
+        )?),
+        None => None,
+    };
+    let report = RunReport {
+        estimate: EstimateJson::from_estimate(&est),
+        fit: FitJson::from_estimate(&est),
+        nested: nested.points.clone(),
+        kernel: kernel_meta(&prepared, &tiles, ns),
+        sample: SampleJson {
+            n: ns,
+            m: tiles.dim(),
+            order: args.md.order.as_str().to_string(),
+            seed: args.md.seed,
+        },
+        exact: exact.clone(),
+        timings: TimingsJson {
+            load: load_s,
+            features: stats.feature_seconds,
+            contractions: stats.contract_seconds,
+            factor: (factored.info.seconds.total - stats.feature_seconds - stats.contract_seconds)
+                .max(0.0),
+            fit: fit_s,
+            total: t0.elapsed().as_secs_f64(),
+        },
+        memory: MemoryJson {
+            max_mem,
+            memdet_peak_resident: factored.info.peak_resident_bytes,
+            feature_budget: feature_mem,
+            feature_bytes_per_example: stats.feature_bytes_per_example,
+            process_peak_rss: process_peak_rss(),
+        },
+        memdet: factored.info.clone(),
+    };
+    // The result goes to stdout first, so a failing write at the end loses nothing.
+    print_summary(&report, &prepared);
+    for (label, r) in &dist_log {
+        let slowest = |key: &str| {
+            r[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_f64())
+                .fold(0.0, f64::max)
+        };
+        println!(
+            "  ranks      {label}: grid {} ({} ranks), block {}; formation {:.1} s, factorisation {:.1} s \
+             ({:.1} GFLOP/s) on the slowest rank",
+            r["grid"].as_str().unwrap_or("?"),
+            r["ranks"],
+            r["block_size"],
+            slowest("formation_seconds"),
+            slowest("factor_seconds"),
+            r["factor_gflops"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    print!("{}", calibrated_and_warnings(&est));
+    if let Some(path) = &args.plot {
+        // The exact nested ℓ_k beyond the sample, when --exact-n computed them, ending at ℓ_N.
+        let exact_points: Vec<(usize, f64)> = exact
+            .iter()
+            .flat_map(|e| e.nested.iter().copied().filter(|p| p.0 > ns))
+            .collect();
+        plot_fit(path, &nested.points, fitted, target_n, &exact_points)?;
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &with_distributed(&report, &dist_log)?)?;
+    }
+    Ok(())
+}
+
+/// Check the arguments, load data and model, and build the sample's tile source (no kernel work yet).
+fn set_up(args: &RunArgs, progress: &dyn Progress, t0: Instant) -> Result<SetUp> {
     let ns = args.n_sample;
     check_outputs(&[
         ("--json", args.json.as_deref()),
@@ -68,7 +228,6 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
     }
     let target_n = args.target_n.unwrap_or(prepared.dataset.len());
     let load_s = t0.elapsed().as_secs_f64();
-
     let tiles = prepared.tiles(ns, &args.kernel, feature_mem as usize)?;
     crate::pipeline::budget::check_kernel_minimum(
         &tiles,
@@ -92,100 +251,45 @@ pub fn run(args: &RunArgs, progress: &dyn Progress) -> Result<()> {
             true,
         )?;
     }
-    let granule = tiles.granule();
-    let target_m = target_n * granule;
-    if target_m > tiles.num_params() {
-        crate::progress::notice(&format!(
-            "warning: the target kernel (n = {target_n}, m = {target_m}) exceeds p = {} parameters: K_n is singular \
-             and ℓ_n is meaningless there (SPEC §5); the extrapolation is reported anyway",
-            tiles.num_params()
-        ));
-    }
-    let checkpoint = checkpoint_for(
-        &args.ckpt,
-        Some("sample"),
-        kernel_identity(&prepared, &args.md, ns, &args.kernel),
-    );
-    let factored = factor(&tiles, args, memdet_mem, checkpoint, progress)?;
-    let nested = nested_logdets(&factored.pivots_logabs, &factored.pivot_signs, granule)?;
-    if let Some(k) = nested.signs.iter().position(|&s| s < 0.0) {
-        return Err(Error::Input(format!(
-            "det K_{} is negative: the kernel is not positive definite",
-            k + 1
-        )));
-    }
-
-    let t_fit = Instant::now();
-    progress.start("fit", 1);
-    let est = estimate(&nested.points, &opts, target_n)?;
-    progress.finish();
-    let fitted = &est.fit;
-    let fit_s = t_fit.elapsed().as_secs_f64();
-
-    let stats = tiles.stats();
-    // K_N's features have their own budget: free the sample's before forming it.
-    tiles.clear_features();
-    let exact = match args.exact_n {
-        Some(n) => Some(exact_logdet(&prepared, n, args, progress, |x| {
-            fitted.predict(x)
-        })?),
-        None => None,
-    };
-    let report = RunReport {
-        estimate: EstimateJson::from_estimate(&est),
-        fit: FitJson::from_estimate(&est),
-        nested: nested.points.clone(),
-        kernel: kernel_meta(&prepared, &tiles, ns),
-        sample: SampleJson {
-            n: ns,
-            m: tiles.dim(),
-            order: args.md.order.as_str().to_string(),
-            seed: args.md.seed,
-        },
-        exact: exact.clone(),
-        timings: TimingsJson {
-            load: load_s,
-            features: stats.feature_seconds,
-            contractions: stats.contract_seconds,
-            factor: (factored.info.seconds.total - stats.feature_seconds - stats.contract_seconds)
-                .max(0.0),
-            fit: fit_s,
-            total: t0.elapsed().as_secs_f64(),
-        },
-        memory: MemoryJson {
-            max_mem,
-            memdet_peak_resident: factored.info.peak_resident_bytes,
-            feature_budget: feature_mem,
-            feature_bytes_per_example: stats.feature_bytes_per_example,
-            process_peak_rss: process_peak_rss(),
-        },
-        memdet: factored.info.clone(),
-    };
-    // The result goes to stdout first, so a failing write at the end loses nothing.
-    print_summary(&report, &prepared);
-    print!("{}", calibrated_and_warnings(&est));
-    if let Some(path) = &args.plot {
-        // The exact nested ℓ_k beyond the sample, when --exact-n computed them, ending at ℓ_N.
-        let exact_points: Vec<(usize, f64)> = exact
-            .iter()
-            .flat_map(|e| e.nested.iter().copied().filter(|p| p.0 > ns))
-            .collect();
-        plot_fit(path, &nested.points, fitted, target_n, &exact_points)?;
-    }
-    if let Some(path) = &args.json {
-        write_json(path, &report)?;
-    }
-    Ok(())
+    Ok(SetUp {
+        opts,
+        max_mem,
+        feature_mem,
+        memdet_mem,
+        prepared,
+        target_n,
+        load_s,
+        tiles,
+    })
 }
 
-/// Factor the kernel of the sample with nested pivots (Cholesky, no pivoting).
+/// Factor the kernel of the sample with nested pivots (Cholesky, no pivoting): MEMDET, or under MPI the
+/// distributed factorisation (whose report is logged under `label`; followers get an empty result).
 fn factor(
-    source: &dyn TileSource,
+    source: &NtkTiles,
     args: &RunArgs,
     max_mem: u64,
     checkpoint: Option<Checkpoint>,
     progress: &dyn Progress,
+    (label, dist_log): (&'static str, &mut DistLog),
 ) -> Result<LogDet> {
+    #[cfg(feature = "mpi")]
+    if crate::pipeline::distributed::requested(&args.dist) {
+        let Some((result, report)) =
+            crate::pipeline::distributed::factor_for_run(source, &args.dist, max_mem)?
+        else {
+            return Ok(LogDet {
+                logdet: f64::NAN,
+                sign: 1.0,
+                pivots_logabs: Vec::new(),
+                pivot_signs: Vec::new(),
+                info: Default::default(),
+            });
+        };
+        dist_log.push((label, report));
+        return Ok(result);
+    }
+    let _ = (label, dist_log);
     let opts = MemdetOptions {
         assume: Assume::Spd,
         num_blocks: args.mem.num_blocks,
@@ -205,33 +309,59 @@ fn exact_outside(prepared: &Prepared, n: usize, args: &RunArgs) -> u64 {
     prepared.resident_bytes_in(n, precision) + prepared.input_bytes(args.n_sample, precision)
 }
 
-/// `--exact-n N`: form and factor K_N exactly (tiles streamed into MEMDET under the memory limit) and compare.
-fn exact_logdet(
+/// `--exact-n N`'s kernel: form and factor K_N (tiles streamed into MEMDET under the memory limit, or
+/// distributed under MPI); returns the factorisation, the tile source and the seconds taken.
+fn exact_factor(
     prepared: &Prepared,
     n: usize,
     args: &RunArgs,
     progress: &dyn Progress,
-    predict: impl Fn(f64) -> f64,
-) -> Result<ExactJson> {
+    dist_log: &mut DistLog,
+) -> Result<(LogDet, NtkTiles, f64)> {
     let t0 = Instant::now();
     let outside = exact_outside(prepared, n, args);
-    let (feature_mem, memdet_mem) = budget_split(&args.mem, outside)?;
-    let tiles: NtkTiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
-    crate::pipeline::budget::check_kernel_minimum(
-        &tiles,
-        None,
-        &args.mem.max_mem,
-        crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
-        (feature_mem, memdet_mem),
-        outside,
-        true,
-    )?;
+    let tiles = agreed(
+        budget_split(&args.mem, outside).and_then(|(feature_mem, memdet_mem)| {
+            let tiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
+            crate::pipeline::budget::check_kernel_minimum(
+                &tiles,
+                None,
+                &args.mem.max_mem,
+                crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
+                (feature_mem, memdet_mem),
+                outside,
+                true,
+            )?;
+            Ok((tiles, memdet_mem))
+        }),
+    );
+    let (tiles, memdet_mem) = tiles?;
     let checkpoint = checkpoint_for(
         &args.ckpt,
         Some("exact-n"),
         kernel_identity(prepared, &args.md, n, &args.kernel),
     );
-    let result = factor(&tiles, args, memdet_mem, checkpoint, progress)?;
+    let result = factor(
+        &tiles,
+        args,
+        memdet_mem,
+        checkpoint,
+        progress,
+        ("exact", dist_log),
+    )?;
+    Ok((result, tiles, t0.elapsed().as_secs_f64()))
+}
+
+/// `--exact-n N`: form and factor K_N exactly and compare with the fit's prediction.
+fn exact_logdet(
+    prepared: &Prepared,
+    n: usize,
+    args: &RunArgs,
+    progress: &dyn Progress,
+    dist_log: &mut DistLog,
+    predict: impl Fn(f64) -> f64,
+) -> Result<ExactJson> {
+    let (result, tiles, seconds) = exact_factor(prepared, n, args, progress, dist_log)?;
     let nested = nested_logdets(&result.pivots_logabs, &result.pivot_signs, tiles.granule())?;
     let stats = tiles.stats();
     let predicted = predict(n as f64);
@@ -243,11 +373,29 @@ fn exact_logdet(
         predicted,
         relative_error: err / result.logdet.abs(),
         error_per_eigenvalue: err / tiles.dim() as f64,
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds,
         features_seconds: stats.feature_seconds,
         contractions_seconds: stats.contract_seconds,
         nested: nested.points,
     })
+}
+
+/// The report as JSON, with the distributed factorisations' `grid`, `ranks` and `distributed: {sample,
+/// exact}` (per-rank formation and factorisation seconds, GFLOP/s, BLAS, features shared) when there were
+/// any.
+fn with_distributed(report: &RunReport, dist_log: &DistLog) -> Result<serde_json::Value> {
+    let mut doc = serde_json::to_value(report)
+        .map_err(|e| Error::Internal(format!("cannot serialise the run report: {e}")))?;
+    if let Some((_, first)) = dist_log.first() {
+        doc["grid"] = first["grid"].clone();
+        doc["ranks"] = first["ranks"].clone();
+        doc["distributed"] = dist_log
+            .iter()
+            .map(|(label, r)| (label.to_string(), r.clone()))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
+    Ok(doc)
 }
 
 /// The short terminal table.

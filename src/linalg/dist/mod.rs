@@ -35,6 +35,9 @@ pub struct DistOptions {
     pub scale: f64,
     /// The diagonal shift.
     pub shift: f64,
+    /// Seconds this rank already spent forming its share before the call (e.g. computing and exchanging
+    /// NTK features), added to its reported formation time.
+    pub prior_formation_seconds: f64,
 }
 
 /// The result on rank 0 (other ranks get `None`).
@@ -108,6 +111,11 @@ pub fn world() -> Result<SimpleCommunicator> {
     })
 }
 
+/// True once this process has started MPI (a distributed command is running).
+pub fn is_active() -> bool {
+    UNIVERSE.with(|u| u.borrow().is_some())
+}
+
 /// True on every rank but 0 of an MPI job (false when MPI was not started).
 pub fn is_follower() -> bool {
     UNIVERSE.with(|u| u.borrow().as_ref().is_some_and(|u| u.world().rank() != 0))
@@ -123,9 +131,34 @@ pub fn finalize() {
     });
 }
 
-/// Agree on failure across ranks: if any rank has `Err`, every rank returns an error; the lowest failing
-/// rank returns its own (to be printed), the others [`Error::Reported`].
-fn agree<T>(world: &SimpleCommunicator, local: Result<T>) -> Result<T> {
+/// Ranks of this job on this node, from the launcher's environment (Open MPI's
+/// `OMPI_COMM_WORLD_LOCAL_SIZE`, MPICH/Hydra's `MPI_LOCALNRANKS`), if it says.
+pub fn local_ranks() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+}
+
+/// Ask OpenBLAS, when it is the BLAS this process mapped, to use `threads` threads in ScaLAPACK's local
+/// BLAS calls (found at run time, so a build against another BLAS still links); false when there is no
+/// OpenBLAS.
+pub fn set_blas_threads(threads: usize) -> bool {
+    // SAFETY: dlsym with RTLD_DEFAULT only looks a name up in the loaded objects.
+    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"openblas_set_num_threads".as_ptr()) };
+    if sym.is_null() {
+        return false;
+    }
+    // SAFETY: OpenBLAS declares `void openblas_set_num_threads(int)`.
+    let set: extern "C" fn(std::os::raw::c_int) = unsafe { std::mem::transmute(sym) };
+    set(threads.clamp(1, 1 << 16) as std::os::raw::c_int);
+    true
+}
+
+/// Agree on failure across ranks (a collective: every rank must call it at the same point): if any rank
+/// has `Err`, every rank returns an error; the lowest failing rank returns its own (to be printed), the
+/// others [`Error::Reported`] with its exit code.
+pub fn agree<T>(world: &SimpleCommunicator, local: Result<T>) -> Result<T> {
     let mine: i32 = if local.is_err() {
         world.rank()
     } else {
@@ -133,21 +166,51 @@ fn agree<T>(world: &SimpleCommunicator, local: Result<T>) -> Result<T> {
     };
     let mut first = i32::MAX;
     world.all_reduce_into(&mine, &mut first, SystemOperation::min());
+    if first == i32::MAX {
+        return local;
+    }
+    let mut code: i32 = match &local {
+        Err(e) if first == world.rank() => e.exit_code(),
+        _ => 0,
+    };
+    world.process_at_rank(first).broadcast_into(&mut code);
     match local {
         Err(e) if first == world.rank() => Err(e),
-        _ if first != i32::MAX => Err(Error::Reported(2)),
-        ok => ok,
+        _ => Err(Error::Reported(code)),
     }
 }
 
-/// Factor `source` (symmetric positive definite) on the process grid and return ln det on rank 0.
-pub fn distributed_cholesky(
-    source: &dyn TileSource,
-    opts: &DistOptions,
-) -> Result<Option<DistLogDet>> {
+/// The blocks `(I, J)`, I ≥ J, of the lower triangle of an m × m matrix in blocks of `nb` that grid position
+/// `(row, col)` of a P × Q grid owns in the 2-D block-cyclic layout (block row I on grid row I mod P, block
+/// column J on grid column J mod Q), column by column.
+pub fn owned_blocks(
+    m: usize,
+    nb: usize,
+    (p, q): (usize, usize),
+    (row, col): (usize, usize),
+) -> impl Iterator<Item = (usize, usize)> {
+    let blocks = m.div_ceil(nb.max(1));
+    (0..blocks)
+        .filter(move |bj| bj % q == col)
+        .flat_map(move |bj| {
+            (bj..blocks)
+                .filter(move |bi| bi % p == row)
+                .map(move |bi| (bi, bj))
+        })
+}
+
+/// The grid position of `rank` on a P × Q grid: BLACS's row-major order (`blacs_gridinit` with "R").
+pub fn grid_position(rank: usize, (_p, q): (usize, usize)) -> (usize, usize) {
+    (rank / q, rank % q)
+}
+
+/// Check before any work, on every rank, that the grid matches the job, that the block size is a multiple
+/// of the granule and that this rank's block-cyclic share of an m × m matrix plus `opts.reserved` fits in
+/// `opts.max_mem` (a collective: the job fails as one, with the lowest failing rank's message). Returns
+/// the local share's (rows, columns).
+pub fn check_plan(m: usize, granule: usize, opts: &DistOptions) -> Result<(usize, usize)> {
     let world = &world()?;
     let ranks = world.size() as usize;
-    let m = source.dim();
     let nb = opts.block_size;
     let (p, q) = opts.grid;
     let plan = if p * q != ranks {
@@ -155,21 +218,19 @@ pub fn distributed_cholesky(
             "--grid {p}x{q} needs {} ranks, the job has {ranks}",
             p * q
         )))
-    } else if nb == 0 || nb % source.granule() != 0 {
+    } else if nb == 0 || nb % granule.max(1) != 0 {
         Err(Error::Usage(format!(
-            "--block-size {nb} must be a positive multiple of the source's granule {} (blocks never split an \
-             example's logits)",
-            source.granule()
+            "--block-size {nb} must be a positive multiple of the source's granule {granule} (blocks never split \
+             an example's logits)"
         )))
     } else {
         Ok(())
     };
     agree(world, plan)?;
-    let grid = Grid::new(p, q);
-    let locr = Grid::numroc(m, nb, grid.myrow, p);
-    let locc = Grid::numroc(m, nb, grid.mycol, q);
+    let (myrow, mycol) = grid_position(world.rank() as usize, (p, q));
+    let locr = Grid::numroc(m, nb, myrow, p);
+    let locc = Grid::numroc(m, nb, mycol, q);
     let local_bytes = (locr * locc * 8) as u64;
-    // Budget: every rank checks its own share before any work.
     let budget = if local_bytes + opts.reserved > opts.max_mem {
         let need =
             ((m * m * 8) as f64 / opts.max_mem.saturating_sub(opts.reserved).max(1) as f64).ceil();
@@ -185,6 +246,33 @@ pub fn distributed_cholesky(
         Ok(())
     };
     agree(world, budget)?;
+    Ok((locr, locc))
+}
+
+/// Factor `source` (symmetric positive definite) on the process grid and return ln det on rank 0.
+pub fn distributed_cholesky(
+    source: &dyn TileSource,
+    opts: &DistOptions,
+) -> Result<Option<DistLogDet>> {
+    let world = &world()?;
+    let ranks = world.size() as usize;
+    let m = source.dim();
+    let nb = opts.block_size;
+    let (p, q) = opts.grid;
+    let (locr, locc) = check_plan(m, source.granule(), opts)?;
+    let local_bytes = (locr * locc * 8) as u64;
+    let grid = Grid::new(p, q);
+    let placed = if (grid.myrow, grid.mycol) == grid_position(world.rank() as usize, (p, q)) {
+        Ok(())
+    } else {
+        Err(Error::Internal(format!(
+            "BLACS placed rank {} at grid position ({}, {}), not in row-major order as planned",
+            world.rank(),
+            grid.myrow,
+            grid.mycol
+        )))
+    };
+    agree(world, placed)?;
 
     let t0 = Instant::now();
     let mut local = vec![0.0f64; locr.max(1) * locc];
@@ -196,7 +284,7 @@ pub fn distributed_cholesky(
         &mut local,
     );
     agree(world, filled)?;
-    let formation = t0.elapsed().as_secs_f64();
+    let formation = opts.prior_formation_seconds + t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
     let info = grid.pdpotrf_lower(m, nb, &mut local, locr.max(1));
@@ -271,28 +359,24 @@ fn fill_local(
     local: &mut [f64],
 ) -> Result<()> {
     let (p, q) = (grid.nprow, grid.npcol);
-    let blocks = m.div_ceil(nb);
-    for bj in (0..blocks).filter(|b| b % q == grid.mycol) {
-        for bi in (bj..blocks).filter(|b| b % p == grid.myrow) {
-            let rows = bi * nb..(bi * nb + nb).min(m);
-            let cols = bj * nb..(bj * nb + nb).min(m);
-            let mut tile = Mat::<f64>::zeros(cols.len(), rows.len());
-            source.fill(cols.clone(), rows.clone(), tile.as_mut())?;
-            let (lr0, lc0) = ((bi / p) * nb, (bj / q) * nb);
-            for c in 0..cols.len() {
-                for r in 0..rows.len() {
-                    let v = tile[(c, r)];
-                    if !v.is_finite() {
-                        return Err(Error::Input(format!(
-                            "non-finite value {v} at ({}, {}) in tile rows {cols:?} x cols {rows:?}",
-                            cols.start + c,
-                            rows.start + r
-                        )));
-                    }
-                    let diagonal = rows.start + r == cols.start + c;
-                    local[(lr0 + r) + (lc0 + c) * lld] =
-                        scale * v + if diagonal { shift } else { 0.0 };
+    for (bi, bj) in owned_blocks(m, nb, (p, q), (grid.myrow, grid.mycol)) {
+        let rows = bi * nb..(bi * nb + nb).min(m);
+        let cols = bj * nb..(bj * nb + nb).min(m);
+        let mut tile = Mat::<f64>::zeros(cols.len(), rows.len());
+        source.fill(cols.clone(), rows.clone(), tile.as_mut())?;
+        let (lr0, lc0) = ((bi / p) * nb, (bj / q) * nb);
+        for c in 0..cols.len() {
+            for r in 0..rows.len() {
+                let v = tile[(c, r)];
+                if !v.is_finite() {
+                    return Err(Error::Input(format!(
+                        "non-finite value {v} at ({}, {}) in tile rows {cols:?} x cols {rows:?}",
+                        cols.start + c,
+                        rows.start + r
+                    )));
                 }
+                let diagonal = rows.start + r == cols.start + c;
+                local[(lr0 + r) + (lc0 + c) * lld] = scale * v + if diagonal { shift } else { 0.0 };
             }
         }
     }

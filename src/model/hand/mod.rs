@@ -280,7 +280,18 @@ impl<T: Real> HandPass<T> {
                 let (dw, rest) = grads[f..].split_at_mut(1);
                 let db = c.bias.as_ref().map(|_| &mut rest[0][..]);
                 let saved = Some(&self.saved_cols[k][..]);
-                conv::backward(x, p(0), &dy, &g, n, saved, &mut self.scratch, &mut dw[0], db, dx);
+                conv::backward(
+                    x,
+                    p(0),
+                    &dy,
+                    &g,
+                    n,
+                    saved,
+                    &mut self.scratch,
+                    &mut dw[0],
+                    db,
+                    dx,
+                );
             }
             Op::Linear(l) => {
                 let f = first.expect("linear parameters");

@@ -1,0 +1,205 @@
+//! NTK features shared between ranks: each feature chunk is computed once, by one of the ranks whose
+//! blocks need it, and sent to the others that need it, instead of every rank computing the features of
+//! every example its block rows and columns touch (with a 1 × 2 grid, nearly all of them: twice the
+//! work). The plan is a pure function of the layout, so every rank computes the same plan without talking.
+//!
+//! Sharing needs every rank's needed chunks to fit in its feature cache at once (they are held until the
+//! rank's tiles are formed); when they do not, every rank forms its tiles on demand as single-process
+//! MEMDET would (features recomputed where the cache is too small), and the report says so.
+
+use crate::linalg::dist::{agree, grid_position, owned_blocks};
+use crate::ntk::features::Features;
+use crate::ntk::{wire, NtkTiles};
+use crate::{Error, Result};
+use mpi::collective::SystemOperation;
+use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::traits::*;
+use std::time::Instant;
+
+/// Values per MPI message: 2^27 f64 (1 GiB), well inside MPI's `int` counts.
+const PIECE: usize = 1 << 27;
+
+/// What the sharing did on this rank.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ShareInfo {
+    /// Whether features were shared (false: every rank formed its tiles on demand).
+    pub shared: bool,
+    /// Chunks this rank computed.
+    pub computed_chunks: usize,
+    /// Chunks this rank received from others.
+    pub received_chunks: usize,
+    /// Chunk copies this rank sent.
+    pub sent_chunks: usize,
+    /// Seconds computing and exchanging features.
+    pub seconds: f64,
+    /// Of those, seconds computing this rank's chunks.
+    pub compute_seconds: f64,
+    /// Of those, seconds waiting for the other ranks to finish computing theirs.
+    pub wait_seconds: f64,
+    /// Of those, seconds sending and receiving chunks (the exchange).
+    pub exchange_seconds: f64,
+}
+
+/// The sharing plan for a grid: which chunks each rank needs, and which rank computes each chunk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharePlan {
+    /// `needs[r][c]`: rank r's blocks touch chunk c.
+    pub needs: Vec<Vec<bool>>,
+    /// The rank that computes chunk c (`None` when no rank needs it).
+    pub owner: Vec<Option<usize>>,
+}
+
+/// The plan for `tiles` laid out in blocks of `nb` rows on a P × Q `grid`: every rank needs the chunks of
+/// its owned blocks' rows and columns; each chunk goes to the rank needing it that has computed the fewest
+/// examples so far (ties to the lowest rank), which balances the feature work.
+pub fn plan(tiles: &NtkTiles, nb: usize, grid: (usize, usize)) -> SharePlan {
+    let ranks = grid.0 * grid.1;
+    let chunks = tiles.num_chunks();
+    let m = crate::linalg::TileSource::dim(tiles);
+    let needs: Vec<Vec<bool>> = (0..ranks)
+        .map(|r| {
+            let mut need = vec![false; chunks];
+            for (bi, bj) in owned_blocks(m, nb, grid, grid_position(r, grid)) {
+                for b in [bi, bj] {
+                    for c in tiles.chunks_of_rows(b * nb..(b * nb + nb).min(m)) {
+                        need[c] = true;
+                    }
+                }
+            }
+            need
+        })
+        .collect();
+    let mut load = vec![0usize; ranks];
+    let owner = (0..chunks)
+        .map(|c| {
+            let best = (0..ranks)
+                .filter(|&r| needs[r][c])
+                .min_by_key(|&r| load[r])?;
+            load[best] += tiles.chunk_bytes(c);
+            Some(best)
+        })
+        .collect();
+    SharePlan { needs, owner }
+}
+
+/// Compute this rank's chunks of the plan and exchange them, so that every rank's cache holds every chunk
+/// its blocks need (a collective; a failure on any rank fails every rank).
+pub fn share_features(
+    world: &SimpleCommunicator,
+    tiles: &NtkTiles,
+    nb: usize,
+    grid: (usize, usize),
+) -> Result<ShareInfo> {
+    let t0 = Instant::now();
+    let me = world.rank() as usize;
+    let plan = plan(tiles, nb, grid);
+    let bytes_needed = |r: usize| -> usize {
+        (0..tiles.num_chunks())
+            .filter(|&c| plan.needs[r][c])
+            .map(|c| tiles.chunk_bytes(c))
+            .sum()
+    };
+    // Every rank's needed chunks must fit its cache (the same budget on every rank; agreed all the same).
+    let fits_here = i32::from(bytes_needed(me) <= tiles.feature_budget());
+    let mut fits = 0;
+    world.all_reduce_into(&fits_here, &mut fits, SystemOperation::min());
+    if fits == 0 {
+        return Ok(ShareInfo::default());
+    }
+    let mut info = ShareInfo {
+        shared: true,
+        ..ShareInfo::default()
+    };
+    // Phase 1: every rank computes its own chunks, all ranks at once.
+    let mine: Vec<usize> = (0..plan.owner.len())
+        .filter(|&c| plan.owner[c] == Some(me))
+        .collect();
+    let computed: Result<Vec<(usize, Features)>> = mine
+        .iter()
+        .map(|&c| Ok((c, tiles.compute_chunk(c)?)))
+        .collect();
+    info.compute_seconds = t0.elapsed().as_secs_f64();
+    let mut computed = agree(world, computed)?.into_iter().peekable();
+    info.wait_seconds = t0.elapsed().as_secs_f64() - info.compute_seconds;
+    info.computed_chunks = mine.len();
+    // Phase 2: chunk by chunk, in the same order on every rank, the owner sends to every other rank that
+    // needs it (blocking sends; a rank waits only on ranks at the same chunk, so no cycle can form). A
+    // local failure is kept and agreed on at the end, so no rank leaves the exchange early.
+    let mut failure: Result<()> = Ok(());
+    for (c, owner) in plan.owner.iter().enumerate() {
+        let Some(owner) = *owner else { continue };
+        if owner == me {
+            let Some((_, feats)) = computed.next_if(|(k, _)| *k == c) else {
+                return Err(Error::Internal(format!("chunk {c} was not computed here")));
+            };
+            for r in (0..plan.needs.len()).filter(|&r| r != me && plan.needs[r][c]) {
+                send(world, r, &feats);
+                info.sent_chunks += 1;
+            }
+            if plan.needs[me][c] && failure.is_ok() {
+                failure = tiles.insert_chunk(c, feats);
+            }
+        } else if plan.needs[me][c] {
+            let received = receive(world, owner);
+            info.received_chunks += 1;
+            if failure.is_ok() {
+                failure = received.and_then(|f| tiles.insert_chunk(c, f));
+            }
+        }
+    }
+    agree(world, failure)?;
+    info.seconds = t0.elapsed().as_secs_f64();
+    info.exchange_seconds = info.seconds - info.compute_seconds - info.wait_seconds;
+    Ok(info)
+}
+
+/// Send `feats` to rank `to`: the header's length and the number of value messages, the header, then
+/// every value array in pieces of at most [`PIECE`] values, straight from the features (no packed copy).
+fn send(world: &SimpleCommunicator, to: usize, feats: &Features) {
+    let dest = world.process_at_rank(to as i32);
+    let header = wire::header(feats);
+    let values = wire::values(feats);
+    let messages: usize = values.iter().map(|v| v.len().div_ceil(PIECE)).sum();
+    dest.send(&[header.len() as u64, messages as u64][..]);
+    dest.send(&header[..]);
+    for values in values {
+        for piece in values.chunks(PIECE) {
+            dest.send(piece);
+        }
+    }
+}
+
+/// Receive what [`send`] sent from rank `from`, straight into features of the header's sizes. Every
+/// message is received even when the header cannot be read (then into scratch), so the sender never
+/// waits on a receive that is not posted.
+fn receive(world: &SimpleCommunicator, from: usize) -> Result<Features> {
+    let src = world.process_at_rank(from as i32);
+    let mut counts = [0u64; 2];
+    src.receive_into(&mut counts[..]);
+    let mut header = vec![0.0f64; counts[0] as usize];
+    src.receive_into(&mut header[..]);
+    let mut feats = match wire::from_header(&header) {
+        Ok(f) => f,
+        Err(e) => {
+            let mut scratch = vec![0.0f64; PIECE];
+            for _ in 0..counts[1] {
+                src.receive_into(&mut scratch[..]);
+            }
+            return Err(e);
+        }
+    };
+    let mut messages = 0u64;
+    for values in wire::values_mut(&mut feats) {
+        for piece in values.chunks_mut(PIECE) {
+            src.receive_into(piece);
+            messages += 1;
+        }
+    }
+    if messages != counts[1] {
+        return Err(Error::Internal(format!(
+            "features from rank {from}: {messages} value messages for a header announcing {}",
+            counts[1]
+        )));
+    }
+    Ok(feats)
+}
