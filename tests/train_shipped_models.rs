@@ -80,13 +80,19 @@ fn resnet9_mnist_matches_models_readme() {
     check("resnet9-mnist.safetensors");
 }
 
+/// Every protocol-trained model models/README.md lists (its `### NAME.safetensors` sections above the earlier
+/// models) is in `models/` with that sha256 and that accuracy.
 #[test]
 fn protocol_trained_models_match_models_readme() {
-    for file in [
-        "resnet9-mnist-s0.safetensors",
-        "resnet9-mnist-s1.safetensors",
-        "mobilenet-mnist-s0.safetensors",
-    ] {
-        check(file);
+    let text = std::fs::read_to_string(models_dir().join("README.md")).unwrap();
+    let protocol = text.split("## Earlier models").next().unwrap();
+    let files: Vec<&str> = protocol
+        .split("\n### ")
+        .skip(1)
+        .filter_map(|s| s.lines().next())
+        .collect();
+    assert!(files.len() >= 3, "models/README.md lists {files:?}");
+    for file in files {
+        check(file.trim());
     }
 }
