@@ -47,29 +47,21 @@ pub fn forward<T: Real>(f: Pointwise, x: &[T], y: &mut [T]) {
 
 /// dx = f'(x)·dy, replaced or added (`add`); `x` is the input and `y` the output of the forward pass.
 pub fn backward<T: Real>(f: Pointwise, x: &[T], y: &[T], dy: &[T], dx: &mut [T], add: bool) {
-    match (f, add) {
-        (Pointwise::Relu, false) => zip3(x, y, dy, dx, |_, y, d, o| {
-            *o = if y > T::ZERO { d } else { T::ZERO }
-        }),
-        (Pointwise::Relu, true) => zip3(x, y, dy, dx, |_, y, d, o| {
-            if y > T::ZERO {
-                *o += d
-            }
-        }),
-        (Pointwise::Tanh, add) => zip3(x, y, dy, dx, |_, y, d, o| {
-            put(o, d * (T::from(1.0) - y * y), add)
-        }),
-        (Pointwise::Gelu, add) => zip3(x, y, dy, dx, |x, _, d, o| {
-            let v = x.to_f64();
-            let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
-            put(o, d * T::from_f64(phi(v) + v * pdf), add)
-        }),
-        (Pointwise::Identity, add) => pass_through(dy, dx, add),
-    }
+    dx.par_chunks_mut(CHUNK).enumerate().for_each(|(j, o)| {
+        let (at, len) = (j * CHUNK, o.len());
+        backward_block(
+            f,
+            &x[at..][..len],
+            &y[at..][..len],
+            &dy[at..][..len],
+            o,
+            add,
+        );
+    });
 }
 
 /// [`backward`] on one block, on the calling thread (the NTK reverse pass calls it once per (channel, row)
-/// block from its own parallel loop).
+/// block from its own parallel loop; [`backward`] once per parallel chunk).
 pub fn backward_block<T: Real>(f: Pointwise, x: &[T], y: &[T], dy: &[T], dx: &mut [T], add: bool) {
     let mut each = |g: &dyn Fn(T, T, T) -> T| {
         for i in 0..dx.len() {
@@ -96,19 +88,6 @@ pub fn backward_block<T: Real>(f: Pointwise, x: &[T], y: &[T], dy: &[T], dx: &mu
             }
         }
     }
-}
-
-/// Apply `f(x, y, dy, &mut dx)` element by element, in parallel chunks (one monomorphic loop per rule, so
-/// the compiler can vectorise it).
-fn zip3<T: Real>(x: &[T], y: &[T], dy: &[T], dx: &mut [T], f: impl Fn(T, T, T, &mut T) + Sync) {
-    dx.par_chunks_mut(CHUNK).enumerate().for_each(|(j, o)| {
-        let at = j * CHUNK;
-        let len = o.len();
-        let (x, y, dy) = (&x[at..][..len], &y[at..][..len], &dy[at..][..len]);
-        for i in 0..len {
-            f(x[i], y[i], dy[i], &mut o[i]);
-        }
-    });
 }
 
 /// y = Σ inputs (all of y's length).
