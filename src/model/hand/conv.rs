@@ -6,7 +6,7 @@
 
 use super::plan::ConvShape;
 use super::product::{product, Operand};
-use super::real::Real;
+use super::real::{resize_exact, Real};
 use rayon::prelude::*;
 
 /// Output columns `ox` whose input column `ox·s + b − p` lies inside a row of width `w`.
@@ -105,9 +105,14 @@ pub struct ConvScratch<T> {
 impl<T: Real> ConvScratch<T> {
     fn ensure(&mut self, len: usize) {
         if self.cols.len() < len {
-            self.cols.resize(len, T::ZERO);
-            self.dcols.resize(len, T::ZERO);
+            resize_exact(&mut self.cols, len);
+            resize_exact(&mut self.dcols, len);
         }
+    }
+
+    /// Values held (allocated capacities), for [`super::HandPass::held_bytes`].
+    pub fn held_values(&self) -> usize {
+        self.cols.capacity() + self.dcols.capacity() + self.small.capacity()
     }
 }
 
@@ -139,7 +144,7 @@ pub fn forward<T: Real>(
             } else {
                 let cols = match keep.as_mut() {
                     Some(saved) => {
-                        saved.resize(g.groups * kg * nu, T::ZERO);
+                        resize_exact(saved, g.groups * kg * nu);
                         &mut saved[group * kg * nu..][..kg * nu]
                     }
                     None => {
@@ -226,7 +231,7 @@ fn weight_grad<T: Real>(
 ) {
     let (kg, cog) = (cols.rows(), dy.rows());
     if small.len() < kg * cog {
-        small.resize(kg * cog, T::ZERO);
+        resize_exact(small, kg * cog);
     }
     product(small, cols, dy.t(), false);
     transpose_into(small, kg, cog, dw);

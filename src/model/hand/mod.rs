@@ -68,6 +68,24 @@ impl<T: Real> HandPass<T> {
         &self.plan
     }
 
+    /// Bytes of every buffer the pass holds now (allocated capacities): what [`Plan::train_bytes`],
+    /// [`Plan::eval_bytes`] and [`Plan::reverse_bytes`] count before the pass runs.
+    pub fn held_bytes(&self) -> usize {
+        let values: usize = self
+            .act
+            .iter()
+            .chain(&self.grad)
+            .chain(&self.saved_cols)
+            .map(Vec::capacity)
+            .sum();
+        let stats: usize = self
+            .stats
+            .iter()
+            .map(|s| s.mean.capacity() + s.inv_std.capacity() + s.var_unbiased.capacity())
+            .sum();
+        (values + self.scratch.held_values()) * std::mem::size_of::<T>() + 8 * stats
+    }
+
     /// Batch statistics of every BatchNorm node of the last step, in node order (with the node index).
     pub fn batch_stats(&self) -> impl Iterator<Item = (usize, &NormStats)> {
         self.plan
@@ -172,8 +190,8 @@ impl<T: Real> HandPass<T> {
             return;
         }
         for (k, s) in self.plan.shapes.iter().enumerate() {
-            self.act[k].resize(n * s.len(), T::ZERO);
-            self.grad[k].resize(n * s.len(), T::ZERO);
+            real::resize_exact(&mut self.act[k], n * s.len());
+            real::resize_exact(&mut self.grad[k], n * s.len());
         }
         self.batch = n;
     }

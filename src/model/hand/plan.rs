@@ -227,6 +227,102 @@ impl Plan {
     pub fn batch_norms(&self) -> usize {
         self.bn_slot.iter().flatten().count()
     }
+
+    /// Bytes a [`super::HandPass`] of element type `T` holds once its last train-mode step
+    /// ([`super::HandPass::gradients`]) ran at batch `n` and no larger batch ran before: activations and
+    /// gradients of every node, each lowered convolution's saved patch matrices, the shared patch-matrix
+    /// scratch and its gradient, the weight-gradient transpose buffer, the BatchNorm statistics. What
+    /// [`super::HandPass::held_bytes`] reports (the `hand_memory` tests check the two agree).
+    pub fn train_bytes<T>(&self, n: usize) -> usize {
+        let lowered = self.lowered();
+        let saved: usize = lowered
+            .clone()
+            .map(|g| g.groups * g.patch_len() * n * g.positions())
+            .sum();
+        let scratch = lowered
+            .map(|g| g.patch_len() * n * g.positions())
+            .max()
+            .unwrap_or(0);
+        let small = self
+            .convs
+            .iter()
+            .flatten()
+            .filter(|g| !g.is_depthwise())
+            .map(|g| g.patch_len() * g.c_out_group())
+            .max()
+            .unwrap_or(0);
+        let elems = 2 * n * self.values_per_example() + saved + 2 * scratch + small;
+        elems * std::mem::size_of::<T>() + self.stats_bytes()
+    }
+
+    /// Bytes a pass holds once eval-mode forwards ([`super::HandPass::logits_eval`]) ran at batches of at
+    /// most `n` (and nothing else ran): activations and (unused, but sized with them) gradients of every
+    /// node, the patch-matrix scratch and its gradient, the BatchNorm statistics.
+    pub fn eval_bytes<T>(&self, n: usize) -> usize {
+        let scratch = self
+            .lowered()
+            .map(|g| g.patch_len() * n * g.positions())
+            .max()
+            .unwrap_or(0);
+        (2 * n * self.values_per_example() + 2 * scratch) * std::mem::size_of::<T>()
+            + self.stats_bytes()
+    }
+
+    /// Bytes a pass holds once the NTK's reverse passes ([`super::HandPass::reverse_rows`]) ran on at most
+    /// `n` examples of `r` rows each (and nothing else ran): activations for `n`, gradients for `n·r` rows,
+    /// the patch-matrix scratch and its gradient (the eval-mode forward's `n` examples, or the input
+    /// gradient's `n·r` rows of each lowered convolution whose input needs a gradient), the BatchNorm
+    /// statistics. `network` is the one the plan was made for.
+    pub fn reverse_bytes<T>(&self, network: &Network, n: usize, r: usize) -> usize {
+        let forward = self
+            .lowered()
+            .map(|g| g.patch_len() * n * g.positions())
+            .max()
+            .unwrap_or(0);
+        let reverse = self
+            .convs
+            .iter()
+            .enumerate()
+            .filter_map(|(k, g)| g.map(|g| (k, g)))
+            .filter(|(k, g)| {
+                let input = network.nodes[*k].inputs.first().copied();
+                self.lowers(g) && input.is_some_and(|i| self.needs_grad[i])
+            })
+            .map(|(_, g)| g.patch_len() * n * r.max(1) * g.positions())
+            .max()
+            .unwrap_or(0);
+        let values = self.values_per_example();
+        let elems = n * values + n * r.max(1) * values + 2 * forward.max(reverse);
+        elems * std::mem::size_of::<T>() + self.stats_bytes()
+    }
+
+    /// Values of every node's output for one example (node 0, the input, included).
+    fn values_per_example(&self) -> usize {
+        self.shapes.iter().map(Shape::len).sum()
+    }
+
+    /// Whether a convolution runs through a patch matrix (not 1×1 stride 1, not depthwise).
+    fn lowers(&self, g: &ConvShape) -> bool {
+        !g.is_pointwise() && !g.is_depthwise()
+    }
+
+    /// The convolutions that run through a patch matrix.
+    fn lowered(&self) -> impl Iterator<Item = &ConvShape> + Clone {
+        self.convs.iter().flatten().filter(|g| self.lowers(g))
+    }
+
+    /// Bytes of the BatchNorm statistics: three f64 values per channel of each BatchNorm node.
+    fn stats_bytes(&self) -> usize {
+        self.bn_slot
+            .iter()
+            .zip(&self.shapes)
+            .filter(|(slot, _)| slot.is_some())
+            .map(|(_, s)| match s {
+                Shape::Map { c, .. } => 3 * 8 * c,
+                Shape::Flat(f) => 3 * 8 * f,
+            })
+            .sum()
+    }
 }
 
 /// The geometry of convolution node `k` on an input map `[C, H, W]`.
