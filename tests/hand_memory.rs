@@ -71,7 +71,7 @@ fn a_training_step_holds_what_the_plan_counts() {
         }
         assert_eq!(
             pass.held_bytes(),
-            pass.plan().train_bytes::<f32>(6),
+            pass.plan().train_bytes::<f32>(&net, 6),
             "{}",
             net.arch
         );

@@ -129,17 +129,27 @@ impl NtkTiles {
             DType::F64 => crate::model::hand::Plan::new(&network).ok(),
             _ => None,
         };
-        let (micro, least_working) = match &hand {
-            Some(h) => (
-                working::hand_micro(h, &network, &plan, chunk, logits, working),
-                working::hand_working_bytes(h, &network, &plan, 1, 1, logits),
-            ),
+        let (micro, least_working, used) = match &hand {
+            Some(h) => {
+                let micro = working::hand_micro(h, &network, &plan, chunk, logits, working);
+                (
+                    micro,
+                    working::hand_working_bytes(h, &network, &plan, 1, 1, logits),
+                    working::hand_working_bytes(h, &network, &plan, chunk, micro, logits),
+                )
+            }
             None => {
                 let act_bytes: usize = cache.iter().map(|t| t.elem_count() * 8).sum();
                 let micro = (working / (3 * act_bytes * rows).max(1)).clamp(1, working::MOST_MICRO);
-                (micro, 0)
+                (micro, 0, 0)
             }
         };
+        // A working set larger than its third (one example's of a large network) is taken from the cache.
+        let cache_budget = feature_budget
+            .saturating_sub(used.saturating_sub(feature_budget / 3))
+            .max(plan.bytes_per_example);
+        let chunk =
+            chunk.min((cache_budget / (CHUNKS_PER_BUDGET * plan.bytes_per_example).max(1)).max(1));
         let params = network.num_params();
         let stats = NtkStats {
             chunk_examples: chunk,
@@ -160,18 +170,21 @@ impl NtkTiles {
             cache: Mutex::new(FeatureCache {
                 entries: Vec::new(),
                 bytes: 0,
-                budget: feature_budget,
+                budget: cache_budget,
             }),
             stats: Mutex::new(stats),
         })
     }
 
     /// The least feature budget (the `feature_budget` of [`NtkTiles::new`]) the source keeps to: a
-    /// contraction holds two chunks of at least one example each, and the hand-written pass's working set
-    /// for one example (counted by `working::hand_working_bytes`) fits the third of the budget it gets.
-    /// (Candle's pass, estimated only, runs one example at a time below its third: not part of the least.)
+    /// contraction holds two chunks of at least one example each, beside the hand-written pass's working
+    /// set for one example (counted by `working::hand_working_bytes`), which gets a third of the budget on
+    /// top and takes the rest from the cache. (Candle's pass, estimated only, runs one example at a time
+    /// below its third: not part of the least.)
     pub fn min_feature_budget(&self) -> usize {
-        (2 * self.plan.bytes_per_example).max(3 * self.least_working)
+        let two = 2 * self.plan.bytes_per_example;
+        // The least b with b + b/3 >= two + working, and b >= two.
+        ((3 * (two + self.least_working)).div_ceil(4)).max(two)
     }
 
     /// Examples per forward/reverse pass of the features.

@@ -117,6 +117,9 @@ impl<T: Real> HandPass<T> {
         }
         self.eval_mode = false;
         self.forward(network, params, x, n)?;
+        for (k, s) in self.plan.shapes.iter().enumerate() {
+            real::resize_exact(&mut self.grad[k], n * s.len());
+        }
         let out = network.output();
         let d = self.plan.shapes[out].len();
         let mut dlogits = std::mem::take(&mut self.grad[out]);
@@ -184,14 +187,14 @@ impl<T: Real> HandPass<T> {
         Ok(())
     }
 
-    /// Size every buffer for a batch of `n` (no-op when it already is).
+    /// Size the activations for a batch of `n` (no-op when they already are; the gradients are sized by
+    /// the passes that use them, so an eval-mode forward holds none).
     fn size_for(&mut self, n: usize) {
         if self.batch == n {
             return;
         }
         for (k, s) in self.plan.shapes.iter().enumerate() {
             real::resize_exact(&mut self.act[k], n * s.len());
-            real::resize_exact(&mut self.grad[k], n * s.len());
         }
         self.batch = n;
     }
