@@ -168,14 +168,20 @@ fn a_budget_below_what_lives_outside_the_plan_is_refused_before_the_work() {
     let o = run(&format!("{need}MiB")).output().unwrap();
     if o.status.code() == Some(2) {
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains("cannot hold the least this kernel needs"), "{err}");
+        assert!(
+            err.contains("cannot hold the least this kernel needs"),
+            "{err}"
+        );
         let exact: u64 = err
             .rsplit("at least ")
             .next()
             .and_then(|t| t.split_whitespace().next())
             .and_then(|t| t.parse().ok())
             .unwrap();
-        assert!(exact > need && exact < need + 16, "{exact} MiB after {need} MiB");
+        assert!(
+            exact > need && exact < need + 16,
+            "{exact} MiB after {need} MiB"
+        );
         need = exact;
     }
     let (code, rss) = peak_rss(

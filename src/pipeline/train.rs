@@ -15,6 +15,10 @@
 //! the run ended. Until it ends, `NAME.train-state.safetensors` holds what `--resume` needs to continue
 //! bitwise identically (momentum, schedule position, random state; see `model::train::state`); it is
 //! removed at the end.
+//!
+//! `--max-mem` (default 4GiB, hand pass): the data, the model, one step at `--batch-size` and the accuracy
+//! passes are counted before the first step (`budget::train_memory`); the accuracy passes' batch adapts, the
+//! training batch never does (a budget too small for it is refused, naming the least).
 
 use crate::cli::{Augment, PassArg, Schedule, TrainArgs};
 use crate::data::{Dataset, Split};
