@@ -71,6 +71,8 @@ pub struct NtkTiles {
     micro: usize,
     /// Bytes the hand-written pass's working set needs for one example (0 for candle's pass).
     least_working: usize,
+    /// Bytes of the hand-written pass's working set at `micro` (0 for candle's pass).
+    working: usize,
     cache: Mutex<FeatureCache>,
     stats: Mutex<NtkStats>,
 }
@@ -144,12 +146,6 @@ impl NtkTiles {
                 (micro, 0, 0)
             }
         };
-        // A working set larger than its third (one example's of a large network) is taken from the cache.
-        let cache_budget = feature_budget
-            .saturating_sub(used.saturating_sub(feature_budget / 3))
-            .max(plan.bytes_per_example);
-        let chunk =
-            chunk.min((cache_budget / (CHUNKS_PER_BUDGET * plan.bytes_per_example).max(1)).max(1));
         let params = network.num_params();
         let stats = NtkStats {
             chunk_examples: chunk,
@@ -167,24 +163,47 @@ impl NtkTiles {
             chunk,
             micro,
             least_working,
+            working: used,
             cache: Mutex::new(FeatureCache {
                 entries: Vec::new(),
                 bytes: 0,
-                budget: cache_budget,
+                budget: feature_budget,
             }),
             stats: Mutex::new(stats),
         })
     }
 
     /// The least feature budget (the `feature_budget` of [`NtkTiles::new`]) the source keeps to: a
-    /// contraction holds two chunks of at least one example each, beside the hand-written pass's working
-    /// set for one example (counted by `working::hand_working_bytes`), which gets a third of the budget on
-    /// top and takes the rest from the cache. (Candle's pass, estimated only, runs one example at a time
-    /// below its third: not part of the least.)
+    /// contraction holds two chunks of at least one example each. (The forward/backward working set is
+    /// apart: see [`NtkTiles::working_bytes`].)
     pub fn min_feature_budget(&self) -> usize {
-        let two = 2 * self.plan.bytes_per_example;
-        // The least b with b + b/3 >= two + working, and b >= two.
-        ((3 * (two + self.least_working)).div_ceil(4)).max(two)
+        2 * self.plan.bytes_per_example
+    }
+
+    /// Bytes of the hand-written feature pass's working set at the micro-batch chosen (counted by
+    /// `working::hand_working_bytes`; 0 for candle's pass, whose working set is estimated only).
+    pub fn working_bytes(&self) -> usize {
+        self.working
+    }
+
+    /// [`NtkTiles::working_bytes`] for one example at a time: the least working set.
+    pub fn least_working_bytes(&self) -> usize {
+        self.least_working
+    }
+
+    /// Cache at most `budget` bytes of features instead (at least one example's), with chunks no larger
+    /// than an eighth of it: for a caller whose share must also hold a working set larger than the third
+    /// of the budget it was planned with. Call before any tile is requested.
+    pub fn limit_cache(&mut self, budget: usize) {
+        let per = self.plan.bytes_per_example.max(1);
+        let budget = budget.max(per);
+        self.chunk = self.chunk.min((budget / (CHUNKS_PER_BUDGET * per)).max(1));
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.budget = budget;
+        }
+        if let Ok(mut stats) = self.stats.lock() {
+            stats.chunk_examples = self.chunk;
+        }
     }
 
     /// Examples per forward/reverse pass of the features.

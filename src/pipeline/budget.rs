@@ -14,10 +14,14 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1048576.0
 }
 
-/// The part of a budget the feature cache needs at least for `tiles` (whose cache gets 3/4 of the
-/// feature share, see `Prepared::tiles_for`).
+/// The part of a budget the features need at least for `tiles`: a cache of two examples' features in 3/4
+/// of the share, and beside it the feature pass's working set for one example (it gets the other quarter
+/// and, when larger, the rest from the cache: `Prepared::tiles_for`).
 pub fn least_feature_share(tiles: &NtkTiles) -> u64 {
-    (tiles.min_feature_budget() as u64 * 4).div_ceil(3)
+    let two = tiles.min_feature_budget() as u64;
+    (two * 4)
+        .div_ceil(3)
+        .max(two + tiles.least_working_bytes() as u64)
 }
 
 /// The part of a budget MEMDET needs at least for an m×m matrix of granule g: its smallest plan (one

@@ -60,7 +60,7 @@ pub fn hand_working_bytes(
 }
 
 /// The largest micro-batch (at most [`MOST_MICRO`] and `chunk`) whose [`hand_working_bytes`] fit
-/// `working` bytes; 1 when none does (the caller's least budget, `NtkTiles::min_feature_budget`, holds
+/// `working` bytes; 1 when none does (the least share, `pipeline::budget::least_feature_share`, holds
 /// one example's).
 pub fn hand_micro(
     hand: &Plan,
