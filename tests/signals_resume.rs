@@ -308,8 +308,11 @@ fn lenet_logdet(json_out: &Path, extra: &[&str]) -> Command {
     c
 }
 
-/// ln det and every nested ℓ_k equal bit for bit (JSON prints f64 round-trip exactly).
+/// ln det and every nested ℓ_k equal bit for bit (JSON prints f64 round-trip exactly), and the same
+/// warnings (a resumed run once flagged every restored row as a near-singular pivot).
 fn assert_same_logdets(a: &serde_json::Value, b: &serde_json::Value) {
+    assert!(a["info"]["warnings"].is_array(), "{}", a["info"]);
+    assert_eq!(a["info"]["warnings"], b["info"]["warnings"]);
     assert_eq!(
         a["logdet"].as_f64().unwrap().to_bits(),
         b["logdet"].as_f64().unwrap().to_bits()

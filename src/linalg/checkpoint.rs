@@ -30,7 +30,7 @@ pub const SYM_REFUSAL: &str = "--checkpoint works with --assume spd only: an LDL
      bitwise; run it without --checkpoint, or factor an SPD matrix (e.g. with --shift) with --assume spd";
 
 /// Version of the manifest format.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// Where and how to checkpoint one MEMDET run.
 #[derive(Debug, Clone)]
@@ -63,6 +63,24 @@ pub struct Manifest {
     pub d_bits: Vec<Vec<u64>>,
     /// Tiles requested from the source so far.
     pub tiles_requested: u64,
+    /// Bit patterns of |pivot| of the rows of the complete columns (for the near-singular warning).
+    pub magnitude_bits: Vec<u64>,
+    /// Bit pattern of the largest |a_ii| of the diagonal tiles requested so far.
+    pub max_diag_bits: u64,
+}
+
+/// The per-row pivot state a checkpoint saves after each complete column (its first `rows` rows).
+pub struct PivotState<'a> {
+    /// log|pivot| per row.
+    pub logabs: &'a [f64],
+    /// sign(pivot) per row.
+    pub signs: &'a [f64],
+    /// |pivot| per row.
+    pub magnitudes: &'a [f64],
+    /// Largest |a_ii| of the diagonal tiles requested so far.
+    pub max_diag: f64,
+    /// D of each complete pivot block (LDLᵀ only).
+    pub d: &'a [Vec<f64>],
 }
 
 impl Manifest {
@@ -77,6 +95,8 @@ impl Manifest {
             signs: Vec::new(),
             d_bits: Vec::new(),
             tiles_requested: 0,
+            magnitude_bits: Vec::new(),
+            max_diag_bits: 0,
         }
     }
 
@@ -85,22 +105,36 @@ impl Manifest {
         &mut self,
         columns_done: usize,
         rows: usize,
-        logabs: &[f64],
-        signs: &[f64],
-        d: &[Vec<f64>],
+        state: &PivotState<'_>,
         tiles_requested: u64,
     ) {
         self.columns_done = columns_done;
-        self.logabs_bits = logabs[..rows].iter().map(|v| v.to_bits()).collect();
-        self.signs = signs[..rows]
+        self.logabs_bits = state.logabs[..rows].iter().map(|v| v.to_bits()).collect();
+        self.signs = state.signs[..rows]
             .iter()
             .map(|&s| if s < 0.0 { -1 } else { 1 })
             .collect();
-        self.d_bits = d
+        self.magnitude_bits = state.magnitudes[..rows]
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        self.max_diag_bits = state.max_diag.to_bits();
+        self.d_bits = state
+            .d
             .iter()
             .map(|v| v.iter().map(|x| x.to_bits()).collect())
             .collect();
         self.tiles_requested = tiles_requested;
+    }
+
+    /// The saved |pivot| per row and the largest |a_ii| so far, as f64.
+    pub fn magnitudes(&self) -> (Vec<f64>, f64) {
+        let m = self
+            .magnitude_bits
+            .iter()
+            .map(|&b| f64::from_bits(b))
+            .collect();
+        (m, f64::from_bits(self.max_diag_bits))
     }
 
     /// The saved pivot logs, signs and D values as f64.
@@ -285,13 +319,11 @@ impl Session {
         &mut self,
         columns_done: usize,
         rows: usize,
-        logabs: &[f64],
-        signs: &[f64],
-        d: &[Vec<f64>],
+        state: &PivotState<'_>,
         tiles_requested: u64,
     ) -> Result<()> {
         self.manifest
-            .record(columns_done, rows, logabs, signs, d, tiles_requested);
+            .record(columns_done, rows, state, tiles_requested);
         save(&self.dir, &self.manifest)
     }
 
@@ -312,7 +344,15 @@ mod tests {
         let signs = [1.0, -1.0, 1.0, -1.0];
         let d = vec![vec![2.0, -1.0 / 7.0]];
         let mut m = Manifest::empty(BTreeMap::new(), 2);
-        m.record(1, 3, &logabs, &signs, &d, 5);
+        let magnitudes = [2.5f64, 1e-300, 3.0, 4.0];
+        let state = PivotState {
+            logabs: &logabs,
+            signs: &signs,
+            magnitudes: &magnitudes,
+            max_diag: 1.0 / 3.0,
+            d: &d,
+        };
+        m.record(1, 3, &state, 5);
         save(dir.path(), &m).unwrap();
         let back = load(dir.path()).unwrap().unwrap();
         let (l, s, dd) = back.pivots();
@@ -323,6 +363,10 @@ mod tests {
         assert_eq!(s, vec![1.0, -1.0, 1.0]);
         assert_eq!(dd[0][1].to_bits(), (-1.0f64 / 7.0).to_bits());
         assert_eq!(back.tiles_requested, 5);
+        let (mags, max_diag) = back.magnitudes();
+        assert_eq!(mags.len(), 3);
+        assert_eq!(mags[1].to_bits(), 1e-300f64.to_bits());
+        assert_eq!(max_diag.to_bits(), (1.0f64 / 3.0).to_bits());
         // No temporary file is left next to the manifest.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }

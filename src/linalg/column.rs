@@ -105,6 +105,21 @@ impl<'a> ColumnRun<'a> {
         Ok(())
     }
 
+    /// Restore the pivot magnitudes of the rows a checkpoint holds and the largest |a_ii| it had seen, so
+    /// that the near-singular warning of a resumed run is the uninterrupted run's.
+    pub fn restore_magnitudes(&mut self, magnitudes: &[f64], max_diag: f64) -> Result<()> {
+        let rows = magnitudes.len();
+        if rows > self.plan.m {
+            return Err(Error::Input(format!(
+                "the checkpoint holds {rows} pivot magnitudes for a matrix of order {}",
+                self.plan.m
+            )));
+        }
+        self.magnitudes[..rows].copy_from_slice(magnitudes);
+        self.max_diag = max_diag;
+        Ok(())
+    }
+
     /// D of each finished pivot block, for the checkpoint: always empty, since only Cholesky (`spd`) runs
     /// are checkpointed (a `sym` run's pivot permutations and growth state are not).
     pub fn d_values(&self) -> &[Vec<f64>] {

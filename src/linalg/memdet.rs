@@ -21,7 +21,7 @@
 //! rows factored so far (Cholesky of an SPD matrix has g ≤ 1).
 
 use super::budget::{self, BlockPlan};
-use super::checkpoint::{Checkpoint, Session};
+use super::checkpoint::{Checkpoint, PivotState, Session};
 use super::column::ColumnRun;
 use super::factor::Assume;
 pub use super::growth::GROWTH_LIMIT;
@@ -134,7 +134,8 @@ pub struct MemdetInfo {
     pub bytes_written: u64,
     /// Wall time per phase.
     pub seconds: PhaseSeconds,
-    /// (m³/3) / total seconds / 1e9: the Cholesky flop rate.
+    /// (m³ − r³)/3 / total seconds / 1e9, r the rows a resumed checkpoint had already factored (0 for a
+    /// fresh run): the flop rate of the work this run did.
     pub gflops: f64,
     /// Peak bytes held in tile buffers and per-row vectors.
     pub peak_resident_bytes: u64,
@@ -289,6 +290,12 @@ fn near_singular_warning(magnitudes: &[f64], max_diag: f64) -> Option<String> {
     ))
 }
 
+/// FLOPs of factoring an m × m matrix whose leading `resumed` rows were factored before (by a run this
+/// one resumes): m³/3 − resumed³/3, the leading-order count of the remaining columns.
+fn factored_flops(m: usize, resumed: usize) -> f64 {
+    ((m as f64).powi(3) - (resumed as f64).powi(3)) / 3.0
+}
+
 /// What a checkpoint of this run must match on resume: the caller's identity, the tool version, the
 /// matrix order, the factorisation, t, D and the block plan.
 fn identity(c: &Checkpoint, opts: &MemdetOptions, plan: &BlockPlan) -> BTreeMap<String, String> {
@@ -388,7 +395,9 @@ pub fn memdet(
     let mut run = ColumnRun::new(source, opts, plan, scratch.as_ref(), Arc::clone(&ledger));
     if let Some(s) = &session {
         let (logabs, signs, d) = s.manifest().pivots();
+        let (magnitudes, max_diag) = s.manifest().magnitudes();
         run.restore(&logabs, &signs, d, s.manifest().tiles_requested)?;
+        run.restore_magnitudes(&magnitudes, max_diag)?;
     }
     // Progress units: each tile's source parts (an NTK's chunk pairs) plus one per update it receives.
     let units = |j: usize| -> u64 {
@@ -418,14 +427,14 @@ pub fn memdet(
                     store.sync()?;
                 }
                 let rows = plan.range(j).end;
-                s.commit(
-                    j + 1,
-                    rows,
-                    &run.logabs,
-                    &run.signs,
-                    run.d_values(),
-                    run.tiles_requested,
-                )
+                let state = PivotState {
+                    logabs: &run.logabs,
+                    signs: &run.signs,
+                    magnitudes: &run.magnitudes,
+                    max_diag: run.max_diag,
+                    d: run.d_values(),
+                };
+                s.commit(j + 1, rows, &state, run.tiles_requested)
             }
             _ => Ok(()),
         }
@@ -459,6 +468,11 @@ pub fn memdet(
             s.bytes_written(),
         )
     });
+    let resumed_rows = if done == 0 {
+        0
+    } else {
+        plan.range(done - 1).end
+    };
     let growth = ldlt.then(|| run.growth.growth());
     let warnings = near_singular_warning(&run.magnitudes, run.max_diag)
         .into_iter()
@@ -473,7 +487,7 @@ pub fn memdet(
         bytes_read: read,
         bytes_written: written,
         seconds,
-        gflops: (m as f64).powi(3) / 3.0 / total / 1e9,
+        gflops: factored_flops(m, resumed_rows) / total / 1e9,
         peak_resident_bytes: ledger.peak(),
         planned_resident_bytes: plan.resident_bytes(ldlt),
         scratch_bytes: written,
