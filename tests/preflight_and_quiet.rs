@@ -203,27 +203,6 @@ fn a_resume_on_another_thread_count_is_refused_naming_both() {
 }
 
 #[test]
-fn checkpoint_with_assume_sym_is_refused_before_anything_is_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let ck = dir.path().join("ck");
-    // The matrix does not even exist: the refusal comes first.
-    let o = bin()
-        .args(["logdet", "--assume", "sym", "--matrix"])
-        .arg(dir.path().join("missing.npy"))
-        .arg("--checkpoint")
-        .arg(&ck)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    let err = stderr(&o);
-    assert!(
-        err.contains("--checkpoint works with --assume spd only") && err.contains("Bunch-Kaufman"),
-        "{err}"
-    );
-    assert!(!ck.exists(), "the checkpoint directory was created");
-}
-
-#[test]
 fn a_scratch_disk_too_small_for_the_plan_is_refused_before_the_first_tile() {
     // A sparse .npy claiming a 200,000² f64 matrix (320 GB, no blocks on disk): its plan's scratch is
     // ~160 GB, more than this whole disk, so the run must stop before reading a tile.

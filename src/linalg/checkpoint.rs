@@ -13,6 +13,8 @@
 //! needs saving. The remaining columns read the same factor tiles back bit for bit and request the same
 //! source tiles, so they compute the same values (with the same number of threads).
 
+use super::growth::GrowthMonitor;
+use super::pivots::Pivots;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -23,12 +25,6 @@ use std::path::{Path, PathBuf};
 pub const MANIFEST_NAME: &str = "manifest.json";
 /// Name of the factor-tile file inside a checkpoint directory.
 pub const TILES_NAME: &str = "tiles.f64";
-/// Why `--checkpoint` is refused with `--assume sym`.
-pub const SYM_REFUSAL: &str = "--checkpoint works with --assume spd only: an LDL^T run keeps state that a \
-     checkpoint does not hold (the Bunch-Kaufman permutations and 2x2 pivot blocks inside each pivot block, \
-     and the element-growth monitor that decides whether the result can be trusted), so it could not resume \
-     bitwise; run it without --checkpoint, or factor an SPD matrix (e.g. with --shift) with --assume spd";
-
 /// Version of the manifest format.
 const FORMAT: u32 = 2;
 
@@ -59,8 +55,8 @@ pub struct Manifest {
     pub logabs_bits: Vec<u64>,
     /// Signs (+1 / −1) of those pivots.
     pub signs: Vec<i8>,
-    /// Bit patterns of D of each complete pivot block (LDLᵀ only).
-    pub d_bits: Vec<Vec<u64>>,
+    /// What an LDLᵀ (`--assume sym`) run keeps between block columns; `None` for Cholesky.
+    pub ldlt: Option<LdltState>,
     /// Tiles requested from the source so far.
     pub tiles_requested: u64,
     /// Bit patterns of |pivot| of the rows of the complete columns (for the near-singular warning).
@@ -79,8 +75,48 @@ pub struct PivotState<'a> {
     pub magnitudes: &'a [f64],
     /// Largest |a_ii| of the diagonal tiles requested so far.
     pub max_diag: f64,
-    /// D of each complete pivot block (LDLᵀ only).
-    pub d: &'a [Vec<f64>],
+    /// The LDLᵀ state (`None` for Cholesky).
+    pub ldlt: Option<LdltState>,
+}
+
+/// What an LDLᵀ run carries from one block column to the next besides the per-row pivots: each finished
+/// pivot block's B and permutation (the later columns apply them) and the element-growth monitor (which
+/// decides whether the result can be trusted). Values are kept as f64 bit patterns, like the pivots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LdltState {
+    /// Per complete pivot block: bit patterns of B's diagonal and subdiagonal, and the permutation.
+    pub pivots: Vec<(Vec<u64>, Vec<u64>, Vec<usize>)>,
+    /// The growth monitor after the complete columns, as [`GrowthMonitor::to_bits`] gives it.
+    pub growth: ([u64; 3], usize),
+}
+
+impl LdltState {
+    /// The state of `pivots` and `growth`, bit for bit.
+    pub fn of(pivots: &[Pivots], growth: &GrowthMonitor) -> Self {
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect();
+        Self {
+            pivots: pivots
+                .iter()
+                .map(|p| (bits(&p.diag), bits(&p.sub), p.perm.clone()))
+                .collect(),
+            growth: growth.to_bits(),
+        }
+    }
+
+    /// The saved pivot blocks and growth monitor, bit for bit.
+    pub fn restore(&self) -> (Vec<Pivots>, GrowthMonitor) {
+        let values = |v: &[u64]| v.iter().map(|&b| f64::from_bits(b)).collect();
+        let pivots = self
+            .pivots
+            .iter()
+            .map(|(d, s, perm)| Pivots {
+                diag: values(d),
+                sub: values(s),
+                perm: perm.clone(),
+            })
+            .collect();
+        (pivots, GrowthMonitor::from_bits(self.growth))
+    }
 }
 
 impl Manifest {
@@ -93,7 +129,7 @@ impl Manifest {
             num_blocks,
             logabs_bits: Vec::new(),
             signs: Vec::new(),
-            d_bits: Vec::new(),
+            ldlt: None,
             tiles_requested: 0,
             magnitude_bits: Vec::new(),
             max_diag_bits: 0,
@@ -119,11 +155,7 @@ impl Manifest {
             .map(|v| v.to_bits())
             .collect();
         self.max_diag_bits = state.max_diag.to_bits();
-        self.d_bits = state
-            .d
-            .iter()
-            .map(|v| v.iter().map(|x| x.to_bits()).collect())
-            .collect();
+        self.ldlt = state.ldlt.clone();
         self.tiles_requested = tiles_requested;
     }
 
@@ -137,20 +169,15 @@ impl Manifest {
         (m, f64::from_bits(self.max_diag_bits))
     }
 
-    /// The saved pivot logs, signs and D values as f64.
-    pub fn pivots(&self) -> (Vec<f64>, Vec<f64>, Vec<Vec<f64>>) {
+    /// The saved pivot logs and signs as f64.
+    pub fn pivots(&self) -> (Vec<f64>, Vec<f64>) {
         let logabs = self
             .logabs_bits
             .iter()
             .map(|&b| f64::from_bits(b))
             .collect();
         let signs = self.signs.iter().map(|&s| f64::from(s)).collect();
-        let d = self
-            .d_bits
-            .iter()
-            .map(|v| v.iter().map(|&b| f64::from_bits(b)).collect())
-            .collect();
-        (logabs, signs, d)
+        (logabs, signs)
     }
 }
 
@@ -342,7 +369,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let logabs = [0.1f64, -3.5e-300, f64::MIN_POSITIVE, 1.0 / 3.0];
         let signs = [1.0, -1.0, 1.0, -1.0];
-        let d = vec![vec![2.0, -1.0 / 7.0]];
+        let block = Pivots {
+            diag: vec![2.0, -1.0 / 7.0],
+            sub: vec![0.0, 0.0],
+            perm: vec![1, 0],
+        };
+        let mut growth = GrowthMonitor::default();
+        growth.add_tile(&[1.0 / 3.0, -2.0], true);
+        growth.add_row(0.7, 1);
         let mut m = Manifest::empty(BTreeMap::new(), 2);
         let magnitudes = [2.5f64, 1e-300, 3.0, 4.0];
         let state = PivotState {
@@ -350,18 +384,21 @@ mod tests {
             signs: &signs,
             magnitudes: &magnitudes,
             max_diag: 1.0 / 3.0,
-            d: &d,
+            ldlt: Some(LdltState::of(&[block], &growth)),
         };
         m.record(1, 3, &state, 5);
         save(dir.path(), &m).unwrap();
         let back = load(dir.path()).unwrap().unwrap();
-        let (l, s, dd) = back.pivots();
+        let (l, s) = back.pivots();
         assert_eq!(l.len(), 3);
         for (a, b) in l.iter().zip(&logabs) {
             assert_eq!(a.to_bits(), b.to_bits());
         }
         assert_eq!(s, vec![1.0, -1.0, 1.0]);
-        assert_eq!(dd[0][1].to_bits(), (-1.0f64 / 7.0).to_bits());
+        let (blocks, g) = back.ldlt.as_ref().unwrap().restore();
+        assert_eq!(blocks[0].diag[1].to_bits(), (-1.0f64 / 7.0).to_bits());
+        assert_eq!(blocks[0].perm, vec![1, 0]);
+        assert_eq!(g.to_bits(), growth.to_bits());
         assert_eq!(back.tiles_requested, 5);
         let (mags, max_diag) = back.magnitudes();
         assert_eq!(mags.len(), 3);

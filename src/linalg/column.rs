@@ -3,6 +3,7 @@
 //! factorisation, and write-behind of the finished tiles by a writer thread.
 
 use super::budget::BlockPlan;
+use super::checkpoint::LdltState;
 use super::factor::{factor_pivot, schur_pivot_value, solve_lower, Assume};
 use super::gemm::{matmul, matmul_lower};
 use super::growth::{GrowthMonitor, Remedy};
@@ -77,13 +78,13 @@ impl<'a> ColumnRun<'a> {
         }
     }
 
-    /// Continue a checkpointed run: the pivots of its complete columns (rows `0..logabs.len()`), their D
-    /// blocks (LDLᵀ) and the source requests made so far.
+    /// Continue a checkpointed run: the pivots of its complete columns (rows `0..logabs.len()`), the
+    /// LDLᵀ state (pivot blocks and growth monitor; `None` for Cholesky) and the source requests made so far.
     pub fn restore(
         &mut self,
         logabs: &[f64],
         signs: &[f64],
-        d: Vec<Vec<f64>>,
+        ldlt: Option<&LdltState>,
         tiles_requested: u64,
     ) -> Result<()> {
         let rows = logabs.len();
@@ -93,11 +94,26 @@ impl<'a> ColumnRun<'a> {
                 self.plan.m
             )));
         }
-        if !d.is_empty() {
-            return Err(Error::Input(
-                "the checkpoint holds LDLᵀ pivot blocks: only --assume spd runs can be resumed"
-                    .into(),
-            ));
+        let sym = self.opts.assume == Assume::Sym;
+        match (sym, ldlt) {
+            (true, Some(state)) => {
+                let (pivots, growth) = state.restore();
+                let covered: usize = pivots.iter().map(|p| p.diag.len()).sum();
+                if covered != rows {
+                    return Err(Error::Input(format!(
+                        "the checkpoint's LDLᵀ pivot blocks cover {covered} rows, its pivots {rows}"
+                    )));
+                }
+                self.pivots = pivots;
+                self.growth = growth;
+            }
+            (false, None) => {}
+            (true, None) if rows == 0 => {}
+            _ => {
+                return Err(Error::Input(
+                    "the checkpoint's factorisation (LDLᵀ or Cholesky) is not this run's".into(),
+                ))
+            }
         }
         self.logabs[..rows].copy_from_slice(logabs);
         self.signs[..rows].copy_from_slice(signs);
@@ -120,10 +136,9 @@ impl<'a> ColumnRun<'a> {
         Ok(())
     }
 
-    /// D of each finished pivot block, for the checkpoint: always empty, since only Cholesky (`spd`) runs
-    /// are checkpointed (a `sym` run's pivot permutations and growth state are not).
-    pub fn d_values(&self) -> &[Vec<f64>] {
-        &[]
+    /// What a checkpoint must keep of an LDLᵀ run besides the per-row pivots (`None` for Cholesky).
+    pub fn ldlt_state(&self) -> Option<LdltState> {
+        (self.opts.assume == Assume::Sym).then(|| LdltState::of(&self.pivots, &self.growth))
     }
 
     /// The per-row pivot logs and signs.

@@ -43,6 +43,25 @@ pub enum Remedy {
 }
 
 impl GrowthMonitor {
+    /// The monitor's state as f64 bit patterns (scale, ssq, weight) and the row, for a checkpoint.
+    pub fn to_bits(&self) -> ([u64; 3], usize) {
+        (
+            [self.scale, self.ssq, self.weight].map(f64::to_bits),
+            self.row,
+        )
+    }
+
+    /// The monitor [`to_bits`](Self::to_bits) saved.
+    pub fn from_bits((bits, row): ([u64; 3], usize)) -> Self {
+        let [scale, ssq, weight] = bits.map(f64::from_bits);
+        Self {
+            scale,
+            ssq,
+            weight,
+            row,
+        }
+    }
+
     /// Account for a tile of the input (after t and D); `mirrored` counts it twice (an off-diagonal tile
     /// stands for its transpose too).
     pub fn add_tile(&mut self, values: &[f64], mirrored: bool) {

@@ -375,9 +375,6 @@ pub fn memdet(
     let m = source.dim();
     validate(opts, m)?;
     let ldlt = opts.assume == Assume::Sym;
-    if ldlt && opts.checkpoint.is_some() {
-        return Err(Error::Usage(super::checkpoint::SYM_REFUSAL.into()));
-    }
     let plan: BlockPlan = budget::plan(m, source.granule(), opts.num_blocks, opts.max_mem, ldlt)?;
     let n = plan.num_blocks;
     let mut session = opts
@@ -394,9 +391,10 @@ pub fn memdet(
     let ledger = Arc::new(Ledger::default());
     let mut run = ColumnRun::new(source, opts, plan, scratch.as_ref(), Arc::clone(&ledger));
     if let Some(s) = &session {
-        let (logabs, signs, d) = s.manifest().pivots();
+        let (logabs, signs) = s.manifest().pivots();
         let (magnitudes, max_diag) = s.manifest().magnitudes();
-        run.restore(&logabs, &signs, d, s.manifest().tiles_requested)?;
+        let ldlt_state = s.manifest().ldlt.as_ref();
+        run.restore(&logabs, &signs, ldlt_state, s.manifest().tiles_requested)?;
         run.restore_magnitudes(&magnitudes, max_diag)?;
     }
     // Progress units: each tile's source parts (an NTK's chunk pairs) plus one per update it receives.
@@ -432,7 +430,7 @@ pub fn memdet(
                     signs: &run.signs,
                     magnitudes: &run.magnitudes,
                     max_diag: run.max_diag,
-                    d: run.d_values(),
+                    ldlt: run.ldlt_state(),
                 };
                 s.commit(j + 1, rows, &state, run.tiles_requested)
             }

@@ -137,9 +137,6 @@ pub fn memdet_options(args: &LogdetArgs) -> Result<MemdetOptions> {
         Shift::Scalar(args.shift)
     };
     let assume = args.assume;
-    if assume == crate::linalg::Assume::Sym && args.ckpt.checkpoint.is_some() {
-        return Err(Error::Usage(crate::linalg::checkpoint::SYM_REFUSAL.into()));
-    }
     // Nested log-dets need the unpivoted factorisation; otherwise `sym` pivots (Bunch–Kaufman).
     let nested = args.nested.is_some();
     Ok(MemdetOptions {
