@@ -28,4 +28,4 @@ run mobilenet-mnist-s0 --arch mobilenet --input-shape 1,28,28 --target-acc 0.995
 run resnet9-mnist-s2 "${r9[@]}" --data mnist --epochs 3 --seed 2
 run resnet9-mnist-s3 "${r9[@]}" --data mnist --epochs 3 --seed 3
 run resnet9-mnist-s4 "${r9[@]}" --data mnist --epochs 3 --seed 4
-run resnet9-fashion-mnist-s0 "${r9[@]}" --data fashion-mnist --epochs 8 --seed 0
+run resnet9-fashion-mnist-s0 "${r9[@]}" --data fashion-mnist --epochs 10 --seed 0

@@ -142,6 +142,30 @@ fn lenet_ntk_on_every_grid_equals_memdet() {
     agrees_on_every_grid(dir.path(), &args, "250");
 }
 
+/// The other kernels the NTK engine forms: the n × n modes (`sum`, `logit:K`, `trace`) and f32 features.
+/// Each rank's tiles must equal the single-process ones whichever rank formed them.
+#[test]
+fn lenet_ntk_other_outputs_and_f32_on_every_grid_equal_memdet() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/lenet-mnist.safetensors"
+    );
+    for (extra, block) in [
+        (&["--outputs", "sum"][..], "20"),
+        (&["--outputs", "logit:3"][..], "40"),
+        (&["--outputs", "trace"][..], "20"),
+        (&["--precision", "f32"][..], "250"),
+    ] {
+        let n = if block == "250" { "100" } else { "200" };
+        let mut args = vec![
+            "logdet", "--model", model, "--data", "mnist", "--n", n, "--nested", "10",
+        ];
+        args.extend_from_slice(extra);
+        agrees_on_every_grid(dir.path(), &args, block);
+    }
+}
+
 #[test]
 fn non_spd_names_the_failing_row_on_every_grid() {
     let dir = tempfile::tempdir().unwrap();

@@ -119,32 +119,60 @@ pub fn share_features(
         .map(|&c| Ok((c, tiles.compute_chunk(c)?)))
         .collect();
     info.compute_seconds = t0.elapsed().as_secs_f64();
-    let mut computed = agree(world, computed)?.into_iter().peekable();
+    let computed = agree(world, computed)?;
     info.wait_seconds = t0.elapsed().as_secs_f64() - info.compute_seconds;
     info.computed_chunks = mine.len();
-    // Phase 2: chunk by chunk, in the same order on every rank, the owner sends to every other rank that
-    // needs it (blocking sends; a rank waits only on ranks at the same chunk, so no cycle can form). A
-    // local failure is kept and agreed on at the end, so no rank leaves the exchange early.
+    // Phase 2: every rank posts all its sends at once (immediate sends, in chunk order per destination),
+    // then receives what it needs in chunk order, so both directions between two ranks move at the same
+    // time; MPI's non-overtaking rule for one sender, receiver and tag matches every message. A local
+    // failure is kept and agreed on at the end, so no rank leaves the exchange early.
+    let outgoing: Vec<(usize, Vec<usize>, Envelope)> = computed
+        .iter()
+        .map(|(c, feats)| {
+            let to = (0..plan.needs.len())
+                .filter(|&r| r != me && plan.needs[r][*c])
+                .collect();
+            (*c, to, Envelope::of(feats))
+        })
+        .collect();
     let mut failure: Result<()> = Ok(());
-    for (c, owner) in plan.owner.iter().enumerate() {
-        let Some(owner) = *owner else { continue };
-        if owner == me {
-            let Some((_, feats)) = computed.next_if(|(k, _)| *k == c) else {
-                return Err(Error::Internal(format!("chunk {c} was not computed here")));
-            };
-            for r in (0..plan.needs.len()).filter(|&r| r != me && plan.needs[r][c]) {
-                send(world, r, &feats);
+    let mut received = Vec::new();
+    mpi::request::scope(|scope| {
+        let mut requests = Vec::new();
+        for ((_, to, envelope), (_, feats)) in outgoing.iter().zip(&computed) {
+            for &r in to {
+                let dest = world.process_at_rank(r as i32);
+                requests.push(dest.immediate_send(scope, &envelope.counts[..]));
+                requests.push(dest.immediate_send(scope, &envelope.header[..]));
+                for values in wire::values(feats) {
+                    for piece in values.chunks(PIECE) {
+                        requests.push(dest.immediate_send(scope, piece));
+                    }
+                }
                 info.sent_chunks += 1;
             }
-            if plan.needs[me][c] && failure.is_ok() {
-                failure = tiles.insert_chunk(c, feats);
+        }
+        for (c, owner) in plan.owner.iter().enumerate() {
+            match *owner {
+                Some(owner) if owner != me && plan.needs[me][c] => {
+                    received.push((c, receive(world, owner)));
+                    info.received_chunks += 1;
+                }
+                _ => {}
             }
-        } else if plan.needs[me][c] {
-            let received = receive(world, owner);
-            info.received_chunks += 1;
-            if failure.is_ok() {
-                failure = received.and_then(|f| tiles.insert_chunk(c, f));
-            }
+        }
+        for request in requests {
+            request.wait();
+        }
+    });
+    for (c, feats) in received {
+        if failure.is_ok() {
+            failure = feats.and_then(|f| tiles.insert_chunk(c, f));
+        }
+    }
+    for (c, feats) in computed {
+        if plan.needs[me][c] && failure.is_ok() {
+            failure = tiles.insert_chunk(c, feats);
         }
     }
     agree(world, failure)?;
@@ -153,29 +181,36 @@ pub fn share_features(
     Ok(info)
 }
 
-/// Send `feats` to rank `to`: the header's length and the number of value messages, the header, then
-/// every value array in pieces of at most [`PIECE`] values, straight from the features (no packed copy).
-fn send(world: &SimpleCommunicator, to: usize, feats: &Features) {
-    let dest = world.process_at_rank(to as i32);
-    let header = wire::header(feats);
-    let values = wire::values(feats);
-    let messages: usize = values.iter().map(|v| v.len().div_ceil(PIECE)).sum();
-    dest.send(&[header.len() as u64, messages as u64][..]);
-    dest.send(&header[..]);
-    for values in values {
-        for piece in values.chunks(PIECE) {
-            dest.send(piece);
+/// What precedes a chunk's values on the wire: `counts` = (the header's length, the number of value
+/// messages) as f64 (exact below 2^53, like the header's own sizes), then the header; the values follow
+/// straight from the features (no packed copy), each array in pieces of at most [`PIECE`] values.
+struct Envelope {
+    counts: [f64; 2],
+    header: Vec<f64>,
+}
+
+impl Envelope {
+    fn of(feats: &Features) -> Self {
+        let header = wire::header(feats);
+        let messages: usize = wire::values(feats)
+            .iter()
+            .map(|v| v.len().div_ceil(PIECE))
+            .sum();
+        Self {
+            counts: [header.len() as f64, messages as f64],
+            header,
         }
     }
 }
 
-/// Receive what [`send`] sent from rank `from`, straight into features of the header's sizes. Every
+/// Receive what the immediate sends of [`share_features`] sent from rank `from`, straight into features of the header's sizes. Every
 /// message is received even when the header cannot be read (then into scratch), so the sender never
 /// waits on a receive that is not posted.
 fn receive(world: &SimpleCommunicator, from: usize) -> Result<Features> {
     let src = world.process_at_rank(from as i32);
-    let mut counts = [0u64; 2];
+    let mut counts = [0.0f64; 2];
     src.receive_into(&mut counts[..]);
+    let counts = counts.map(|v| v as u64);
     let mut header = vec![0.0f64; counts[0] as usize];
     src.receive_into(&mut header[..]);
     let mut feats = match wire::from_header(&header) {
