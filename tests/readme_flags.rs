@@ -25,6 +25,7 @@ const OTHER_TOOLS: &[&str] = &[
     // mpirun and Slurm's srun (README "Running on a cluster")
     "oversubscribe",
     "allow-run-as-root",
+    "bind-to",
     "mca",
     "ntasks",
     "cpus-per-task",
