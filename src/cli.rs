@@ -490,6 +490,11 @@ pub struct TrainArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub resume: TrainResumeArgs,
+    /// Resident memory limit of the whole run (default 4GiB), e.g. 2GiB: what training holds is counted
+    /// before the first step and refused when it does not fit; the accuracy passes' batch adapts (the
+    /// training batch never does). Hand pass only: with --pass autograd it is refused.
+    #[arg(long)]
+    pub max_mem: Option<String>,
 }
 
 /// Arguments of `eval`.

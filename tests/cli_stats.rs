@@ -150,8 +150,9 @@ fn exact_statistics_equal_dense_computation_in_every_mode() {
         let k = ntk_out(dir.path(), LENET, outputs, "k.npy");
         let k2 = ntk_out(dir.path(), init.to_str().unwrap(), outputs, "k2.npy");
         let json = dir.path().join("stats.json");
-        // A budget of about 6 MiB beyond what lives outside (data, models, inputs, 40 MiB for the binary)
-        // forces small tiles and panels, with the feature cache evicting.
+        // A budget of about 12 MiB beyond what lives outside (data, models, inputs, 40 MiB for the binary)
+        // forces small tiles and panels, with the feature cache evicting. (It was 48 MiB before the feature
+        // pass's working set for one example, 3 MiB for LeNet, was counted in the least.)
         run_ok(
             bin()
                 .args([
@@ -169,7 +170,7 @@ fn exact_statistics_equal_dense_computation_in_every_mode() {
                     "--against",
                     init.to_str().unwrap(),
                     "--max-mem",
-                    "48MiB",
+                    "54MiB",
                     "--json",
                     json.to_str().unwrap(),
                     "--quiet",

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 mod chunks;
+pub mod working;
 
 /// Time and work spent forming the kernel so far.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -68,6 +69,10 @@ pub struct NtkTiles {
     divisor: f64,
     chunk: usize,
     micro: usize,
+    /// Bytes the hand-written pass's working set needs for one example (0 for candle's pass).
+    least_working: usize,
+    /// Bytes of the hand-written pass's working set at `micro` (0 for candle's pass).
+    working: usize,
     cache: Mutex<FeatureCache>,
     stats: Mutex<NtkStats>,
 }
@@ -112,16 +117,35 @@ impl NtkTiles {
             Outputs::Sum | Outputs::Logit(_) => 1,
         };
         let plan = LayerPlan::new(&network, &probe, rows)?;
-        let act_bytes: usize = cache.iter().map(|t| t.elem_count() * 8).sum();
-        // The forward/backward working set of a micro-batch: at most a third of the cache's budget and
-        // 256 MiB (callers bounding the whole process give the cache 3/4 of their share, see
-        // `pipeline::inputs::Prepared::tiles`).
-        let working = (feature_budget / 3).min(256 << 20);
-        let micro = (working / (3 * act_bytes * rows).max(1)).clamp(1, 64);
         // At least MIN_CHUNKS chunks, so that progress (one unit per chunk pair) moves during a tile.
         let chunk = (feature_budget / (CHUNKS_PER_BUDGET * plan.bytes_per_example).max(1))
             .clamp(1, n)
             .min(n.div_ceil(MIN_CHUNKS));
+        // The forward/backward working set of a micro-batch: at most a third of the cache's budget and
+        // 256 MiB (callers bounding the whole process give the cache 3/4 of their share, see
+        // `pipeline::inputs::Prepared::tiles`). The hand-written pass (f64 kernels of the layers it
+        // implements, what `features::compute` runs then) is counted buffer by buffer; candle's pass is
+        // estimated as three times its activations per row.
+        let working = (feature_budget / 3).min(256 << 20);
+        let hand = match dtype {
+            DType::F64 => crate::model::hand::Plan::new(&network).ok(),
+            _ => None,
+        };
+        let (micro, least_working, used) = match &hand {
+            Some(h) => {
+                let micro = working::hand_micro(h, &network, &plan, chunk, logits, working);
+                (
+                    micro,
+                    working::hand_working_bytes(h, &network, &plan, 1, 1, logits),
+                    working::hand_working_bytes(h, &network, &plan, chunk, micro, logits),
+                )
+            }
+            None => {
+                let act_bytes: usize = cache.iter().map(|t| t.elem_count() * 8).sum();
+                let micro = (working / (3 * act_bytes * rows).max(1)).clamp(1, working::MOST_MICRO);
+                (micro, 0, 0)
+            }
+        };
         let params = network.num_params();
         let stats = NtkStats {
             chunk_examples: chunk,
@@ -138,6 +162,8 @@ impl NtkTiles {
             params,
             chunk,
             micro,
+            least_working,
+            working: used,
             cache: Mutex::new(FeatureCache {
                 entries: Vec::new(),
                 bytes: 0,
@@ -148,10 +174,41 @@ impl NtkTiles {
     }
 
     /// The least feature budget (the `feature_budget` of [`NtkTiles::new`]) the source keeps to: a
-    /// contraction holds two chunks of at least one example each. (The forward/backward working set is a
-    /// third of the budget, and one example at a time below that: it is not part of the least.)
+    /// contraction holds two chunks of at least one example each. (The forward/backward working set is
+    /// apart: see [`NtkTiles::working_bytes`].)
     pub fn min_feature_budget(&self) -> usize {
         2 * self.plan.bytes_per_example
+    }
+
+    /// Bytes of the hand-written feature pass's working set at the micro-batch chosen (counted by
+    /// `working::hand_working_bytes`; 0 for candle's pass, whose working set is estimated only).
+    pub fn working_bytes(&self) -> usize {
+        self.working
+    }
+
+    /// [`NtkTiles::working_bytes`] for one example at a time: the least working set.
+    pub fn least_working_bytes(&self) -> usize {
+        self.least_working
+    }
+
+    /// Cache at most `budget` bytes of features instead (at least one example's), with chunks no larger
+    /// than an eighth of it: for a caller whose share must also hold a working set larger than the third
+    /// of the budget it was planned with. Call before any tile is requested.
+    pub fn limit_cache(&mut self, budget: usize) {
+        let per = self.plan.bytes_per_example.max(1);
+        let budget = budget.max(per);
+        self.chunk = self.chunk.min((budget / (CHUNKS_PER_BUDGET * per)).max(1));
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.budget = budget;
+        }
+        if let Ok(mut stats) = self.stats.lock() {
+            stats.chunk_examples = self.chunk;
+        }
+    }
+
+    /// Examples per forward/reverse pass of the features.
+    pub fn micro_examples(&self) -> usize {
+        self.micro
     }
 
     /// Number of examples n.

@@ -14,10 +14,14 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1048576.0
 }
 
-/// The part of a budget the feature cache needs at least for `tiles` (whose cache gets 3/4 of the
-/// feature share, see `Prepared::tiles_for`).
+/// The part of a budget the features need at least for `tiles`: a cache of two examples' features in 3/4
+/// of the share, and beside it the feature pass's working set for one example (it gets the other quarter
+/// and, when larger, the rest from the cache: `Prepared::tiles_for`).
 pub fn least_feature_share(tiles: &NtkTiles) -> u64 {
-    (tiles.min_feature_budget() as u64 * 4).div_ceil(3)
+    let two = tiles.min_feature_budget() as u64;
+    (two * 4)
+        .div_ceil(3)
+        .max(two + tiles.least_working_bytes() as u64)
 }
 
 /// The part of a budget MEMDET needs at least for an m×m matrix of granule g: its smallest plan (one
@@ -113,9 +117,10 @@ pub fn check_kernel_minimum(
     )))
 }
 
-/// How many times candle's activation sum one example costs `eval`'s hand-written forward pass (its
-/// channel-major and lowered-convolution buffers): measured 2.7× on the shipped ResNet9 (6.4 MB against
-/// 2.37 MB per example, from the peak RSS at batch sizes 23 and 64), rounded up.
+/// How many times candle's activation sum one example is taken to cost `eval`'s forward pass when the
+/// hand-written pass does not apply (candle's graph forward; the hand pass is counted exactly by
+/// [`eval_pass_bytes`]). Measured 2.7× for the hand pass on the shipped ResNet9 before it was counted
+/// exactly, rounded up: an estimate.
 const HAND_PASS_FACTOR: u64 = 3;
 
 /// Bytes one example adds to `eval`'s forward pass of `network`: [`HAND_PASS_FACTOR`] × (f32 inputs and
@@ -132,7 +137,10 @@ pub fn forward_bytes_per_example(network: &Network, prepared: &Prepared) -> Resu
 
 /// `eval`'s batch size under `--max-mem` `total`: what lives outside the batches (the data as held, `extra`
 /// bytes of other data held too, the sample order, the f32 model, [`BASELINE_BYTES`]) is taken off, the
-/// rest holds batches of at most `most` examples; refused before the work when not even one example fits.
+/// rest holds the forward pass of batches of at most `most` examples; refused before the work when not even
+/// one example fits. The hand-written pass (f32 networks of the layers it implements, what `eval` runs
+/// then) is counted buffer by buffer ([`eval_pass_bytes`]); candle's forward is estimated
+/// ([`forward_bytes_per_example`]).
 pub fn eval_batch(
     prepared: &Prepared,
     max_mem: &str,
@@ -146,18 +154,142 @@ pub fn eval_batch(
         + 8 * prepared.order.capacity() as u64
         + 4 * network.num_params() as u64
         + BASELINE_BYTES;
-    let per = forward_bytes_per_example(network, prepared)?;
-    if total < outside + per {
+    let hand = match network.dtype() {
+        candle_core::DType::F32 => crate::model::hand::Plan::new(network).ok(),
+        _ => None,
+    };
+    let per = match &hand {
+        Some(_) => 0,
+        None => forward_bytes_per_example(network, prepared)?,
+    };
+    let pass = |e: usize| match &hand {
+        Some(plan) => eval_pass_bytes(network, plan, e),
+        None => e as u64 * per,
+    };
+    if total < outside + pass(1) {
         return Err(Error::Budget(format!(
             "--max-mem {max_mem} cannot hold what eval needs: {:.1} MiB for the data, the model and {} MiB for \
              the binary and threads, plus {:.1} MiB for the forward pass of one example; it needs at least {:.0} MiB",
             mib(outside),
             BASELINE_BYTES >> 20,
-            mib(per),
-            mib(outside + per).ceil()
+            mib(pass(1)),
+            mib(outside + pass(1)).ceil()
         )));
     }
-    Ok((((total - outside) / per) as usize).clamp(1, most))
+    Ok((1..=most.max(1))
+        .take_while(|&e| outside + pass(e) <= total)
+        .last()
+        .unwrap_or(1))
+}
+
+/// Bytes of an f32 eval-mode pass by the hand-written pass (`hand::Inference`) over batches of `e`
+/// examples of `network` (planned by `plan`): its copy of the weights and of the BatchNorm running
+/// statistics (f64), the pass's buffers ([`crate::model::hand::Plan::eval_bytes`]), the batch as a tensor
+/// and as the pass's input, the logits.
+pub fn eval_pass_bytes(network: &Network, plan: &crate::model::hand::Plan, e: usize) -> u64 {
+    let p = network.num_params() as u64;
+    let buffers: u64 = network
+        .buffers()
+        .iter()
+        .map(|(_, t)| t.elem_count() as u64)
+        .sum();
+    let per_input = network.input_shape.iter().product::<usize>() as u64;
+    let logits = network.num_outputs().unwrap_or(0) as u64;
+    4 * p
+        + 8 * buffers
+        + plan.eval_bytes::<f32>(e) as u64
+        + e as u64 * (2 * 4 * per_input + 4 * logits)
+}
+
+/// The most examples `train`'s accuracy passes take at once (`eval::BATCH`).
+const TRAIN_EVAL_MOST: usize = crate::pipeline::eval::BATCH;
+
+/// What `train` holds under `--max-mem`, counted before the first step (f32, the hand-written pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainMemory {
+    /// The data as held: the training split's used examples and the test split.
+    pub data: u64,
+    /// The model: weights and BatchNorm buffers, momentum, gradients, the step's copy of the weights and
+    /// the optimizer's per-tensor temporaries.
+    pub model: u64,
+    /// One training step at `--batch-size`: [`Plan::train_bytes`] and the batch's input copies.
+    pub step: u64,
+    /// The accuracy passes at `eval_batch` examples (their own copy of the weights, the eval-mode pass's
+    /// buffers, the batch's inputs), or saving the training state, whichever is more.
+    pub after_epoch: u64,
+    /// Examples per accuracy pass.
+    pub eval_batch: usize,
+}
+
+impl TrainMemory {
+    /// Everything, with [`BASELINE_BYTES`].
+    pub fn total(&self) -> u64 {
+        self.data + self.model + self.step + self.after_epoch + BASELINE_BYTES
+    }
+}
+
+/// Plan `train`'s memory under `--max-mem` `total` (as given: `max_mem`) for `network` trained at
+/// `batch` with `data` bytes of data held: the accuracy passes get the largest batch (at most
+/// [`TRAIN_EVAL_MOST`]) that fits. Refused before any step when even one example does not fit, naming
+/// the least `--max-mem` (the training batch is the user's: a smaller one is suggested, never chosen).
+pub fn train_memory(
+    network: &Network,
+    batch: usize,
+    data: u64,
+    max_mem: &str,
+    total: u64,
+) -> Result<TrainMemory> {
+    use crate::model::hand::Plan;
+    let plan = Plan::new(network)?;
+    let p = network.num_params() as u64;
+    let buffers: u64 = network
+        .buffers()
+        .iter()
+        .map(|(_, t)| t.elem_count() as u64)
+        .sum();
+    let largest = network
+        .parameters()
+        .iter()
+        .map(|(_, t)| t.elem_count() as u64)
+        .max()
+        .unwrap_or(0);
+    let per_input = network.input_shape.iter().product::<usize>() as u64;
+    // Weights + buffers (the Vars), momentum, gradients, the step's copy; SGD's temporaries for one tensor.
+    let model = 4 * (p + buffers) + 4 * 3 * p + 4 * 3 * largest;
+    // The batch as a tensor and as the pass's input vector (augmentation replaces one by the other), labels.
+    let step =
+        plan.train_bytes::<f32>(network, batch) as u64 + batch as u64 * (2 * 4 * per_input + 8);
+    // Saving the training state holds the weights, buffers and momentum as bytes at once.
+    let save = 4 * (2 * p + buffers) + 4 * largest;
+    let eval = |e: usize| eval_pass_bytes(network, &plan, e);
+    let fixed = data + model + step + BASELINE_BYTES;
+    let fits = |e: usize| fixed + eval(e).max(save) <= total;
+    if !fits(1) {
+        let least = fixed + eval(1).max(save);
+        return Err(Error::Budget(format!(
+            "--max-mem {max_mem} cannot hold what train needs: {:.1} MiB for the data, {:.1} MiB for the model \
+             (weights, momentum, gradients and the step's copy), {:.1} MiB for a training step at --batch-size \
+             {batch}, {:.1} MiB for the accuracy passes (one example at a time) or saving the state, {} MiB \
+             for the binary and threads; it needs at least {:.0} MiB (or a smaller --batch-size)",
+            mib(data),
+            mib(model),
+            mib(step),
+            mib(eval(1).max(save)),
+            BASELINE_BYTES >> 20,
+            mib(least).ceil()
+        )));
+    }
+    let eval_batch = (1..=TRAIN_EVAL_MOST)
+        .take_while(|&e| fits(e))
+        .last()
+        .unwrap_or(1);
+    Ok(TrainMemory {
+        data,
+        model,
+        step,
+        after_epoch: eval(eval_batch).max(save),
+        eval_batch,
+    })
 }
 
 /// What `stats` keeps outside its feature and estimator shares for a kernel on `n` examples: the data,

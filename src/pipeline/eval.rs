@@ -179,7 +179,26 @@ pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
         }
     };
     let network = &prepared.model.network;
-    let batch = crate::pipeline::budget::eval_batch(&prepared, &args.max_mem, total_mem, 0, BATCH)?;
+    // The training split's figures, when another split is evaluated: only the first `--limit` training
+    // examples' images are read, before the first pass, so that one batch size (chosen with both splits
+    // held) serves both passes on the one reused set of buffers.
+    let train = if prepared.dataset.split() == Split::Train {
+        None
+    } else {
+        let mut keep = |len: usize| Ok((0..args.limit.map_or(len, |l| l.min(len))).collect());
+        let data = &args.md.data;
+        match crate::pipeline::inputs::load_data_with(data, Split::Train, progress, Some(&mut keep))
+        {
+            Err(e) => {
+                progress.note(&format!("note: no training accuracy ({e})"));
+                None
+            }
+            Ok(train) => Some(train),
+        }
+    };
+    let extra = train.as_ref().map_or(0, Dataset::resident_bytes);
+    let batch =
+        crate::pipeline::budget::eval_batch(&prepared, &args.max_mem, total_mem, extra, BATCH)?;
     let mut fast = fast_pass(network);
     let acc = evaluate_with(
         &mut fast,
@@ -189,39 +208,17 @@ pub fn run(args: &EvalArgs, progress: &dyn Progress) -> Result<()> {
         batch,
         progress,
     )?;
-    let train_accuracy = if prepared.dataset.split() == Split::Train {
-        None
-    } else {
-        // Only the first `--limit` training examples' images are read, and the batch is chosen again with
-        // them held as well.
-        let mut keep = |len: usize| Ok((0..args.limit.map_or(len, |l| l.min(len))).collect());
-        match crate::pipeline::inputs::load_data_with(
-            &args.md.data,
-            Split::Train,
-            progress,
-            Some(&mut keep),
-        ) {
-            Err(e) => {
-                progress.note(&format!("note: no training accuracy ({e})"));
-                None
-            }
-            Ok(train) => {
-                let count = args.limit.map_or(train.len(), |l| l.min(train.len()));
-                let indices: Vec<usize> = (0..count).collect();
-                let batch = crate::pipeline::budget::eval_batch(
-                    &prepared,
-                    &args.max_mem,
-                    total_mem,
-                    train.resident_bytes(),
-                    BATCH,
-                )?;
-                let a = evaluate_with(&mut fast, network, &train, &indices, batch, progress)?;
-                Some(TrainAccuracy {
-                    n: a.n,
-                    correct: a.correct,
-                    accuracy: a.accuracy,
-                })
-            }
+    let train_accuracy = match &train {
+        None => None,
+        Some(train) => {
+            let count = args.limit.map_or(train.len(), |l| l.min(train.len()));
+            let indices: Vec<usize> = (0..count).collect();
+            let a = evaluate_with(&mut fast, network, train, &indices, batch, progress)?;
+            Some(TrainAccuracy {
+                n: a.n,
+                correct: a.correct,
+                accuracy: a.accuracy,
+            })
         }
     };
     let report = EvalReport {

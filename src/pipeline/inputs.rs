@@ -144,7 +144,11 @@ impl Prepared {
     pub fn tiles_for(&self, n: usize, spec: KernelSpec, feature_budget: usize) -> Result<NtkTiles> {
         let cache = feature_budget - feature_budget / 4;
         let inputs = self.inputs_in(n, spec.precision)?;
-        let tiles = NtkTiles::new(&self.model.network, inputs, spec, cache)?;
+        let mut tiles = NtkTiles::new(&self.model.network, inputs, spec, cache)?;
+        // A working set larger than its quarter (one example's of a large network) comes out of the cache.
+        if tiles.working_bytes() > feature_budget / 4 {
+            tiles.limit_cache(feature_budget.saturating_sub(tiles.working_bytes()));
+        }
         warn_if_singular(&tiles);
         Ok(tiles)
     }

@@ -121,13 +121,16 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
 
     let exact = if methods.is_empty() || args.exact {
         let second = match &against {
-            Some(model) => Some(NtkTiles::new(
-                &model.network,
-                inputs.clone(),
-                spec,
-                // The cache's 3/4 of this kernel's half, as `Prepared::tiles` gives the first.
-                feature_mem as usize / 2 / 4 * 3,
-            )?),
+            Some(model) => {
+                // The cache's 3/4 of this kernel's half, as `Prepared::tiles` gives the first, less a
+                // working set larger than the other quarter.
+                let half = feature_mem as usize / 2;
+                let mut t = NtkTiles::new(&model.network, inputs.clone(), spec, half / 4 * 3)?;
+                if t.working_bytes() > half / 4 {
+                    t.limit_cache(half.saturating_sub(t.working_bytes()));
+                }
+                Some(t)
+            }
             None => None,
         };
         Some(exact_pass(

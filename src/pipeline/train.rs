@@ -15,6 +15,10 @@
 //! the run ended. Until it ends, `NAME.train-state.safetensors` holds what `--resume` needs to continue
 //! bitwise identically (momentum, schedule position, random state; see `model::train::state`); it is
 //! removed at the end.
+//!
+//! `--max-mem` (default 4GiB, hand pass): the data, the model, one step at `--batch-size` and the accuracy
+//! passes are counted before the first step (`budget::train_memory`); the accuracy passes' batch adapts, the
+//! training batch never does (a budget too small for it is refused, naming the least).
 
 use crate::cli::{Augment, PassArg, Schedule, TrainArgs};
 use crate::data::{Dataset, Split};
@@ -23,6 +27,7 @@ use crate::model::load::{parse_shape, save_safetensors};
 use crate::model::recognise;
 use crate::model::train::state::{self, state_path};
 use crate::model::train::{cosine_lr, Sgd, TrainPass, Trainer, VarSource};
+use crate::pipeline::eval::evaluate_in_batches;
 use crate::progress::Progress;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -42,6 +47,8 @@ const WEIGHT_DECAY: f64 = 5e-4;
 /// The eval-mode check of the stop rule runs after epochs whose running accuracy is at least
 /// `--target-acc` minus this (the running accuracy lags the end-of-epoch weights).
 pub const PRECHECK_MARGIN: f64 = 0.01;
+/// `--max-mem` when not given.
+const DEFAULT_MAX_MEM: &str = "4GiB";
 /// Without a terminal (e.g. `nohup`), print a status line every this many steps instead of a bar.
 const STATUS_EVERY: usize = 50;
 
@@ -140,7 +147,14 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
         ("--out", Some(args.out.as_path())),
         ("--out's training log", Some(log_path.as_path())),
     ])?;
-    let data = crate::pipeline::inputs::load_data(&args.data, Split::Train, progress)?;
+    // Only the pixels of the examples trained on are held (the first --limit), read as a stream.
+    let mut first = |len: usize| Ok((0..args.limit.map_or(len, |l| l.min(len))).collect());
+    let data = crate::pipeline::inputs::load_data_with(
+        &args.data,
+        Split::Train,
+        progress,
+        Some(&mut first),
+    )?;
     let n = args.limit.map_or(data.len(), |l| l.min(data.len()));
     if n < 2 {
         return Err(Error::Usage(format!(
@@ -174,6 +188,9 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
     if trainer.pass == TrainPass::Hand {
         crate::model::hand::Plan::new(&trainer.network)?;
     }
+    // The test split (for the final accuracy) is read now: its memory is counted before the first step.
+    let test = load_test(args, progress);
+    let eval_batch = plan_memory(&trainer, args, &data, test.as_ref(), progress)?;
     let init = match &args.init {
         Some(path) => Some(load_init(&trainer, path)?),
         None => None,
@@ -316,7 +333,7 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
         progress.finish();
         let train_acc = correct as f64 / seen as f64;
         let train_acc_eval = if train_acc >= args.target_acc - PRECHECK_MARGIN {
-            Some(eval_accuracy(&trainer, &data, n, progress)?)
+            Some(eval_accuracy(&trainer, &data, n, eval_batch, progress)?)
         } else {
             None
         };
@@ -356,9 +373,17 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
             let last_eval = log.epochs.last().and_then(|e| e.train_acc_eval);
             log.final_train_acc_eval = Some(match last_eval {
                 Some(a) => a,
-                None => eval_accuracy(&trainer, &data, n, progress)?,
+                None => eval_accuracy(&trainer, &data, n, eval_batch, progress)?,
             });
-            log.final_test_acc = test_accuracy(&trainer, args, progress)?;
+            log.final_test_acc = match &test {
+                Some(test) => {
+                    let indices: Vec<usize> = (0..test.len()).collect();
+                    let network = &trainer.network;
+                    let batch = eval_batch;
+                    Some(evaluate_in_batches(network, test, &indices, batch, progress)?.accuracy)
+                }
+                None => None,
+            };
             log.seconds = seconds_before + started.elapsed().as_secs_f64();
         }
         save(&trainer, &log, args, &log_path)?;
@@ -389,34 +414,62 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
     Ok(())
 }
 
-/// Eval-mode accuracy of the trained network on the first `n` training examples.
+/// Eval-mode accuracy of the trained network on the first `n` training examples, `batch` at a time.
 fn eval_accuracy(
     trainer: &Trainer,
     data: &Dataset,
     n: usize,
+    batch: usize,
     progress: &dyn Progress,
 ) -> Result<f64> {
     let indices: Vec<usize> = (0..n).collect();
-    Ok(crate::pipeline::eval::evaluate(&trainer.network, data, &indices, progress)?.accuracy)
+    Ok(evaluate_in_batches(&trainer.network, data, &indices, batch, progress)?.accuracy)
 }
 
-/// Eval-mode accuracy on the data's test split, or None (with a note) when it has none.
-fn test_accuracy(
-    trainer: &Trainer,
-    args: &TrainArgs,
-    progress: &dyn Progress,
-) -> Result<Option<f64>> {
-    let test = match crate::pipeline::inputs::load_data(&args.data, Split::Test, progress) {
-        Ok(t) => t,
+/// The data's test split (read as a stream), or None (with a note: no test accuracy) when it has none.
+fn load_test(args: &TrainArgs, progress: &dyn Progress) -> Option<Dataset> {
+    let mut all = |len: usize| Ok((0..len).collect());
+    match crate::pipeline::inputs::load_data_with(&args.data, Split::Test, progress, Some(&mut all))
+    {
+        Ok(t) => Some(t),
         Err(e) => {
             progress.note(&format!("note: no test accuracy ({e})"));
-            return Ok(None);
+            None
         }
-    };
-    let indices: Vec<usize> = (0..test.len()).collect();
-    Ok(Some(
-        crate::pipeline::eval::evaluate(&trainer.network, &test, &indices, progress)?.accuracy,
-    ))
+    }
+}
+
+/// `--max-mem` (default 4GiB) for the hand pass: what training holds is counted, printed and refused
+/// when it does not fit; returns the accuracy passes' batch. With `--pass autograd` (candle's graph, not
+/// planned) the accuracy passes take `eval::BATCH` examples and no limit applies (`check_args` refuses an
+/// explicit one).
+fn plan_memory(
+    trainer: &Trainer,
+    args: &TrainArgs,
+    data: &Dataset,
+    test: Option<&Dataset>,
+    progress: &dyn Progress,
+) -> Result<usize> {
+    if trainer.pass == TrainPass::Autograd {
+        return Ok(crate::pipeline::eval::BATCH);
+    }
+    let max_mem = args.max_mem.as_deref().unwrap_or(DEFAULT_MAX_MEM);
+    let total = crate::linalg::parse_size(max_mem)?;
+    let held = data.resident_bytes() + test.map_or(0, Dataset::resident_bytes);
+    let batch = args.batch_size;
+    let mem = crate::pipeline::budget::train_memory(&trainer.network, batch, held, max_mem, total)?;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    progress.note(&format!(
+        "memory: {:.0} MiB of --max-mem {max_mem}: data {:.1}, model {:.1}, step at batch {batch} {:.1}, \
+             accuracy passes of {} examples (or saving) {:.1} MiB",
+        mib(mem.total()),
+        mib(mem.data),
+        mib(mem.model),
+        mib(mem.step),
+        mem.eval_batch,
+        mib(mem.after_epoch)
+    ));
+    Ok(mem.eval_batch)
 }
 
 /// Copy the weights of `path` into the trainer's parameters and BatchNorm buffers; every tensor of the
@@ -515,6 +568,15 @@ fn read_finished(path: &Path) -> bool {
 fn check_args(args: &TrainArgs) -> Result<()> {
     if args.epochs == 0 {
         return Err(Error::Usage("--epochs must be at least 1".into()));
+    }
+    if let Some(m) = &args.max_mem {
+        crate::linalg::parse_size(m)?;
+    }
+    if let (Some(m), PassArg::Autograd) = (&args.max_mem, args.pass) {
+        return Err(Error::Usage(format!(
+            "--max-mem {m} bounds the hand-written pass only (candle's autograd graph is not planned); drop \
+             --max-mem or use --pass hand"
+        )));
     }
     if args.batch_size < 2 {
         return Err(Error::Usage(

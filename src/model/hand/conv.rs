@@ -6,7 +6,7 @@
 
 use super::plan::ConvShape;
 use super::product::{product, Operand};
-use super::real::Real;
+use super::real::{resize_exact, Real};
 use rayon::prelude::*;
 
 /// Output columns `ox` whose input column `ox·s + b − p` lies inside a row of width `w`.
@@ -94,7 +94,16 @@ pub fn col2im<T: Real>(cols: &[T], g: &ConvShape, n: usize, group: usize, dx: &m
         });
 }
 
-/// Reused buffers of the convolutions (patch matrix and its gradient), sized for the largest one.
+/// `v` at least `len` long (grown exactly, never shrunk).
+fn at_least<T: Real>(v: &mut Vec<T>, len: usize) {
+    if v.len() < len {
+        resize_exact(v, len);
+    }
+}
+
+/// Reused buffers of the convolutions (patch matrix and its gradient), each sized for the largest use of
+/// it: the patch matrix by eval-mode forwards (and a backward without saved patches), its gradient by
+/// input gradients.
 #[derive(Default)]
 pub struct ConvScratch<T> {
     cols: Vec<T>,
@@ -103,11 +112,9 @@ pub struct ConvScratch<T> {
 }
 
 impl<T: Real> ConvScratch<T> {
-    fn ensure(&mut self, len: usize) {
-        if self.cols.len() < len {
-            self.cols.resize(len, T::ZERO);
-            self.dcols.resize(len, T::ZERO);
-        }
+    /// Values held (allocated capacities), for [`super::HandPass::held_bytes`].
+    pub fn held_values(&self) -> usize {
+        self.cols.capacity() + self.dcols.capacity() + self.small.capacity()
     }
 }
 
@@ -139,11 +146,11 @@ pub fn forward<T: Real>(
             } else {
                 let cols = match keep.as_mut() {
                     Some(saved) => {
-                        saved.resize(g.groups * kg * nu, T::ZERO);
+                        resize_exact(saved, g.groups * kg * nu);
                         &mut saved[group * kg * nu..][..kg * nu]
                     }
                     None => {
-                        scratch.ensure(kg * nu);
+                        at_least(&mut scratch.cols, kg * nu);
                         &mut scratch.cols[..kg * nu]
                     }
                 };
@@ -198,16 +205,17 @@ pub fn backward<T: Real>(
                 product(&mut dx[group * kg * nu..][..kg * nu], w.t(), dy_g, *add);
             }
         } else {
-            scratch.ensure(kg * nu);
             let cols = match saved {
                 Some(s) if s.len() >= g.groups * kg * nu => &s[group * kg * nu..][..kg * nu],
                 _ => {
+                    at_least(&mut scratch.cols, kg * nu);
                     im2col(x, g, n, group, &mut scratch.cols);
                     &scratch.cols[..kg * nu]
                 }
             };
             weight_grad(Operand::new(cols, kg, nu), dy_g, &mut scratch.small, dw_g);
             if let Some((dx, add)) = dx.as_mut() {
+                at_least(&mut scratch.dcols, kg * nu);
                 product(&mut scratch.dcols[..kg * nu], w.t(), dy_g, false);
                 col2im(&scratch.dcols, g, n, group, dx, *add);
             }
@@ -226,7 +234,7 @@ fn weight_grad<T: Real>(
 ) {
     let (kg, cog) = (cols.rows(), dy.rows());
     if small.len() < kg * cog {
-        small.resize(kg * cog, T::ZERO);
+        resize_exact(small, kg * cog);
     }
     product(small, cols, dy.t(), false);
     transpose_into(small, kg, cog, dw);
@@ -388,7 +396,7 @@ pub fn input_grad<T: Real>(
         if g.is_pointwise() {
             product(&mut dx[group * kg * nu..][..kg * nu], w.t(), dy_g, add);
         } else {
-            scratch.ensure(kg * nu);
+            at_least(&mut scratch.dcols, kg * nu);
             product(&mut scratch.dcols[..kg * nu], w.t(), dy_g, false);
             col2im(&scratch.dcols, g, n, group, dx, add);
         }

@@ -68,6 +68,24 @@ impl<T: Real> HandPass<T> {
         &self.plan
     }
 
+    /// Bytes of every buffer the pass holds now (allocated capacities): what [`Plan::train_bytes`],
+    /// [`Plan::eval_bytes`] and [`Plan::reverse_bytes`] count before the pass runs.
+    pub fn held_bytes(&self) -> usize {
+        let values: usize = self
+            .act
+            .iter()
+            .chain(&self.grad)
+            .chain(&self.saved_cols)
+            .map(Vec::capacity)
+            .sum();
+        let stats: usize = self
+            .stats
+            .iter()
+            .map(|s| s.mean.capacity() + s.inv_std.capacity() + s.var_unbiased.capacity())
+            .sum();
+        (values + self.scratch.held_values()) * std::mem::size_of::<T>() + 8 * stats
+    }
+
     /// Batch statistics of every BatchNorm node of the last step, in node order (with the node index).
     pub fn batch_stats(&self) -> impl Iterator<Item = (usize, &NormStats)> {
         self.plan
@@ -99,6 +117,9 @@ impl<T: Real> HandPass<T> {
         }
         self.eval_mode = false;
         self.forward(network, params, x, n)?;
+        for (k, s) in self.plan.shapes.iter().enumerate() {
+            real::resize_exact(&mut self.grad[k], n * s.len());
+        }
         let out = network.output();
         let d = self.plan.shapes[out].len();
         let mut dlogits = std::mem::take(&mut self.grad[out]);
@@ -166,14 +187,14 @@ impl<T: Real> HandPass<T> {
         Ok(())
     }
 
-    /// Size every buffer for a batch of `n` (no-op when it already is).
+    /// Size the activations for a batch of `n` (no-op when they already are; the gradients are sized by
+    /// the passes that use them, so an eval-mode forward holds none).
     fn size_for(&mut self, n: usize) {
         if self.batch == n {
             return;
         }
         for (k, s) in self.plan.shapes.iter().enumerate() {
-            self.act[k].resize(n * s.len(), T::ZERO);
-            self.grad[k].resize(n * s.len(), T::ZERO);
+            real::resize_exact(&mut self.act[k], n * s.len());
         }
         self.batch = n;
     }

@@ -227,6 +227,99 @@ impl Plan {
     pub fn batch_norms(&self) -> usize {
         self.bn_slot.iter().flatten().count()
     }
+
+    /// Bytes a [`super::HandPass`] of element type `T` holds once its last train-mode step
+    /// ([`super::HandPass::gradients`]) ran at batch `n` and no larger batch ran before: activations and
+    /// gradients of every node, each lowered convolution's saved patch matrices, the patch-matrix gradient
+    /// (the largest input gradient of a lowered convolution), the weight-gradient transpose buffer, the
+    /// BatchNorm statistics. What [`super::HandPass::held_bytes`] then reports (`tests/hand_memory.rs`
+    /// checks the two agree). `network` is the one the plan was made for (as for the other counts).
+    pub fn train_bytes<T>(&self, network: &Network, n: usize) -> usize {
+        let saved: usize = self
+            .lowered()
+            .map(|g| g.groups * g.patch_len() * n * g.positions())
+            .sum();
+        let dcols = self.largest_patches(self.lowered_with_input_grad(network), n);
+        let small = self
+            .convs
+            .iter()
+            .flatten()
+            .filter(|g| !g.is_depthwise())
+            .map(|g| g.patch_len() * g.c_out_group())
+            .max()
+            .unwrap_or(0);
+        let elems = 2 * n * self.values_per_example() + saved + dcols + small;
+        elems * std::mem::size_of::<T>() + self.stats_bytes()
+    }
+
+    /// Bytes a pass holds once eval-mode forwards ([`super::HandPass::logits_eval`]) ran at batches of at
+    /// most `n` (and nothing else ran): activations of every node, the patch-matrix scratch (the largest
+    /// lowered convolution's), the BatchNorm statistics.
+    pub fn eval_bytes<T>(&self, n: usize) -> usize {
+        let cols = self.largest_patches(self.lowered(), n);
+        (n * self.values_per_example() + cols) * std::mem::size_of::<T>() + self.stats_bytes()
+    }
+
+    /// Bytes a pass holds once the NTK's reverse passes ([`super::HandPass::reverse_rows`]) ran on at most
+    /// `n` examples of `r` rows each (and nothing else ran): activations for `n`, gradients for `n·r` rows,
+    /// the patch-matrix scratch of the eval-mode forward (`n` examples) and its gradient (`n·r` rows of the
+    /// largest lowered convolution whose input needs a gradient), the BatchNorm statistics.
+    pub fn reverse_bytes<T>(&self, network: &Network, n: usize, r: usize) -> usize {
+        let rows = n * r.max(1);
+        let cols = self.largest_patches(self.lowered(), n);
+        let dcols = self.largest_patches(self.lowered_with_input_grad(network), rows);
+        let elems = (n + rows) * self.values_per_example() + cols + dcols;
+        elems * std::mem::size_of::<T>() + self.stats_bytes()
+    }
+
+    /// The largest patch matrix, for `n` columns blocks (examples or rows), of the convolutions `convs`.
+    fn largest_patches<'a>(&self, convs: impl Iterator<Item = &'a ConvShape>, n: usize) -> usize {
+        convs
+            .map(|g| g.patch_len() * n * g.positions())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The lowered convolutions whose input needs a gradient (their input gradient goes through the
+    /// patch-matrix gradient).
+    fn lowered_with_input_grad<'a>(
+        &'a self,
+        network: &'a Network,
+    ) -> impl Iterator<Item = &'a ConvShape> + 'a {
+        self.convs.iter().enumerate().filter_map(move |(k, g)| {
+            let input = network.nodes[k].inputs.first().copied()?;
+            g.as_ref()
+                .filter(|g| self.lowers(g) && self.needs_grad[input])
+        })
+    }
+
+    /// Values of every node's output for one example (node 0, the input, included).
+    fn values_per_example(&self) -> usize {
+        self.shapes.iter().map(Shape::len).sum()
+    }
+
+    /// Whether a convolution runs through a patch matrix (not 1×1 stride 1, not depthwise).
+    fn lowers(&self, g: &ConvShape) -> bool {
+        !g.is_pointwise() && !g.is_depthwise()
+    }
+
+    /// The convolutions that run through a patch matrix.
+    fn lowered(&self) -> impl Iterator<Item = &ConvShape> {
+        self.convs.iter().flatten().filter(|g| self.lowers(g))
+    }
+
+    /// Bytes of the BatchNorm statistics: three f64 values per channel of each BatchNorm node.
+    fn stats_bytes(&self) -> usize {
+        self.bn_slot
+            .iter()
+            .zip(&self.shapes)
+            .filter(|(slot, _)| slot.is_some())
+            .map(|(_, s)| match s {
+                Shape::Map { c, .. } => 3 * 8 * c,
+                Shape::Flat(f) => 3 * 8 * f,
+            })
+            .sum()
+    }
 }
 
 /// The geometry of convolution node `k` on an input map `[C, H, W]`.

@@ -35,6 +35,15 @@ impl Real for f64 {
     const ZERO: Self = 0.0;
 }
 
+/// `v.resize(len, 0)` growing the allocation to exactly `len` (not the doubling `Vec::resize` may choose),
+/// so the bytes a pass holds are the ones [`super::Plan`] counts.
+pub fn resize_exact<T: Real>(v: &mut Vec<T>, len: usize) {
+    if len > v.capacity() {
+        v.reserve_exact(len - v.len());
+    }
+    v.resize(len, T::ZERO);
+}
+
 /// `dst[i] = v[i]` or `dst[i] += v[i]` (when `add`), the two ways a gradient reaches a node's buffer.
 #[inline]
 pub fn put<T: Real>(dst: &mut T, v: T, add: bool) {

@@ -57,7 +57,7 @@ impl<T: Real> HandPass<T> {
         let out = network.output();
         let rows = n * r;
         for (k, s) in self.plan.shapes.iter().enumerate() {
-            self.grad[k].resize(rows * s.len(), T::ZERO);
+            super::real::resize_exact(&mut self.grad[k], rows * s.len());
         }
         let d = self.plan.shapes[out].len();
         if seeds.len() != rows * d {
