@@ -3,7 +3,8 @@
 //! when a Python with torch is found; all in one run, interleaved, so machine load affects each alike.
 //! Prints the median seconds per step and the ratios.
 //!
-//! `cargo bench --bench train_step` (`STEPS=N` repetitions, default 5; `ARCHS=resnet9,lenet,mobilenet`).
+//! `cargo bench --bench train_step` (`STEPS=N` repetitions, default 5; `ARCHS=resnet9,lenet,mobilenet`;
+//! `PASSES=hand` times the hand pass alone, e.g. under a profiler; default `hand,autograd,torch`).
 //! PyTorch: `TORCH_PYTHON=/path/to/python` (default `python3`), e.g. after
 //! `python3 -m venv venv && venv/bin/pip install torch`; the bench skips it when `import torch` fails.
 
@@ -29,9 +30,10 @@ fn trainer(arch_name: &str, width: Option<usize>, shape: [usize; 3], pass: Train
     t
 }
 
+/// The median (NaN for a pass that was not run).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// PyTorch's median seconds per step for the case, or None when no torch is available.
@@ -58,6 +60,8 @@ fn main() {
         .unwrap_or(5);
     let wanted = std::env::var("ARCHS").unwrap_or_else(|_| "resnet9,lenet,mobilenet".into());
     let python = std::env::var("TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let passes = std::env::var("PASSES").unwrap_or_else(|_| "hand,autograd,torch".into());
+    let runs = |pass: &str| passes.split(',').any(|p| p == pass);
     let dev = Device::Cpu;
     println!(
         "batch {BATCH}, {steps} timed steps per pass after 1 warm-up, {} threads",
@@ -82,6 +86,13 @@ fn main() {
         let (mut t_hand, mut t_auto) = (Vec::new(), Vec::new());
         for i in 0..=steps {
             for (t, times) in [(&mut hand, &mut t_hand), (&mut auto, &mut t_auto)] {
+                if !runs(if t.pass == TrainPass::Hand {
+                    "hand"
+                } else {
+                    "autograd"
+                }) {
+                    continue;
+                }
                 let start = Instant::now();
                 t.step(&x, &labels, 0.01).expect("step");
                 if i > 0 {
@@ -90,7 +101,9 @@ fn main() {
             }
         }
         let (th, ta) = (median(t_hand), median(t_auto));
-        let torch = torch_step(&python, case, steps);
+        let torch = runs("torch")
+            .then(|| torch_step(&python, case, steps))
+            .flatten();
         let fmt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.3}"));
         println!(
             "| {name}{} | {c}×{h}×{w} | {} | {th:.3} | {ta:.3} | {} | {:.2} | {} |",

@@ -10,6 +10,7 @@
 //!   (`K_l = Σ_{u,v} (G_ic G_jc'ᵀ)_{uv} (P_i P_jᵀ)_{uv}`), used where it needs fewer FLOPs than route A.
 
 use crate::linalg::gemm::matmul;
+use crate::model::hand::real::{sum2_f64, sum_f64};
 use crate::model::im2col::{patch_rows, ConvGeometry};
 use crate::model::{Network, Op};
 use crate::ntk::backward::{backward, seed};
@@ -636,11 +637,11 @@ fn write_channel_sums(
         for c in 0..channels {
             let gs = &g[(row * channels + c) * u..(row * channels + c + 1) * u];
             col[offset + c] = match weight {
-                None => gs.iter().sum(),
+                None => sum_f64(gs, |v| v),
                 Some((w, r)) => {
                     let e = row / r;
                     let ws = &w[(e * channels + c) * u..(e * channels + c + 1) * u];
-                    gs.iter().zip(ws).map(|(a, b)| a * b).sum()
+                    sum2_f64(gs, ws, |a, b| a * b, |_, _| 0.0).0
                 }
             };
         }

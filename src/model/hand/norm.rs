@@ -5,7 +5,7 @@
 //! Forward: `y = γ·x̂ + β`, `x̂ = (x − μ)/sqrt(σ² + ε)` with the batch mean μ and the biased batch variance σ².
 //! Backward: `dγ = Σ dy·x̂`, `dβ = Σ dy`, `dx = γ/sqrt(σ² + ε) · (dy − dβ/L − x̂·dγ/L)` with L = N·H·W.
 
-use super::real::{put, Real};
+use super::real::{sum2_f64, sum_f64, Real};
 use rayon::prelude::*;
 
 /// Batch statistics of one BatchNorm layer for one step.
@@ -24,14 +24,11 @@ pub fn batch_stats<T: Real>(x: &[T], channels: usize, eps: f64, len: usize, stat
     let per: Vec<(f64, f64, f64)> = x[..channels * len]
         .par_chunks(len)
         .map(|row| {
-            let mean = row.iter().map(|v| v.to_f64()).sum::<f64>() / len as f64;
-            let ss: f64 = row
-                .iter()
-                .map(|v| {
-                    let d = v.to_f64() - mean;
-                    d * d
-                })
-                .sum();
+            let mean = sum_f64(row, |v| v.to_f64()) / len as f64;
+            let ss = sum_f64(row, |v| {
+                let d = v.to_f64() - mean;
+                d * d
+            });
             let inv_std = 1.0 / (ss / len as f64 + eps).sqrt();
             (mean, inv_std, ss / (len as f64 - 1.0))
         })
@@ -94,13 +91,13 @@ pub fn backward<T: Real>(
         .map(|ch| {
             let (row, grad) = (&x[ch * len..][..len], &dy[ch * len..][..len]);
             let (mean, inv_std) = (stats.mean[ch], stats.inv_std[ch]);
-            let (mut sg, mut sb) = (0.0, 0.0);
-            for (&v, &d) in row.iter().zip(grad) {
-                let d = d.to_f64();
-                sg += d * (v.to_f64() - mean) * inv_std;
-                sb += d;
-            }
-            (sg, sb)
+            let (sg, sb) = sum2_f64(
+                row,
+                grad,
+                |v, d| d.to_f64() * (v.to_f64() - mean),
+                |_, d| d.to_f64(),
+            );
+            (sg * inv_std, sb)
         })
         .collect();
     for (ch, &(sg, sb)) in sums.iter().enumerate() {
@@ -121,8 +118,11 @@ pub fn backward<T: Real>(
             let a = T::from_f64(k);
             let b = T::from_f64(-k * mean_dyx * inv_std);
             let c0 = T::from_f64(-k * mean_dy + k * mean_dyx * inv_std * mean);
-            for ((o, &v), &d) in out.iter_mut().zip(row).zip(grad) {
-                put(o, a * d + b * v + c0, add);
+            let values = out.iter_mut().zip(row.iter().zip(grad));
+            if add {
+                values.for_each(|(o, (&v, &d))| *o += a * d + b * v + c0);
+            } else {
+                values.for_each(|(o, (&v, &d))| *o = a * d + b * v + c0);
             }
         });
 }

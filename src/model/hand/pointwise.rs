@@ -70,10 +70,14 @@ pub fn backward_block<T: Real>(f: Pointwise, x: &[T], y: &[T], dy: &[T], dx: &mu
         }
     };
     match f {
+        // The hot case: one branch-free loop per accumulation mode, so it vectorises.
         Pointwise::Relu => {
-            for i in 0..dx.len() {
-                let v = if y[i] > T::ZERO { dy[i] } else { T::ZERO };
-                put(&mut dx[i], v, add);
+            let pairs = dx.iter_mut().zip(y[..dy.len()].iter().zip(dy));
+            let relu = |y: T, d: T| if y > T::ZERO { d } else { T::ZERO };
+            if add {
+                pairs.for_each(|(o, (&y, &d))| *o += relu(y, d));
+            } else {
+                pairs.for_each(|(o, (&y, &d))| *o = relu(y, d));
             }
         }
         Pointwise::Tanh => each(&|_, y, d| d * (T::from(1.0) - y * y)),

@@ -9,7 +9,7 @@
 use super::plan::Shape;
 use super::pointwise::Pointwise;
 use super::pool::{Pool, Windows};
-use super::real::{put, Real};
+use super::real::Real;
 use super::{conv, pointwise, pool, windows, HandPass};
 use crate::model::{Network, Op};
 use crate::{Error, Result};
@@ -154,9 +154,11 @@ impl<T: Real> HandPass<T> {
                     .enumerate()
                     .for_each(|(ch, (o, d))| {
                         let scale = T::from_f64(gamma[ch].to_f64() * stats.inv_std[ch]);
-                        o.iter_mut()
-                            .zip(d)
-                            .for_each(|(o, &d)| put(o, d * scale, add));
+                        if add {
+                            o.iter_mut().zip(d).for_each(|(o, &d)| *o += d * scale);
+                        } else {
+                            o.iter_mut().zip(d).for_each(|(o, &d)| *o = d * scale);
+                        }
                     });
             }
             Op::Relu | Op::Tanh | Op::Gelu | Op::Dropout => {
