@@ -1,8 +1,9 @@
 //! The shipped models in `models/` are what `models/README.md` says: the file's sha256 matches, and the
-//! top-1 accuracy on the first 1000 MNIST test images, recomputed here, matches the recorded count.
+//! top-1 accuracy on the first 1000 test images (MNIST's, or the dataset a `- test data:` line names),
+//! recomputed here, matches the recorded count.
 //!
 //! models/README.md records, per model, lines of the form
-//! `- sha256: <hex>` and `- first 1000 test images: <correct>/1000`
+//! `- sha256: <hex>`, `- first 1000 test images: <correct>/1000` and optionally `- test data: <name>`
 //! under a heading `### <file name>`.
 
 use ntk_pipeline::data::{self, DataOptions, Split};
@@ -18,17 +19,19 @@ fn models_dir() -> PathBuf {
 
 /// The value after `- {key}: ` in the `### {file}` section of models/README.md.
 fn recorded(file: &str, key: &str) -> String {
+    recorded_opt(file, key).unwrap_or_else(|| panic!("{file}: no `- {key}: `"))
+}
+
+/// The value after `- {key}: ` in the `### {file}` section, if the section has that line.
+fn recorded_opt(file: &str, key: &str) -> Option<String> {
     let text = std::fs::read_to_string(models_dir().join("README.md")).unwrap();
     let section = text
         .split("\n### ")
         .find(|s| s.starts_with(file))
         .unwrap_or_else(|| panic!("no section for {file}"));
     let prefix = format!("- {key}: ");
-    let line = section
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .unwrap_or_else(|| panic!("{file}: no `{prefix}`"));
-    line[prefix.len()..].trim().trim_matches('`').to_string()
+    let line = section.lines().find(|l| l.starts_with(&prefix))?;
+    Some(line[prefix.len()..].trim().trim_matches('`').to_string())
 }
 
 fn check(file: &str) {
@@ -45,8 +48,9 @@ fn check(file: &str) {
     );
 
     let model = load_model(path.to_str().unwrap(), None, None, None, None).unwrap();
+    let dataset = recorded_opt(file, "test data").unwrap_or_else(|| "mnist".into());
     let test = data::load(
-        "mnist",
+        &dataset,
         &DataOptions {
             split: Split::Test,
             ..Default::default()
