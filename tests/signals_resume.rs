@@ -384,6 +384,43 @@ fn logdet_model_resumes_bitwise_after_sigkill_in_tile_formation_and_in_factorisa
     }
 }
 
+/// Run `args(out) --checkpoint ck`, SIGKILL it as soon as a block column is complete (the manifest
+/// appears: the middle of the run), then resume it; returns the resumed run's report (at least one column
+/// resumed).
+fn killed_after_a_column_then_resumed(
+    args: &dyn Fn(&Path) -> Command,
+    out: &Path,
+    ck: &Path,
+) -> serde_json::Value {
+    let mut child = args(out)
+        .arg("--checkpoint")
+        .arg(ck)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !ck.join("manifest.json").exists() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    assert_eq!(
+        child.wait().unwrap().code(),
+        None,
+        "the run ended before the kill"
+    );
+    let o = args(out)
+        .arg("--checkpoint")
+        .arg(ck)
+        .arg("--resume")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let resumed = json(out);
+    assert!(resumed["info"]["resumed_columns"].as_u64().unwrap() >= 1);
+    resumed
+}
+
 #[test]
 fn logdet_matrix_resumes_bitwise_after_an_external_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -409,30 +446,7 @@ fn logdet_matrix_resumes_bitwise_after_an_external_sigkill() {
     assert!(args(&whole).output().unwrap().status.success());
     let ck = dir.path().join("ck");
     let out = dir.path().join("cut.json");
-    let mut child = args(&out)
-        .arg("--checkpoint")
-        .arg(&ck)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Kill as soon as a column is complete (the manifest appears), i.e. in the middle of the run.
-    let start = Instant::now();
-    while !ck.join("manifest.json").exists() && start.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), None, "the run ended before the kill");
-    let o = args(&out)
-        .arg("--checkpoint")
-        .arg(&ck)
-        .arg("--resume")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let resumed = json(&out);
-    assert!(resumed["info"]["resumed_columns"].as_u64().unwrap() >= 1);
+    let resumed = killed_after_a_column_then_resumed(&args, &out, &ck);
     assert_same_logdets(&json(&whole), &resumed);
 
     // Touching the matrix changes its identity: a resume is refused.
@@ -478,32 +492,8 @@ fn logdet_sym_resumes_bitwise_after_an_external_sigkill() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ck = dir.path().join("ck");
     let out = dir.path().join("cut.json");
-    let mut child = args(&out)
-        .arg("--checkpoint")
-        .arg(&ck)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !ck.join("manifest.json").exists() && start.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    assert_eq!(
-        child.wait().unwrap().code(),
-        None,
-        "the run ended before the kill"
-    );
-    let o = args(&out)
-        .arg("--checkpoint")
-        .arg(&ck)
-        .arg("--resume")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (a, b) = (json(&whole), json(&out));
-    assert!(b["info"]["resumed_columns"].as_u64().unwrap() >= 1);
+    let b = killed_after_a_column_then_resumed(&args, &out, &ck);
+    let a = json(&whole);
     assert_eq!(
         a["info"]["pivoted"], true,
         "Bunch–Kaufman pivoting was used"
