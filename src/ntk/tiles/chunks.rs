@@ -65,6 +65,23 @@ impl NtkTiles {
         Ok(feats)
     }
 
+    /// Seconds of one chunk-pair contraction of `feats` with themselves (the result is dropped): what one
+    /// tile of a chunk-sized block costs, to weigh tile work against feature work.
+    pub fn time_pair(&self, feats: &Features) -> f64 {
+        let rows = feats.n * self.plan.rows;
+        let mut block = faer::Mat::<f64>::zeros(rows, rows);
+        let t0 = Instant::now();
+        crate::ntk::contract::contract(
+            &self.plan,
+            feats,
+            0..feats.n,
+            feats,
+            0..feats.n,
+            block.as_mut(),
+        );
+        t0.elapsed().as_secs_f64()
+    }
+
     /// Put `feats`, the features of chunk `c` computed elsewhere (another process), into the cache as if
     /// computed here; the least recently used chunks make room as usual. Refused when they do not have
     /// chunk `c`'s examples.

@@ -38,6 +38,9 @@ pub struct ShareInfo {
     pub wait_seconds: f64,
     /// Of those, seconds sending and receiving chunks (the exchange).
     pub exchange_seconds: f64,
+    /// Cost of one chunk-pair contraction in chunk feature passes, measured on rank 0 (0 on one rank):
+    /// how the plan weighed each rank's tiles against the chunks it computes.
+    pub pair_cost: f64,
 }
 
 /// The sharing plan for a grid: which chunks each rank needs, and which rank computes each chunk.
@@ -50,18 +53,25 @@ pub struct SharePlan {
 }
 
 /// The plan for `tiles` laid out in blocks of `nb` rows on a P × Q `grid`: every rank needs the chunks of
-/// its owned blocks' rows and columns; each chunk goes to the rank needing it that has computed the fewest
-/// examples so far (ties to the lowest rank), which balances the feature work.
-pub fn plan(tiles: &NtkTiles, nb: usize, grid: (usize, usize)) -> SharePlan {
+/// its owned blocks' rows and columns; each chunk goes to the rank needing it whose work so far is least,
+/// which balances the formation. A rank's work starts at its tiles' contraction work, `pair_cost` chunk
+/// feature passes per chunk pair (0: features alone are balanced), and grows by each chunk it computes;
+/// chunk 0 goes to rank 0, which owns block (0, 0) on every grid (it may have computed it already, to
+/// measure `pair_cost`).
+pub fn plan(tiles: &NtkTiles, nb: usize, grid: (usize, usize), pair_cost: f64) -> SharePlan {
+    use crate::linalg::TileSource;
     let ranks = grid.0 * grid.1;
     let chunks = tiles.num_chunks();
-    let m = crate::linalg::TileSource::dim(tiles);
+    let m = TileSource::dim(tiles);
+    let range = |b: usize| b * nb..(b * nb + nb).min(m);
+    let mut pairs = vec![0u64; ranks];
     let needs: Vec<Vec<bool>> = (0..ranks)
         .map(|r| {
             let mut need = vec![false; chunks];
             for (bi, bj) in owned_blocks(m, nb, grid, grid_position(r, grid)) {
+                pairs[r] += tiles.fill_units(range(bi), range(bj));
                 for b in [bi, bj] {
-                    for c in tiles.chunks_of_rows(b * nb..(b * nb + nb).min(m)) {
+                    for c in tiles.chunks_of_rows(range(b)) {
                         need[c] = true;
                     }
                 }
@@ -69,17 +79,54 @@ pub fn plan(tiles: &NtkTiles, nb: usize, grid: (usize, usize)) -> SharePlan {
             need
         })
         .collect();
-    let mut load = vec![0usize; ranks];
+    let mean_chunk =
+        (0..chunks).map(|c| tiles.chunk_bytes(c)).sum::<usize>() as f64 / chunks.max(1) as f64;
+    let mut load: Vec<f64> = pairs
+        .iter()
+        .map(|&p| pair_cost * p as f64 * mean_chunk)
+        .collect();
     let owner = (0..chunks)
         .map(|c| {
-            let best = (0..ranks)
-                .filter(|&r| needs[r][c])
-                .min_by_key(|&r| load[r])?;
-            load[best] += tiles.chunk_bytes(c);
+            let best = if c == 0 && needs[0][0] {
+                Some(0)
+            } else {
+                (0..ranks)
+                    .filter(|&r| needs[r][c])
+                    .min_by(|&a, &b| load[a].total_cmp(&load[b]))
+            }?;
+            load[best] += tiles.chunk_bytes(c) as f64;
             Some(best)
         })
         .collect();
     SharePlan { needs, owner }
+}
+
+/// Chunk 0's features (computed by rank 0) and the cost of one chunk-pair contraction in chunk feature
+/// passes, measured on rank 0 from that chunk and broadcast, so that every rank computes the same plan. One
+/// rank alone has nothing to balance (0).
+fn measure_pair_cost(
+    world: &SimpleCommunicator,
+    tiles: &NtkTiles,
+) -> Result<(Option<Features>, f64)> {
+    if world.size() == 1 {
+        return Ok((None, 0.0));
+    }
+    let measured = if world.rank() == 0 {
+        let t0 = Instant::now();
+        tiles.compute_chunk(0).map(|f| {
+            let feature_seconds = t0.elapsed().as_secs_f64();
+            let pair_seconds = tiles.time_pair(&f);
+            (
+                Some(f),
+                pair_seconds / feature_seconds.max(f64::MIN_POSITIVE),
+            )
+        })
+    } else {
+        Ok((None, 0.0))
+    };
+    let (first, mut cost) = agree(world, measured)?;
+    world.process_at_rank(0).broadcast_into(&mut cost);
+    Ok((first, cost))
 }
 
 /// Compute this rank's chunks of the plan and exchange them, so that every rank's cache holds every chunk
@@ -92,7 +139,7 @@ pub fn share_features(
 ) -> Result<ShareInfo> {
     let t0 = Instant::now();
     let me = world.rank() as usize;
-    let plan = plan(tiles, nb, grid);
+    let plan = plan(tiles, nb, grid, 0.0);
     let bytes_needed = |r: usize| -> usize {
         (0..tiles.num_chunks())
             .filter(|&c| plan.needs[r][c])
@@ -110,13 +157,20 @@ pub fn share_features(
         shared: true,
         ..ShareInfo::default()
     };
-    // Phase 1: every rank computes its own chunks, all ranks at once.
+    // Phase 1: weigh each rank's tiles against its feature work (rank 0 measures the cost of a tile on
+    // chunk 0), then every rank computes its own chunks, all ranks at once.
+    let (mut first, pair_cost) = measure_pair_cost(world, tiles)?;
+    let plan = self::plan(tiles, nb, grid, pair_cost);
+    info.pair_cost = pair_cost;
     let mine: Vec<usize> = (0..plan.owner.len())
         .filter(|&c| plan.owner[c] == Some(me))
         .collect();
     let computed: Result<Vec<(usize, Features)>> = mine
         .iter()
-        .map(|&c| Ok((c, tiles.compute_chunk(c)?)))
+        .map(|&c| match (c, first.take()) {
+            (0, Some(f)) => Ok((0, f)),
+            _ => Ok((c, tiles.compute_chunk(c)?)),
+        })
         .collect();
     info.compute_seconds = t0.elapsed().as_secs_f64();
     let computed = agree(world, computed)?;
