@@ -334,7 +334,7 @@ impl LinearOp for NtkOperator {
 fn dtype(spec: &KernelSpec) -> DType {
     match spec.precision {
         Precision::F64 => DType::F64,
-        Precision::F32 => DType::F32,
+        Precision::F32 | Precision::F32F64Acc => DType::F32,
     }
 }
 
