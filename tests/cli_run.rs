@@ -409,7 +409,7 @@ fn compare_reports_every_method_against_the_exact_value() {
         1e-14, /* measured 1.7e-16 */
     );
     // The hybrid (f32 passes, f64 accumulation) has its own row, closer to the exact value than f32
-    // throughout, whose f32 GEMMs add their rounding to the same f32 features' (measured 1.3e-9·|ℓ|
+    // throughout, whose f32 GEMMs add their rounding to the same f32 features' (measured 1.4e-10·|ℓ|
     // against 2.6e-9·|ℓ|).
     let hybrid = row_of("f32-f64acc");
     assert_eq!(hybrid["method"], "f32-f64acc formation");
