@@ -678,7 +678,8 @@ fn extract(
 }
 
 /// `dst ← lhs · rhs`, in f64, or with `f32acc` as an f32 GEMM (operands rounded to f32, f32
-/// accumulation) whose result is widened into `dst`.
+/// accumulation) whose result is widened into `dst`. The f32 copies are row-major, read and written row
+/// by row (the operands and `dst` here are row-major views).
 fn product(
     dst: MatMut<'_, f64>,
     lhs: MatRef<'_, f64>,
@@ -693,25 +694,25 @@ fn product(
     let (m, k, n) = (lhs.nrows(), lhs.ncols(), rhs.ncols());
     let narrow = |a: MatRef<'_, f64>| -> Vec<f32> {
         let mut v = Vec::with_capacity(a.nrows() * a.ncols());
-        for j in 0..a.ncols() {
-            v.extend(a.col(j).iter().map(|&x| x as f32));
+        for i in 0..a.nrows() {
+            v.extend(a.row(i).iter().map(|&x| x as f32));
         }
         v
     };
     let (l, r) = (narrow(lhs), narrow(rhs));
     let mut d = vec![0.0f32; m * n];
     matmul(
-        MatMut::from_column_major_slice_mut(&mut d, m, n),
+        MatMut::from_row_major_slice_mut(&mut d, m, n),
         Accum::Replace,
-        MatRef::from_column_major_slice(&l, m, k),
-        MatRef::from_column_major_slice(&r, k, n),
+        MatRef::from_row_major_slice(&l, m, k),
+        MatRef::from_row_major_slice(&r, k, n),
         1.0f32,
         par,
     );
     let mut dst = dst;
-    for j in 0..n {
-        for i in 0..m {
-            dst[(i, j)] = d[j * m + i] as f64;
+    for i in 0..m {
+        for (j, &v) in d[i * n..(i + 1) * n].iter().enumerate() {
+            dst[(i, j)] = v as f64;
         }
     }
 }

@@ -31,10 +31,12 @@ impl NtkTiles {
         rows.start / g / self.chunk..(rows.end.div_ceil(g) - 1) / self.chunk + 1
     }
 
-    /// Bytes of the features of chunk `c` as cached (f32 for `--precision f32`).
+    /// Bytes of the features of chunk `c` as computed and sent between ranks (f64 arrays; the cache holds
+    /// half as many for `--precision f32`, but a rank holds its computed and received chunks in f64 until
+    /// they are cached, so this is what must fit).
     pub fn chunk_bytes(&self, c: usize) -> usize {
         let start = c * self.chunk;
-        self.chunk.min(self.num_examples().saturating_sub(start)) * self.cached_bytes_per_example()
+        self.chunk.min(self.num_examples().saturating_sub(start)) * self.plan.bytes_per_example
     }
 
     /// The cache's byte budget.
@@ -129,7 +131,12 @@ impl NtkTiles {
             // Reserved now, held once the entry is pushed below (`bytes` is exactly its size).
             cache.bytes += bytes;
         }
+        let t0 = Instant::now();
         let cached = Arc::new(Cached::of(feats, precision));
+        if let Ok(mut s) = self.stats.lock() {
+            // Narrowing to f32 is part of preparing the features.
+            s.feature_seconds += t0.elapsed().as_secs_f64();
+        }
         if let Ok(mut cache) = self.cache.lock() {
             cache.entries.push((c, cached.clone()));
         }
