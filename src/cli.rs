@@ -140,7 +140,7 @@ pub struct MemArgs {
     #[arg(long)]
     pub scratch_dir: Option<PathBuf>,
     /// NTK subcommands: the part of --max-mem for cached per-example NTK features, e.g. 16GiB (default:
-    /// half); MEMDET gets the rest.
+    /// half of what the data, model, inputs and binary leave); MEMDET gets the rest.
     #[arg(long)]
     pub feature_mem: Option<String>,
 }

@@ -66,7 +66,9 @@ impl FeatureShare {
 /// features of two examples (`feature_share`, of which the cache gets 3/4), and MEMDET's
 /// smallest plan for an m×m kernel (`memdet_share`, unless `memdet` is false; m is `tiles`' order unless
 /// given, for a larger kernel of the same network), with `outside` bytes taken off first. The message names
-/// the least `--max-mem` that would do with the features' `share`.
+/// the least `--max-mem` that would do with the features' `share` (with a given `--feature-mem`, the one
+/// to give beside it), and with the default half split also the `--feature-mem` range that would make the
+/// budget as given enough.
 pub fn check_kernel_minimum(
     tiles: &NtkTiles,
     m: Option<usize>,
@@ -85,16 +87,41 @@ pub fn check_kernel_minimum(
     if feature_share >= need_features && memdet_share >= need_memdet {
         return Ok(());
     }
-    let least = outside
-        + match share {
-            FeatureShare::Half => 2 * need_features.max(need_memdet),
-            FeatureShare::Given | FeatureShare::All => need_features + need_memdet,
-        };
+    let mib_up = |b: u64| mib(b).ceil() as u64;
+    let (least, how) = match share {
+        FeatureShare::Half => {
+            let least = outside + 2 * need_features.max(need_memdet);
+            // With the split given instead, this budget may already be enough.
+            let total = outside + feature_share + memdet_share;
+            let (low, high) = (
+                mib_up(need_features),
+                mib(total.saturating_sub(outside + need_memdet)).floor() as u64,
+            );
+            let how = if memdet && low <= high {
+                format!(
+                    " with the default half split, or --max-mem {max_mem} as it is with --feature-mem between \
+                     {low} and {high} MiB"
+                )
+            } else {
+                " with the default half split".to_string()
+            };
+            (least, how)
+        }
+        FeatureShare::Given => {
+            // The `--feature-mem` to name, in whole MiB, and the budget that leaves MEMDET its least beside it.
+            let features = mib_up(feature_share.max(need_features));
+            (
+                outside + (features << 20) + need_memdet,
+                format!(" with --feature-mem {features} MiB"),
+            )
+        }
+        FeatureShare::All => (outside + need_features, String::new()),
+    };
     Err(Error::Budget(format!(
         "--max-mem {max_mem} cannot hold the least this kernel needs: {:.1} MiB outside the plan (data, model, \
          inputs, in-memory kernels, {} MiB for the binary and threads), a feature share of {:.1} MiB \
          (its 3/4 for the cache holds two examples' features; it gets {:.1} MiB){}; it needs at \
-         least {:.0} MiB{}",
+         least {} MiB{how}",
         mib(outside),
         BASELINE_BYTES >> 20,
         mib(need_features),
@@ -108,12 +135,7 @@ pub fn check_kernel_minimum(
         } else {
             String::new()
         },
-        mib(least).ceil(),
-        if share == FeatureShare::Given {
-            format!(" with --feature-mem at least {:.0} MiB", mib(need_features).ceil())
-        } else {
-            String::new()
-        }
+        mib_up(least),
     )))
 }
 
