@@ -92,7 +92,15 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
         (feature_mem / kernels as u64, 0),
         outside,
         false,
-    )?;
+    )
+    .map_err(|e| match e {
+        // The least named is one kernel's; with --against the share is split between two.
+        Error::Budget(m) if kernels == 2 => Error::Budget(format!(
+            "{m}. These figures are for one kernel: with --against the two kernels each get half of the \
+             feature share, so it must be twice as large"
+        )),
+        e => e,
+    })?;
     let m = tiles.dim();
     let rows = tiles.rows_per_example();
     let y = label_targets(&labels, tiles.num_logits(), rows);
