@@ -229,6 +229,11 @@ pub struct ReportArgs {
     /// Write the SVG of relative error against extrapolation ratio here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// `compare --json` and `logdet --model --json` outputs (files or directories of them) of the same
+    /// models: also print the paper's Table 2 layout (every method's error, mean ± std over the networks of
+    /// each setting, beside the paper's values).
+    #[arg(long, num_args = 1..)]
+    pub estimates: Vec<PathBuf>,
 }
 
 /// A value, or `auto` (chosen by the program; see the option's help).

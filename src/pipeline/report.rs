@@ -8,6 +8,7 @@ use crate::estimators::extrapolate::{LinearExtrapolation, StoppedCholesky, Stopp
 use crate::pipeline::fit::estimate_options;
 use crate::progress::Progress;
 use crate::report::results::{markdown, Cell, Coverage, IntervalScore, ResultFile};
+use crate::report::table2::{self, EstimateFile, Table2Entry};
 use crate::report::{check_outputs, error_plot, write_atomic, write_json};
 use crate::scaling::estimate;
 use crate::{Error, Result};
@@ -25,6 +26,9 @@ struct ReportJson {
     calibrated: Coverage,
     /// The files read, with their provenance.
     files: Vec<serde_json::Value>,
+    /// The Table 2 entries (with `--estimates`): every method's error on every network.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    table2: Vec<Table2Entry>,
 }
 
 /// Parse `N0:NS` window pairs.
@@ -77,6 +81,14 @@ pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
         .iter()
         .map(|p| ResultFile::read(p))
         .collect::<Result<_>>()?;
+    let estimates: Vec<EstimateFile> = if args.estimates.is_empty() {
+        Vec::new()
+    } else {
+        inputs(&args.estimates)?
+            .iter()
+            .map(|p| EstimateFile::read(p))
+            .collect::<Result<_>>()?
+    };
     let opts = estimate_options(&args.fit, args.seed);
     let total: usize = files.len() * windows.len() * args.targets.len();
     progress.start("report cells", total as u64);
@@ -129,6 +141,11 @@ pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
             files.iter().map(ResultFile::max_k).max().unwrap_or(0)
         )));
     }
+    let table2 = if estimates.is_empty() {
+        Vec::new()
+    } else {
+        table2::entries(&files, &estimates, &cells)?
+    };
     if let Some(path) = &args.plot {
         write_atomic(path, error_plot::render(&cells)?.as_bytes())?;
     }
@@ -141,9 +158,13 @@ pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
                 .map(|f| serde_json::json!({"file": f.name, "max_k": f.max_k(), "provenance": f.provenance}))
                 .collect(),
             cells: cells.clone(),
+            table2: table2.clone(),
         };
         write_json(path, &doc)?;
     }
     print!("{}", markdown(&cells));
+    if !table2.is_empty() {
+        print!("\n{}", table2::markdown(&table2));
+    }
     Ok(())
 }
