@@ -373,6 +373,35 @@ fn stats_below_its_least_budget_is_refused_before_the_work() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("two examples' features"), "{err}");
     assert!(least_mib(&err) > 100, "{err}");
+    // With the estimators too and a given split, the least named beside that --feature-mem is enough
+    // for the features, the operator and the estimators together.
+    let args = |max_mem: &str| {
+        let mut c = bin();
+        c.arg("stats")
+            .args(model_args("resnet9-mnist.safetensors"))
+            .args([
+                "--n",
+                "4",
+                "--quiet",
+                "--estimate",
+                "hutchinson",
+                "--probes",
+                "3",
+            ])
+            .args(["--feature-mem", "125MiB", "--max-mem", max_mem]);
+        c
+    };
+    let o = args("192MiB").output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("matrix-free estimators") && err.contains("with --feature-mem 125 MiB"),
+        "{err}"
+    );
+    let least = least_mib(&err);
+    let (code, err, peak) = output_and_peak(&mut args(&format!("{least}MiB")));
+    assert_eq!(code, 0, "{err}");
+    assert!(peak <= (least + 64) << 20, "peak {} MiB", peak >> 20);
 }
 
 /// An IDX split of `n` images of 5×4 pixels (gzipped) in `dir`, as `t10k-*` files.

@@ -38,6 +38,16 @@ fn peak_rss(args: &[String]) -> (i32, u64, String) {
     (code, usage.ru_maxrss as u64 * 1024, err)
 }
 
+/// The `N` of "it needs at least N MiB" in a refusal, if it names one.
+fn least_named(err: &str) -> Option<u64> {
+    err.split("it needs at least ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The low end `A` of "--feature-mem between A and B MiB" in a refusal, if it names one.
 fn named_feature_mem(err: &str) -> Option<String> {
     let tail = err.split("--feature-mem between ").nth(1)?;
@@ -112,14 +122,14 @@ fn peak_rss_stays_within_the_budget_plus_64_mib() {
                 ("eval", eval),
                 ("stats", stats),
             ] {
-                let (mut code, mut rss, err) = peak_rss(&args);
+                let (mut code, mut rss, mut err) = peak_rss(&args);
                 // Refused with the default half split, naming a --feature-mem that makes this budget
                 // enough: measure the run with that split (the row says so).
                 let mut split = String::new();
                 if let (2, Some(f)) = (code, named_feature_mem(&err)) {
                     let mut args = args.clone();
                     args.extend(["--feature-mem".into(), f.clone()]);
-                    (code, rss, _) = peak_rss(&args);
+                    (code, rss, err) = peak_rss(&args);
                     split = format!(", `--feature-mem {f}` (named by the half split's refusal)");
                 }
                 let limit = ntk_pipeline::linalg::parse_size(budget).unwrap() + (64 << 20);
@@ -134,7 +144,13 @@ fn peak_rss_stays_within_the_budget_plus_64_mib() {
                     mib(rss),
                     mib(limit)
                 );
-                if code != 0 || rss > limit {
+                // `stats --estimate` needs its estimators' share beside the features: at 192 MiB that
+                // does not fit ResNet9 whatever the split, and a refusal before the work (exit 2, the
+                // least named above the budget) is the promised outcome. The others must run.
+                let refused_rightly = name == "stats"
+                    && code == 2
+                    && least_named(&err).is_some_and(|l| l << 20 > limit - (64 << 20));
+                if (code != 0 && !refused_rightly) || rss > limit {
                     failures.push(format!(
                         "{name} {model} {budget}: exit {code}, {:.0} MiB",
                         mib(rss)
