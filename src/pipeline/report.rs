@@ -92,10 +92,82 @@ pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
     let opts = estimate_options(&args.fit, args.seed);
     let total: usize = files.len() * windows.len() * args.targets.len();
     progress.start("report cells", total as u64);
+    let cells = score(&files, &windows, &args.targets, &opts, false, progress)?;
+    progress.finish();
+    if cells.is_empty() {
+        return Err(Error::Usage(format!(
+            "report: no cell has both its window end and its target among the files' k (largest k: {}); \
+             check --windows and --targets",
+            files.iter().map(ResultFile::max_k).max().unwrap_or(0)
+        )));
+    }
+    let table2 = if estimates.is_empty() {
+        Vec::new()
+    } else {
+        // FLODANCE's rows in Table 2: the paper's plain fit (q = 2, α = 0) and our two settings, whatever
+        // the command's fit options (those are the cells table's).
+        let mut variants = Vec::new();
+        for (label, q, shape) in [
+            ("", Some(2), false),
+            (" (shape-constrained)", Some(2), true),
+            (" (--q auto, shape-constrained)", None, true),
+        ] {
+            let mut o = opts.clone();
+            o.fit.q = q.unwrap_or(2);
+            o.fit.alpha = 0.0;
+            o.fit.r = 0;
+            o.auto_q = q.is_none();
+            o.auto_alpha = false;
+            o.shape_constrained = shape;
+            let cells = score(
+                &files,
+                &windows,
+                &args.targets,
+                &o,
+                true,
+                &crate::progress::Silent,
+            )?;
+            variants.push((label, cells));
+        }
+        table2::entries(&files, &estimates, &variants)?
+    };
+    if let Some(path) = &args.plot {
+        write_atomic(path, error_plot::render(&cells)?.as_bytes())?;
+    }
+    if let Some(path) = &args.json {
+        let doc = ReportJson {
+            sensitivity: Coverage::of(cells.iter().map(|c| &c.sensitivity)),
+            calibrated: Coverage::of(cells.iter().filter_map(|c| c.calibrated.as_ref())),
+            files: files
+                .iter()
+                .map(|f| serde_json::json!({"file": f.name, "max_k": f.max_k(), "provenance": f.provenance}))
+                .collect(),
+            cells: cells.clone(),
+            table2: table2.clone(),
+        };
+        write_json(path, &doc)?;
+    }
+    print!("{}", markdown(&cells));
+    if !table2.is_empty() {
+        print!("\n{}", table2::markdown(&table2));
+    }
+    Ok(())
+}
+
+/// Score every (file, window, target) cell whose window end and target the file holds, with `opts`
+/// (skipping the cells whose fit refuses its window when `skip_refused`, else failing).
+fn score(
+    files: &[ResultFile],
+    windows: &[(usize, usize)],
+    targets: &[usize],
+    opts: &crate::scaling::EstimateOptions,
+    skip_refused: bool,
+    progress: &dyn Progress,
+) -> Result<Vec<Cell>> {
     let mut cells = Vec::new();
-    for file in &files {
-        for &(n0, ns) in &windows {
-            for &n in &args.targets {
+    for file in files {
+        for &(n0, ns) in windows {
+            for &n in targets {
                 progress.advance(1);
                 let (Some(exact), true) = (file.at(n), n > ns && file.at(ns).is_some()) else {
                     continue;
@@ -104,7 +176,12 @@ pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
                     file.nested.iter().copied().filter(|p| p.0 <= ns).collect();
                 let mut o = opts.clone();
                 o.fit.n0 = n0;
-                let est = estimate(&sample, &o, n)?;
+                let est = match estimate(&sample, &o, n) {
+                    Ok(est) => est,
+                    // A variant of Table 2 whose fit cannot run on this window has no entry.
+                    Err(Error::Usage(_)) if skip_refused => continue,
+                    Err(e) => return Err(e),
+                };
                 let err = |v: f64| 100.0 * (v - exact) / exact.abs();
                 let linear = LinearExtrapolation { n0, target_n: n }.estimate(&sample)?;
                 let stopped = StoppedCholesky {
@@ -133,38 +210,5 @@ pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
             }
         }
     }
-    progress.finish();
-    if cells.is_empty() {
-        return Err(Error::Usage(format!(
-            "report: no cell has both its window end and its target among the files' k (largest k: {}); \
-             check --windows and --targets",
-            files.iter().map(ResultFile::max_k).max().unwrap_or(0)
-        )));
-    }
-    let table2 = if estimates.is_empty() {
-        Vec::new()
-    } else {
-        table2::entries(&files, &estimates, &cells)?
-    };
-    if let Some(path) = &args.plot {
-        write_atomic(path, error_plot::render(&cells)?.as_bytes())?;
-    }
-    if let Some(path) = &args.json {
-        let doc = ReportJson {
-            sensitivity: Coverage::of(cells.iter().map(|c| &c.sensitivity)),
-            calibrated: Coverage::of(cells.iter().filter_map(|c| c.calibrated.as_ref())),
-            files: files
-                .iter()
-                .map(|f| serde_json::json!({"file": f.name, "max_k": f.max_k(), "provenance": f.provenance}))
-                .collect(),
-            cells: cells.clone(),
-            table2: table2.clone(),
-        };
-        write_json(path, &doc)?;
-    }
-    print!("{}", markdown(&cells));
-    if !table2.is_empty() {
-        print!("\n{}", table2::markdown(&table2));
-    }
-    Ok(())
+    Ok(cells)
 }

@@ -161,11 +161,12 @@ fn wording(method: &str) -> (String, Option<(f64, f64)>) {
     (label.to_string(), paper)
 }
 
-/// Every entry of the table: the exact values, every estimate file's rows, and FLODANCE's cells.
+/// Every entry of the table: the exact values, every estimate file's rows, and FLODANCE's cells, one row
+/// per window and fit variant (`(label suffix, cells)`, e.g. `(" (shape-constrained)", …)`).
 pub fn entries(
     results: &[ResultFile],
     estimates: &[EstimateFile],
-    cells: &[Cell],
+    variants: &[(&str, Vec<Cell>)],
 ) -> Result<Vec<Table2Entry>> {
     let by_sha: BTreeMap<String, &ResultFile> = results
         .iter()
@@ -206,22 +207,26 @@ pub fn entries(
             });
         }
     }
-    for c in cells {
-        let Some(file) = results.iter().find(|f| f.name == c.file) else {
-            continue;
-        };
-        let (Some(sha), Some(setting)) = (model_sha256(&file.provenance), results_setting(file))
-        else {
-            continue;
-        };
-        push_exact(&mut out, &setting, c.n, &sha, c.exact);
-        out.push(Table2Entry {
-            setting,
-            n: c.n,
-            model_sha256: sha,
-            method: wording(&format!("FLODANCE ({}, {})", c.n0, c.ns)).0,
-            value: c.flodance_error_percent,
-        });
+    for (suffix, cells) in variants {
+        for c in cells {
+            let Some(file) = results.iter().find(|f| f.name == c.file) else {
+                continue;
+            };
+            let (Some(sha), Some(setting)) =
+                (model_sha256(&file.provenance), results_setting(file))
+            else {
+                continue;
+            };
+            push_exact(&mut out, &setting, c.n, &sha, c.exact);
+            let window = wording(&format!("FLODANCE ({}, {})", c.n0, c.ns)).0;
+            out.push(Table2Entry {
+                setting,
+                n: c.n,
+                model_sha256: sha,
+                method: format!("{window}{suffix}"),
+                value: c.flodance_error_percent,
+            });
+        }
     }
     Ok(out)
 }
@@ -307,8 +312,13 @@ pub fn markdown(entries: &[Table2Entry]) -> String {
     s
 }
 
-/// The paper's values for a row label of [`wording`].
+/// The paper's values for a row label of [`wording`] (a FLODANCE label with a fit-variant suffix such as
+/// " (shape-constrained)" has its window's values).
 fn methods_paper(label: &str) -> Option<(f64, f64)> {
+    let base = match label.find(" (") {
+        Some(i) if label.starts_with("FLODANCE") => &label[..i],
+        _ => label,
+    };
     [
         "logdet --precision f32",
         "f32 formation",
@@ -320,7 +330,7 @@ fn methods_paper(label: &str) -> Option<(f64, f64)> {
     ]
     .iter()
     .map(|m| wording(m))
-    .find(|(l, _)| l == label)
+    .find(|(l, _)| l == base)
     .and_then(|(_, p)| p)
 }
 
