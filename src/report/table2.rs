@@ -157,11 +157,29 @@ fn wording(method: &str) -> (String, Option<(f64, f64)>) {
         "block-diag" => ("block diagonal", Some((76.49, 112.55))),
         "slq" => ("SLQ (20 steps, 10–50 probes)", Some((81.51, 84.52))),
         "pseudo-ntk" => ("pseudo-NTK", Some((118.35, 75.32))),
-        "FLODANCE (1, 100)" => ("FLODANCE n_0 = 1, n_s = 100", Some((5.61, 35.51))),
-        "FLODANCE (300, 500)" => ("FLODANCE n_0 = 300, n_s = 500", Some((1.34, 23.19))),
+        "FLODANCE (1, 100)" => ("", Some((5.61, 35.51))),
+        "FLODANCE (300, 500)" => ("", Some((1.34, 23.19))),
         other => (other, None),
     };
-    (label.to_string(), paper)
+    // FLODANCE windows `FLODANCE (n0, ns)` read as the paper writes them.
+    let label = match method
+        .strip_prefix("FLODANCE (")
+        .and_then(|w| w.strip_suffix(')'))
+        .and_then(|w| w.split_once(", "))
+    {
+        Some((n0, ns)) => format!("FLODANCE n_0 = {n0}, n_s = {ns}"),
+        None => label.to_string(),
+    };
+    (label, paper)
+}
+
+/// A percentage for the table: two decimals, or two significant digits below 0.01.
+fn percent(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.1e}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 /// Every entry of the table: the exact values, every estimate file's rows, and FLODANCE's cells, one row
@@ -289,7 +307,11 @@ pub fn markdown(entries: &[Table2Entry]) -> String {
                 s.push_str(" — |");
             } else if method == EXACT {
                 let (m, sd) = mean_std(&v);
-                s.push_str(&format!(" {m:.1} ± {sd:.1} |"));
+                if v.len() == 1 {
+                    s.push_str(&format!(" {m:.1} |"));
+                } else {
+                    s.push_str(&format!(" {m:.1} ± {sd:.1} |"));
+                }
             } else {
                 let abs: Vec<f64> = v.iter().map(|x| x.abs()).collect();
                 let (m, sd) = mean_std(&abs);
@@ -300,7 +322,11 @@ pub fn markdown(entries: &[Table2Entry]) -> String {
                 } else {
                     ""
                 };
-                s.push_str(&format!(" {m:.2} ± {sd:.2}{sign} |"));
+                if v.len() == 1 {
+                    s.push_str(&format!(" {}{sign} |", percent(m)));
+                } else {
+                    s.push_str(&format!(" {} ± {}{sign} |", percent(m), percent(sd)));
+                }
             }
         }
         let paper = match method.as_str() {
