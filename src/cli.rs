@@ -140,7 +140,7 @@ pub struct MemArgs {
     #[arg(long)]
     pub scratch_dir: Option<PathBuf>,
     /// NTK subcommands: the part of --max-mem for cached per-example NTK features, e.g. 16GiB (default:
-    /// half); MEMDET gets the rest.
+    /// half of what the data, model, inputs and binary leave); MEMDET gets the rest.
     #[arg(long)]
     pub feature_mem: Option<String>,
 }
@@ -229,6 +229,11 @@ pub struct ReportArgs {
     /// Write the SVG of relative error against extrapolation ratio here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// `compare --json` and `logdet --model --json` outputs (files or directories of them) of the same
+    /// models: also print the paper's Table 2 layout (every method's error, mean ± std over the networks of
+    /// each setting, beside the paper's values).
+    #[arg(long, num_args = 1..)]
+    pub estimates: Vec<PathBuf>,
 }
 
 /// A value, or `auto` (chosen by the program; see the option's help).

@@ -144,3 +144,146 @@ fn report_refuses_files_without_exact_nested_logdets() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no exact nested log-dets"));
 }
+
+/// `--model`/`--data` arguments for the shipped LeNet on the shipped MNIST.
+fn lenet() -> Vec<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    [
+        "--model",
+        &format!("{root}/models/lenet-mnist.safetensors"),
+        "--data",
+        "mnist",
+        "--data-dir",
+        &format!("{root}/datasets"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn report_estimates_give_the_table2_errors_of_compare_and_logdet_runs() {
+    // Real runs on the shipped LeNet (n = 30, m = 300): the exact nested log-dets (`logdet --nested`), a
+    // `compare` run with two deterministic methods and an f32 `logdet`. Each Table 2 entry must be the
+    // relative error of that file's estimate against the results file's exact ℓ_30, computed here from
+    // the JSON files themselves.
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let run = |args: Vec<String>| {
+        let o = bin().arg("--quiet").args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let mut a = vec!["logdet".to_string()];
+    a.extend(lenet());
+    a.extend(["--n", "30", "--nested", "--json", &p("exact.json")].map(String::from));
+    run(a);
+    let est = dir.path().join("est");
+    std::fs::create_dir(&est).unwrap();
+    let mut a = vec!["compare".to_string()];
+    a.extend(lenet());
+    a.extend(
+        [
+            "--n",
+            "30",
+            "--methods",
+            "exact,block-diag,pseudo-ntk",
+            "--n-sample",
+            "10",
+        ]
+        .map(String::from),
+    );
+    a.extend([
+        "--burn-in".into(),
+        "2".into(),
+        "--json".into(),
+        p("est/compare.json"),
+    ]);
+    run(a);
+    let mut a = vec!["logdet".to_string()];
+    a.extend(lenet());
+    a.extend(
+        [
+            "--n",
+            "30",
+            "--precision",
+            "f32",
+            "--json",
+            &p("est/f32.json"),
+        ]
+        .map(String::from),
+    );
+    run(a);
+    let out = dir.path().join("report.json");
+    let o = bin()
+        .args([
+            "--quiet",
+            "report",
+            "--results",
+            &p("exact.json"),
+            "--estimates",
+        ])
+        .arg(&est)
+        .args(["--windows", "1:10", "--targets", "30", "--json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("| method | lenet / mnist n = 30 (1 nets) |"),
+        "{table}"
+    );
+    let exact_doc = json(&dir.path().join("exact.json"));
+    let exact = exact_doc["nested"]["logdets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["k"] == 30)
+        .unwrap()["logdet"]
+        .as_f64()
+        .unwrap();
+    let compare = json(&est.join("compare.json"));
+    let f32 = json(&est.join("f32.json"))["logdet"].as_f64().unwrap();
+    let method = |name: &str| {
+        compare["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["method"] == name)
+            .unwrap()["logdet"]
+            .as_f64()
+            .unwrap()
+    };
+    let report = json(&out);
+    let entry = |label: &str| {
+        report["table2"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["method"] == label)
+            .unwrap_or_else(|| panic!("no `{label}` entry: {}", report["table2"]))["value"]
+            .as_f64()
+            .unwrap()
+    };
+    let err = |v: f64| 100.0 * (v - exact) / exact.abs();
+    for (label, want) in [
+        ("block diagonal", err(method("block-diag"))),
+        ("pseudo-NTK", err(method("pseudo-ntk"))),
+        ("direct f32 formation", err(f32)),
+        ("exact ℓ_n (f64)", exact),
+    ] {
+        let got = entry(label);
+        assert!(
+            (got - want).abs() <= 1e-12 * want.abs().max(1.0),
+            "{label}: {got} vs {want}"
+        );
+    }
+    // The compare run's own exact value is the same kernel's: it agrees with the results file.
+    let own = compare["exact_logdet"].as_f64().unwrap();
+    assert!(
+        (own - exact).abs() <= 1e-10 * exact.abs(),
+        "{own} vs {exact}"
+    );
+    // A FLODANCE row from the cell (1, 10) -> 30.
+    assert!(table.contains("| FLODANCE (1, 10) |"), "{table}");
+}

@@ -269,6 +269,38 @@ fn features_that_do_not_fit_are_scheduled_like_an_out_of_core_product() {
 }
 
 #[test]
+fn a_cache_limited_after_planning_holds_what_its_new_budget_holds_and_stays_exact() {
+    // `limit_cache` (used when one example's working set is larger than the quarter of a share planned
+    // for it) must shrink the cache and its chunks as if the tiles had been planned with the smaller
+    // budget: five examples' features of 20 give one-example chunks and 3 held column chunks, as above.
+    let net = mlp();
+    let n = 20;
+    let x = inputs(&net, n, 13);
+    let spec = spec(Outputs::Full);
+    let mut tiles = NtkTiles::new(&net, x.clone(), spec, 1 << 30).unwrap();
+    let per_example = tiles.stats().feature_bytes_per_example;
+    assert_eq!(
+        tiles.held_examples(),
+        n,
+        "the large budget should hold every example"
+    );
+    tiles.limit_cache(5 * per_example);
+    assert_eq!(tiles.stats().chunk_examples, 1);
+    assert_eq!(tiles.held_examples(), 3);
+    let ours = dense_from(&tiles);
+    within(
+        "limited cache",
+        rel_diff(&ours, &brute::kernel(&net, &x, &spec).unwrap()),
+        TOL_BRUTE,
+    );
+    let computed = tiles.stats().feature_blocks_computed;
+    assert!(
+        (n + 1..=83).contains(&computed),
+        "features computed {computed} times: the cache was not limited or its schedule broke"
+    );
+}
+
+#[test]
 fn finite_differences_agree_with_the_kernel() {
     // Central differences of f w.r.t. every parameter, in f64 with h = 1e-5: truncation error O(h²) ≈ 1e-10
     // at most, measured 7.6e-12; tolerance 1e-9 (a wrong derivative rule would be off by O(1)).

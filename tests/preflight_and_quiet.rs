@@ -268,6 +268,69 @@ fn logdet_model_below_its_least_budget_is_refused_and_the_least_works() {
     assert!(peak <= (least + 64) << 20, "peak {} MiB", peak >> 20);
 }
 
+/// The `A` and `B` of "--feature-mem between A and B MiB" in `err`.
+fn feature_mem_range(err: &str) -> (u64, u64) {
+    let tail = err
+        .rsplit("--feature-mem between ")
+        .next()
+        .filter(|_| err.contains("--feature-mem between "))
+        .unwrap_or_else(|| panic!("no --feature-mem range named: {err}"));
+    let words: Vec<&str> = tail.split_whitespace().collect();
+    (words[0].parse().unwrap(), words[2].parse().unwrap())
+}
+
+#[test]
+fn a_refused_budget_names_a_feature_mem_that_makes_it_enough_and_the_given_split_adds_up() {
+    // ResNet9's least feature share (two examples' features beside one example's working set) is more
+    // than half of 192 MiB, so the default half split is refused; the refusal names the --feature-mem
+    // range with which 192 MiB is enough, and the low end of that range runs within budget + 64 MiB.
+    let args = |max_mem: &str, feature_mem: Option<&str>| {
+        let mut c = bin();
+        c.arg("logdet")
+            .args(model_args("resnet9-mnist.safetensors"))
+            .args(["--n", "2", "--quiet", "--max-mem", max_mem]);
+        if let Some(f) = feature_mem {
+            c.args(["--feature-mem", f]);
+        }
+        c
+    };
+    let o = args("192MiB", None).output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (low, high) = feature_mem_range(&err);
+    assert!(low <= high && high < 192, "{err}");
+    let (code, err, peak) = output_and_peak(&mut args("192MiB", Some(&format!("{low}MiB"))));
+    assert_eq!(code, 0, "{err}");
+    assert!(peak <= (192 + 64) << 20, "peak {} MiB", peak >> 20);
+    // One MiB below the range's low end is refused, naming that low end as the --feature-mem to give and
+    // the least --max-mem beside it; that pair is enough (a given --feature-mem is the feature share
+    // itself, not scaled by what lives outside the plan).
+    let o = args("192MiB", Some(&format!("{}MiB", low - 1)))
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("with --feature-mem {low} MiB")),
+        "{err}"
+    );
+    let least = least_mib(&err);
+    let (code, err, peak) = output_and_peak(&mut args(
+        &format!("{least}MiB"),
+        Some(&format!("{low}MiB")),
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(peak <= (least + 64) << 20, "peak {} MiB", peak >> 20);
+    // A --feature-mem that leaves nothing for MEMDET beside what lives outside the plan: refused up front.
+    let o = args("140MiB", Some(&format!("{low}MiB"))).output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("leaves nothing of --max-mem 140MiB for MEMDET"),
+        "{err}"
+    );
+}
+
 #[test]
 fn eval_keeps_to_its_budget_and_refuses_one_below_its_least() {
     let args = |max_mem: &str| {
@@ -310,6 +373,35 @@ fn stats_below_its_least_budget_is_refused_before_the_work() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("two examples' features"), "{err}");
     assert!(least_mib(&err) > 100, "{err}");
+    // With the estimators too and a given split, the least named beside that --feature-mem is enough
+    // for the features, the operator and the estimators together.
+    let args = |max_mem: &str| {
+        let mut c = bin();
+        c.arg("stats")
+            .args(model_args("resnet9-mnist.safetensors"))
+            .args([
+                "--n",
+                "4",
+                "--quiet",
+                "--estimate",
+                "hutchinson",
+                "--probes",
+                "3",
+            ])
+            .args(["--feature-mem", "125MiB", "--max-mem", max_mem]);
+        c
+    };
+    let o = args("192MiB").output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("matrix-free estimators") && err.contains("with --feature-mem 125 MiB"),
+        "{err}"
+    );
+    let least = least_mib(&err);
+    let (code, err, peak) = output_and_peak(&mut args(&format!("{least}MiB")));
+    assert_eq!(code, 0, "{err}");
+    assert!(peak <= (least + 64) << 20, "peak {} MiB", peak >> 20);
 }
 
 /// An IDX split of `n` images of 5×4 pixels (gzipped) in `dir`, as `t10k-*` files.

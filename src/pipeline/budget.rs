@@ -62,58 +62,113 @@ impl FeatureShare {
     }
 }
 
+/// What the budget beside the feature share must hold, and how many kernels split the feature share.
+#[derive(Debug, Clone, Copy)]
+pub enum Beside {
+    /// MEMDET's smallest plan for an m×m kernel (m is the tiles' order unless given, for a larger kernel
+    /// of the same network).
+    Memdet(Option<usize>),
+    /// `stats`: `kernels` kernels (2 with `--against`) split the feature share equally, and the
+    /// matrix-free estimators' parts need `estimators` bytes in all (0 without `--estimate`).
+    Stats {
+        /// Kernels formed side by side.
+        kernels: u64,
+        /// Bytes of the estimators' parts.
+        estimators: u64,
+    },
+    /// Nothing (`ntk`, which gives the features everything).
+    Nothing,
+}
+
 /// Refuse, before the kernel's work starts, shares that cannot hold the least the kernel needs: the
-/// features of two examples (`feature_share`, of which the cache gets 3/4), and MEMDET's
-/// smallest plan for an m×m kernel (`memdet_share`, unless `memdet` is false; m is `tiles`' order unless
-/// given, for a larger kernel of the same network), with `outside` bytes taken off first. The message names
-/// the least `--max-mem` that would do with the features' `share`.
+/// features of two examples per kernel (`feature_share`, of whose part per kernel the cache gets 3/4), and
+/// what `beside` says the rest (`rest_share`) must hold, with `outside` bytes taken off first. The message
+/// names the least `--max-mem` that would do with the features' `share` (with a given `--feature-mem`, the
+/// one to give beside it), and with the default half split also the `--feature-mem` range that would make
+/// the budget as given enough.
 pub fn check_kernel_minimum(
     tiles: &NtkTiles,
-    m: Option<usize>,
+    beside: Beside,
     max_mem: &str,
     share: FeatureShare,
-    (feature_share, memdet_share): (u64, u64),
+    (feature_share, rest_share): (u64, u64),
     outside: u64,
-    memdet: bool,
 ) -> Result<()> {
-    let need_features = least_feature_share(tiles);
-    let need_memdet = if memdet {
-        least_memdet_share(m.unwrap_or(tiles.dim()), tiles.granule())?
-    } else {
-        0
+    let (kernels, need_rest, rest_for) = match beside {
+        Beside::Memdet(m) => (
+            1,
+            least_memdet_share(m.unwrap_or(tiles.dim()), tiles.granule())?,
+            "MEMDET's smallest plan",
+        ),
+        Beside::Stats {
+            kernels,
+            estimators,
+        } => (
+            kernels.max(1),
+            estimators,
+            "the matrix-free estimators (per part one reverse column of the factor dimension and one \
+             example's activations)",
+        ),
+        Beside::Nothing => (1, 0, ""),
     };
-    if feature_share >= need_features && memdet_share >= need_memdet {
+    let need_features = kernels * least_feature_share(tiles);
+    if feature_share >= need_features && rest_share >= need_rest {
         return Ok(());
     }
-    let least = outside
-        + match share {
-            FeatureShare::Half => 2 * need_features.max(need_memdet),
-            FeatureShare::Given | FeatureShare::All => need_features + need_memdet,
-        };
+    let mib_up = |b: u64| mib(b).ceil() as u64;
+    let (least, how) = match share {
+        FeatureShare::Half => {
+            let least = outside + 2 * need_features.max(need_rest);
+            // With the split given instead, this budget may already be enough.
+            let total = outside + feature_share + rest_share;
+            let (low, high) = (
+                mib_up(need_features),
+                mib(total.saturating_sub(outside + need_rest)).floor() as u64,
+            );
+            let how = if low <= high {
+                format!(
+                    " with the default half split, or --max-mem {max_mem} as it is with --feature-mem between \
+                     {low} and {high} MiB"
+                )
+            } else {
+                " with the default half split".to_string()
+            };
+            (least, how)
+        }
+        FeatureShare::Given => {
+            // The `--feature-mem` to name, in whole MiB, and the budget that leaves the rest its least.
+            let features = mib_up(feature_share.max(need_features));
+            (
+                outside + (features << 20) + need_rest,
+                format!(" with --feature-mem {features} MiB"),
+            )
+        }
+        FeatureShare::All => (outside + need_features, String::new()),
+    };
     Err(Error::Budget(format!(
         "--max-mem {max_mem} cannot hold the least this kernel needs: {:.1} MiB outside the plan (data, model, \
          inputs, in-memory kernels, {} MiB for the binary and threads), a feature share of {:.1} MiB \
-         (its 3/4 for the cache holds two examples' features; it gets {:.1} MiB){}; it needs at \
-         least {:.0} MiB{}",
+         (its 3/4 for the cache holds two examples' features{}; it gets {:.1} MiB){}; it needs at \
+         least {} MiB{how}",
         mib(outside),
         BASELINE_BYTES >> 20,
         mib(need_features),
+        if kernels > 1 {
+            format!(" of each of the {kernels} kernels")
+        } else {
+            String::new()
+        },
         mib(feature_share),
-        if memdet {
+        if need_rest > 0 {
             format!(
-                " and {:.1} MiB for MEMDET's smallest plan (its share is {:.1} MiB)",
-                mib(need_memdet),
-                mib(memdet_share)
+                " and {:.1} MiB for {rest_for} (its share is {:.1} MiB)",
+                mib(need_rest),
+                mib(rest_share)
             )
         } else {
             String::new()
         },
-        mib(least).ceil(),
-        if share == FeatureShare::Given {
-            format!(" with --feature-mem at least {:.0} MiB", mib(need_features).ceil())
-        } else {
-            String::new()
-        }
+        mib_up(least),
     )))
 }
 
@@ -309,32 +364,6 @@ pub fn stats_outside(
         + prepared.input_bytes(n, spec.precision)
         + against_params.map_or(0, |p| 12 * p as u64)
         + 8 * m * (3 * columns + 1))
-}
-
-/// Refuse an estimator share below what the matrix-free operator `op` keeps to (one reverse column and
-/// one example's activations), naming the least `--max-mem`.
-pub fn check_operator_minimum(
-    op: &crate::ntk::NtkOperator,
-    max_mem: &str,
-    share: u64,
-    parts: u64,
-    outside: u64,
-) -> Result<()> {
-    let need = op.min_memory() as u64;
-    if share >= need {
-        return Ok(());
-    }
-    Err(Error::Budget(format!(
-        "--max-mem {max_mem} cannot hold the matrix-free estimators: each of their {parts} parts needs at least \
-         {:.1} MiB (one reverse column of the factor dimension and one example's activations) but gets {:.1} MiB \
-         after {:.1} MiB outside (data, model, inputs, targets, {} MiB for the binary and threads) and the \
-         feature share; it needs at least {:.0} MiB",
-        mib(need),
-        mib(share),
-        mib(outside),
-        BASELINE_BYTES >> 20,
-        mib(outside + 2 * parts * need).ceil()
-    )))
 }
 
 #[cfg(test)]

@@ -91,12 +91,11 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
     let least = |tiles: &NtkTiles| {
         crate::pipeline::budget::check_kernel_minimum(
             tiles,
-            None,
+            crate::pipeline::budget::Beside::Memdet(None),
             &args.mem.max_mem,
             crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
             (feature_mem, memdet_mem),
             outside,
-            true,
         )
     };
     let (k, tiles, form_s) = form_dense(

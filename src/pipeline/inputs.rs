@@ -218,8 +218,10 @@ impl Prepared {
     }
 }
 
-/// [`memory_split`] of what `--max-mem` leaves after `outside` bytes (what lives outside the plan, e.g.
-/// [`Prepared::resident_bytes`] plus in-memory kernels); refused before any work when too little is left.
+/// The `(features, memdet)` shares of what `--max-mem` leaves after `outside` bytes (what lives outside the
+/// plan, e.g. [`Prepared::resident_bytes`] plus in-memory kernels): half each by default; with
+/// `--feature-mem F` the features get F exactly and MEMDET the rest. Refused before any work when too
+/// little is left.
 pub fn budget_split(mem: &MemArgs, outside: u64) -> Result<(u64, u64)> {
     let total = crate::linalg::parse_size(&mem.max_mem)?;
     // The least that a plan can use: a few MiB of tiles and features (the real floor of a kernel, two
@@ -237,11 +239,25 @@ pub fn budget_split(mem: &MemArgs, outside: u64) -> Result<(u64, u64)> {
             ((outside + least) as f64 / 1048576.0).ceil()
         )));
     }
-    let (features, memdet) = memory_split(mem)?;
-    let scale = (total - outside) as f64 / total as f64;
-    let features = ((features as f64 * scale) as u64).max(1);
-    let memdet = ((memdet as f64 * scale) as u64).max(1);
-    Ok((features, memdet))
+    let (features, _) = memory_split(mem)?;
+    let left = total - outside;
+    if mem.feature_mem.is_none() {
+        return Ok((left / 2, left - left / 2));
+    }
+    // A given `--feature-mem` is the feature share itself; MEMDET gets what is left of the budget.
+    if features >= left {
+        return Err(Error::Budget(format!(
+            "--feature-mem {} leaves nothing of --max-mem {} for MEMDET: {:.1} MiB live outside the plan \
+             (dataset, model, inputs, in-memory kernels and {} MiB for the binary and threads), so at most \
+             {:.0} MiB are left for the features and MEMDET together; lower --feature-mem or raise --max-mem",
+            mem.feature_mem.as_deref().unwrap_or_default(),
+            mem.max_mem,
+            outside as f64 / 1048576.0,
+            BASELINE_BYTES >> 20,
+            (left as f64 / 1048576.0).floor()
+        )));
+    }
+    Ok((features, left - features))
 }
 
 /// `--max-mem` split between cached NTK features and MEMDET, in bytes: `(features, memdet)`. The features

@@ -74,12 +74,11 @@ fn factor_ntk(args: &LogdetArgs, progress: &dyn Progress) -> Result<()> {
         let tiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
         crate::pipeline::budget::check_kernel_minimum(
             &tiles,
-            None,
+            crate::pipeline::budget::Beside::Memdet(None),
             &args.mem.max_mem,
             crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
             (feature_mem, memdet_mem),
             outside,
-            true,
         )?;
         Ok((prepared, tiles, memdet_mem))
     };

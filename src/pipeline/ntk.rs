@@ -56,12 +56,11 @@ pub fn run(args: &NtkArgs, progress: &dyn Progress) -> Result<()> {
     let tiles = prepared.tiles(args.n, &args.kernel, features as usize)?;
     crate::pipeline::budget::check_kernel_minimum(
         &tiles,
-        None,
+        crate::pipeline::budget::Beside::Nothing,
         &args.mem.max_mem,
         crate::pipeline::budget::FeatureShare::All,
         (features, 0),
         outside,
-        false,
     )?;
     let k = dense_kernel(&tiles, progress)?;
     write_npy_f64(&args.out, k.as_ref())?;

@@ -8,6 +8,7 @@ use crate::estimators::extrapolate::{LinearExtrapolation, StoppedCholesky, Stopp
 use crate::pipeline::fit::estimate_options;
 use crate::progress::Progress;
 use crate::report::results::{markdown, Cell, Coverage, IntervalScore, ResultFile};
+use crate::report::table2::{self, EstimateFile, Table2Entry};
 use crate::report::{check_outputs, error_plot, write_atomic, write_json};
 use crate::scaling::estimate;
 use crate::{Error, Result};
@@ -25,6 +26,9 @@ struct ReportJson {
     calibrated: Coverage,
     /// The files read, with their provenance.
     files: Vec<serde_json::Value>,
+    /// The Table 2 entries (with `--estimates`): every method's error on every network.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    table2: Vec<Table2Entry>,
 }
 
 /// Parse `N0:NS` window pairs.
@@ -77,13 +81,93 @@ pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
         .iter()
         .map(|p| ResultFile::read(p))
         .collect::<Result<_>>()?;
+    let estimates: Vec<EstimateFile> = if args.estimates.is_empty() {
+        Vec::new()
+    } else {
+        inputs(&args.estimates)?
+            .iter()
+            .map(|p| EstimateFile::read(p))
+            .collect::<Result<_>>()?
+    };
     let opts = estimate_options(&args.fit, args.seed);
     let total: usize = files.len() * windows.len() * args.targets.len();
     progress.start("report cells", total as u64);
+    let cells = score(&files, &windows, &args.targets, &opts, false, progress)?;
+    progress.finish();
+    if cells.is_empty() {
+        return Err(Error::Usage(format!(
+            "report: no cell has both its window end and its target among the files' k (largest k: {}); \
+             check --windows and --targets",
+            files.iter().map(ResultFile::max_k).max().unwrap_or(0)
+        )));
+    }
+    let table2 = if estimates.is_empty() {
+        Vec::new()
+    } else {
+        // FLODANCE's rows in Table 2: the paper's plain fit (q = 2, α = 0) and our two settings, whatever
+        // the command's fit options (those are the cells table's).
+        let mut variants = Vec::new();
+        for (label, q, shape) in [
+            ("", Some(2), false),
+            (" (shape-constrained)", Some(2), true),
+            (" (--q auto, shape-constrained)", None, true),
+        ] {
+            let mut o = opts.clone();
+            o.fit.q = q.unwrap_or(2);
+            o.fit.alpha = 0.0;
+            o.fit.r = 0;
+            o.auto_q = q.is_none();
+            o.auto_alpha = false;
+            o.shape_constrained = shape;
+            let cells = score(
+                &files,
+                &windows,
+                &args.targets,
+                &o,
+                true,
+                &crate::progress::Silent,
+            )?;
+            variants.push((label, cells));
+        }
+        table2::entries(&files, &estimates, &variants)?
+    };
+    if let Some(path) = &args.plot {
+        write_atomic(path, error_plot::render(&cells)?.as_bytes())?;
+    }
+    if let Some(path) = &args.json {
+        let doc = ReportJson {
+            sensitivity: Coverage::of(cells.iter().map(|c| &c.sensitivity)),
+            calibrated: Coverage::of(cells.iter().filter_map(|c| c.calibrated.as_ref())),
+            files: files
+                .iter()
+                .map(|f| serde_json::json!({"file": f.name, "max_k": f.max_k(), "provenance": f.provenance}))
+                .collect(),
+            cells: cells.clone(),
+            table2: table2.clone(),
+        };
+        write_json(path, &doc)?;
+    }
+    print!("{}", markdown(&cells));
+    if !table2.is_empty() {
+        print!("\n{}", table2::markdown(&table2));
+    }
+    Ok(())
+}
+
+/// Score every (file, window, target) cell whose window end and target the file holds, with `opts`
+/// (skipping the cells whose fit refuses its window when `skip_refused`, else failing).
+fn score(
+    files: &[ResultFile],
+    windows: &[(usize, usize)],
+    targets: &[usize],
+    opts: &crate::scaling::EstimateOptions,
+    skip_refused: bool,
+    progress: &dyn Progress,
+) -> Result<Vec<Cell>> {
     let mut cells = Vec::new();
-    for file in &files {
-        for &(n0, ns) in &windows {
-            for &n in &args.targets {
+    for file in files {
+        for &(n0, ns) in windows {
+            for &n in targets {
                 progress.advance(1);
                 let (Some(exact), true) = (file.at(n), n > ns && file.at(ns).is_some()) else {
                     continue;
@@ -92,7 +176,12 @@ pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
                     file.nested.iter().copied().filter(|p| p.0 <= ns).collect();
                 let mut o = opts.clone();
                 o.fit.n0 = n0;
-                let est = estimate(&sample, &o, n)?;
+                let est = match estimate(&sample, &o, n) {
+                    Ok(est) => est,
+                    // A variant of Table 2 whose fit cannot run on this window has no entry.
+                    Err(Error::Usage(_)) if skip_refused => continue,
+                    Err(e) => return Err(e),
+                };
                 let err = |v: f64| 100.0 * (v - exact) / exact.abs();
                 let linear = LinearExtrapolation { n0, target_n: n }.estimate(&sample)?;
                 let stopped = StoppedCholesky {
@@ -121,29 +210,5 @@ pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
             }
         }
     }
-    progress.finish();
-    if cells.is_empty() {
-        return Err(Error::Usage(format!(
-            "report: no cell has both its window end and its target among the files' k (largest k: {}); \
-             check --windows and --targets",
-            files.iter().map(ResultFile::max_k).max().unwrap_or(0)
-        )));
-    }
-    if let Some(path) = &args.plot {
-        write_atomic(path, error_plot::render(&cells)?.as_bytes())?;
-    }
-    if let Some(path) = &args.json {
-        let doc = ReportJson {
-            sensitivity: Coverage::of(cells.iter().map(|c| &c.sensitivity)),
-            calibrated: Coverage::of(cells.iter().filter_map(|c| c.calibrated.as_ref())),
-            files: files
-                .iter()
-                .map(|f| serde_json::json!({"file": f.name, "max_k": f.max_k(), "provenance": f.provenance}))
-                .collect(),
-            cells: cells.clone(),
-        };
-        write_json(path, &doc)?;
-    }
-    print!("{}", markdown(&cells));
-    Ok(())
+    Ok(cells)
 }

@@ -231,24 +231,22 @@ fn set_up(args: &RunArgs, progress: &dyn Progress, t0: Instant) -> Result<SetUp>
     let tiles = prepared.tiles(ns, &args.kernel, feature_mem as usize)?;
     crate::pipeline::budget::check_kernel_minimum(
         &tiles,
-        None,
+        crate::pipeline::budget::Beside::Memdet(None),
         &args.mem.max_mem,
         crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
         (feature_mem, memdet_mem),
         prepared.resident_bytes_in(ns, precision),
-        true,
     )?;
     // `--exact-n N`'s kernel too, now, before the sample's work.
     if let Some(n) = args.exact_n {
         let outside = exact_outside(&prepared, n, args);
         crate::pipeline::budget::check_kernel_minimum(
             &tiles,
-            Some(n * tiles.granule()),
+            crate::pipeline::budget::Beside::Memdet(Some(n * tiles.granule())),
             &args.mem.max_mem,
             crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
             budget_split(&args.mem, outside)?,
             outside,
-            true,
         )?;
     }
     Ok(SetUp {
@@ -325,12 +323,11 @@ fn exact_factor(
             let tiles = prepared.tiles(n, &args.kernel, feature_mem as usize)?;
             crate::pipeline::budget::check_kernel_minimum(
                 &tiles,
-                None,
+                crate::pipeline::budget::Beside::Memdet(None),
                 &args.mem.max_mem,
                 crate::pipeline::budget::FeatureShare::of(&args.mem.feature_mem),
                 (feature_mem, memdet_mem),
                 outside,
-                true,
             )?;
             Ok((tiles, memdet_mem))
         }),

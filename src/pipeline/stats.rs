@@ -84,14 +84,30 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
 
     let kernels = against.as_ref().map_or(1, |_| 2);
     let tiles = prepared.tiles(args.n, &args.kernel, feature_mem as usize / kernels)?;
+    // The operator(s) and the estimators' own buffers share what the features leave: one part per
+    // operator and one for the estimators, each at least what an operator keeps to (an operator is cheap
+    // to build: one forward of one example). Checked with the features' floor, before any work.
+    let parts = 1 + kernels as u64;
+    let share = rest_mem / parts;
+    let mut estimators = 0;
+    if !methods.is_empty() {
+        for network in
+            std::iter::once(&prepared.model.network).chain(against.iter().map(|a| &a.network))
+        {
+            let op = NtkOperator::new(network, inputs.clone(), spec, share as usize)?;
+            estimators = estimators.max(parts * op.min_memory() as u64);
+        }
+    }
     budget::check_kernel_minimum(
         &tiles,
-        None,
+        budget::Beside::Stats {
+            kernels: kernels as u64,
+            estimators,
+        },
         &args.max_mem,
         budget::FeatureShare::of(&args.feature_mem),
-        (feature_mem / kernels as u64, 0),
+        (feature_mem, rest_mem),
         outside,
-        false,
     )?;
     let m = tiles.dim();
     let rows = tiles.rows_per_example();
@@ -106,18 +122,6 @@ pub fn run(args: &StatsArgs, progress: &dyn Progress) -> Result<()> {
         )));
     }
     let x = probe_columns(y.as_ref());
-    // The operator(s) and the estimators' own buffers share what the features leave; their floor is
-    // checked now, before the exact pass (an operator is cheap to build: one forward of one example).
-    let parts = 1 + kernels as u64;
-    let share = rest_mem / parts;
-    if !methods.is_empty() {
-        for network in
-            std::iter::once(&prepared.model.network).chain(against.iter().map(|a| &a.network))
-        {
-            let op = NtkOperator::new(network, inputs.clone(), spec, share as usize)?;
-            budget::check_operator_minimum(&op, &args.max_mem, share, parts, outside)?;
-        }
-    }
 
     let exact = if methods.is_empty() || args.exact {
         let second = match &against {

@@ -14,6 +14,40 @@ pub struct NestedReport {
     pub logdets: Vec<NestedLogdet>,
 }
 
+/// The extremes of the factorisation's pivots |p_i| (of the Cholesky / LDLᵀ diagonal; ∏ p_i = det M): a
+/// near-null band of the matrix shows as pivots many orders below the largest.
+#[derive(Debug, Clone, Serialize)]
+pub struct PivotSummary {
+    /// The smallest |p_i|.
+    pub smallest: f64,
+    /// The largest |p_i|.
+    pub largest: f64,
+    /// smallest / largest.
+    pub ratio: f64,
+    /// The (at most) five smallest as `[row, |p_i|]`, smallest first (rows from 0).
+    pub smallest_rows: Vec<(usize, f64)>,
+}
+
+impl PivotSummary {
+    /// The summary of per-row log|p_i| (None for an empty factorisation).
+    pub fn of(pivots_logabs: &[f64]) -> Option<Self> {
+        let mut order: Vec<usize> = (0..pivots_logabs.len()).collect();
+        order.sort_by(|&a, &b| pivots_logabs[a].total_cmp(&pivots_logabs[b]));
+        let (&first, &last) = (order.first()?, order.last()?);
+        let (smallest, largest) = (pivots_logabs[first].exp(), pivots_logabs[last].exp());
+        Some(Self {
+            smallest,
+            largest,
+            ratio: smallest / largest,
+            smallest_rows: order
+                .iter()
+                .take(5)
+                .map(|&i| (i, pivots_logabs[i].exp()))
+                .collect(),
+        })
+    }
+}
+
 /// Top-level keys of `logdet --json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LogdetReport {
@@ -37,6 +71,8 @@ pub struct LogdetReport {
     /// Nested log-dets, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nested: Option<NestedReport>,
+    /// The extremes of the pivots.
+    pub pivots: Option<PivotSummary>,
     /// Run statistics.
     pub info: MemdetInfo,
 }
@@ -63,6 +99,7 @@ impl LogdetReport {
                 granule: d,
                 logdets: result.nested(d),
             }),
+            pivots: PivotSummary::of(&result.pivots_logabs),
             info: result.info.clone(),
         }
     }
@@ -91,5 +128,24 @@ impl LogdetReport {
             }
         }
         Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pivot_summary_finds_the_extremes_and_orders_the_smallest() {
+        let logabs: Vec<f64> = [4.0, 1e-9, 2.0, 0.5, 1e-3, 7.0, 3.0]
+            .iter()
+            .map(|p: &f64| p.ln())
+            .collect();
+        let s = PivotSummary::of(&logabs).unwrap();
+        assert!((s.smallest - 1e-9).abs() <= 1e-22 && (s.largest - 7.0).abs() <= 1e-14);
+        assert!((s.ratio - 1e-9 / 7.0).abs() <= 1e-22);
+        let rows: Vec<usize> = s.smallest_rows.iter().map(|r| r.0).collect();
+        assert_eq!(rows, vec![1, 4, 3, 2, 6]);
+        assert!(PivotSummary::of(&[]).is_none());
     }
 }

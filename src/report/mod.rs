@@ -11,6 +11,7 @@ pub mod provenance;
 pub mod results;
 pub mod run;
 pub mod stats;
+pub mod table2;
 
 pub use atomic::{resolve_output, write_atomic, AtomicFile};
 pub use output_path::check_outputs;
