@@ -92,6 +92,31 @@ fn gemm_gflops(ours: bool) -> f64 {
     2.0 * (n as f64).powi(3) * reps as f64 / t.elapsed().as_secs_f64() / 1e9
 }
 
+/// f32 GEMM GFLOP/s of the same 2048³ product with the gemm-crate wrapper (what `--precision f32`
+/// contracts with).
+fn gemm32_gflops() -> f64 {
+    let n = 2048;
+    let a = Mat::<f32>::from_fn(n, n, |i, j| ((i * 7 + j * 3) % 11) as f32);
+    let mut c = Mat::<f32>::zeros(n, n);
+    let product = |c: faer::MatMut<'_, f32>| {
+        ntk_pipeline::linalg::gemm::matmul(
+            c,
+            Accum::Replace,
+            a.as_ref(),
+            a.transpose(),
+            1.0f32,
+            Par::rayon(0),
+        )
+    };
+    product(c.as_mut());
+    let t = Instant::now();
+    let reps = 3;
+    for _ in 0..reps {
+        product(c.as_mut());
+    }
+    2.0 * (n as f64).powi(3) * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
 /// Seconds of the per-example feature pass (eval forward, batched reverse pass over the d logits, feature
 /// extraction) on the first `nf` examples by the hand-written pass and by the candle pass it replaced,
 /// interleaved (two runs each, the faster kept), at 2 examples per pass as `NtkTiles` picks for this model.
@@ -170,6 +195,11 @@ fn main() {
     );
     let faer_gemm = gemm_gflops(false);
     let gemm = gemm_gflops(true);
+    let gemm32 = gemm32_gflops();
+    println!(
+        "f32 GEMM (2048³, gemm crate) in this run: {gemm32:.1} GFLOP/s, x{:.2} the f64 rate",
+        gemm32 / gemm
+    );
     println!(
         "f64 GEMM (2048³) in this run: gemm crate (x86-v4, what the contractions use) {gemm:.1} GFLOP/s, faer {faer_gemm:.1} GFLOP/s; ratios below are against the gemm crate"
     );
@@ -183,10 +213,12 @@ fn main() {
         plain / flops
     );
     println!(
-        "{:<6} {:>6} {:>12} {:>14} {:>14} {:>12} {:>10}",
+        "{:<10} {:>6} {:>12} {:>14} {:>14} {:>12} {:>10}",
         "prec", "n", "features s", "contract s", "GFLOP/s", "vs GEMM", "total s"
     );
-    for precision in [Precision::F64, Precision::F32] {
+    // f64, f32 throughout (f32 GEMMs) and the hybrid (f32 passes, f64 accumulation), in one run.
+    let mut measured = Vec::new();
+    for precision in [Precision::F64, Precision::F32, Precision::F32F64Acc] {
         let spec = KernelSpec {
             outputs: Outputs::Full,
             scale: Scale::SqrtP,
@@ -200,15 +232,26 @@ fn main() {
         let total = t.elapsed().as_secs_f64();
         let s = tiles.stats();
         let rate = flops / s.contract_seconds / 1e9;
+        measured.push((precision, s.feature_seconds, s.contract_seconds, total));
         println!(
-            "{:<6} {:>6} {:>12.2} {:>14.2} {:>14.1} {:>11.2}x {:>10.2}",
-            format!("{precision:?}"),
+            "{:<10} {:>6} {:>12.2} {:>14.2} {:>14.1} {:>11.2}x {:>10.2}",
+            precision.name(),
             n,
             s.feature_seconds,
             s.contract_seconds,
             rate,
             rate / gemm,
             total
+        );
+    }
+    let (_, f0, c0, t0) = measured[0];
+    for &(precision, f, c, t) in &measured[1..] {
+        println!(
+            "{} against f64 in this run: features x{:.2}, contractions x{:.2}, total x{:.2} (speed-ups)",
+            precision.name(),
+            f0 / f,
+            c0 / c,
+            t0 / t
         );
     }
     // Brute force vs ours at a small n (same kernel, f64).

@@ -50,8 +50,21 @@ fn nested(doc: &serde_json::Value) -> Vec<f64> {
         .collect()
 }
 
-/// Every grid's ln det and nested ℓ_k against the single-process MEMDET run of the same arguments.
+/// Every grid's ln det and nested ℓ_k against the single-process MEMDET run of the same arguments, to 1e-12.
 fn agrees_on_every_grid(dir: &Path, args: &[&str], block: &str) {
+    agrees_on_every_grid_within(dir, args, block, 1e-12, false);
+}
+
+/// [`agrees_on_every_grid`] to `tol` relative: ln det relative to itself, each ℓ_k relative to
+/// max(|ℓ_k|, 1), or with `on_final_scale` to max(|ℓ_k|, |ℓ_n|) (rounding errors of a formed kernel move
+/// every ℓ_k by about the same absolute amount).
+fn agrees_on_every_grid_within(
+    dir: &Path,
+    args: &[&str],
+    block: &str,
+    tol: f64,
+    on_final_scale: bool,
+) {
     let reference = dir.join("memdet.json");
     let out = single(&[args, &["--json", reference.to_str().unwrap()]].concat());
     assert!(
@@ -90,12 +103,16 @@ fn agrees_on_every_grid(dir: &Path, args: &[&str], block: &str) {
             got["logdet"].as_f64().unwrap(),
             want["logdet"].as_f64().unwrap(),
         );
-        assert!((g - w).abs() <= 1e-12 * w.abs(), "np {np}: {g} vs {w}");
+        eprintln!(
+            "np {np}: ln det {g} vs {w}: {:.1e} relative",
+            (g - w).abs() / w.abs()
+        );
+        assert!((g - w).abs() <= tol * w.abs(), "np {np}: {g} vs {w}");
         let got_nested = nested(&got);
         assert_eq!(got_nested.len(), want_nested.len());
         for (k, (a, b)) in got_nested.iter().zip(&want_nested).enumerate() {
             assert!(
-                (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+                (a - b).abs() <= tol * b.abs().max(if on_final_scale { w.abs() } else { 1.0 }),
                 "np {np}, k {}: {a} vs {b}",
                 k + 1
             );
@@ -142,8 +159,13 @@ fn lenet_ntk_on_every_grid_equals_memdet() {
     agrees_on_every_grid(dir.path(), &args, "250");
 }
 
-/// The other kernels the NTK engine forms: the n × n modes (`sum`, `logit:K`, `trace`) and f32 features.
-/// Each rank's tiles must equal the single-process ones whichever rank formed them.
+/// The other kernels the NTK engine forms: the n × n modes (`sum`, `logit:K`, `trace`) and the f32 kernels.
+/// Each rank's tiles must equal the single-process ones whichever rank formed them: to 1e-12 for every
+/// kernel accumulated in f64, `f32-f64acc` included (its f32 features travel between ranks exactly). The
+/// f32-throughout kernel is another f32 rounding of the same features whenever its tiles are cut
+/// differently (the GEMMs' shapes, so their summation order, follow the tiles), so its ln det is held
+/// and its nested ℓ_k on the scale of ℓ_n to 5e-6 relative: about half of f32 formation's own error here
+/// (ln det 9.6e-6 from f64's); the grids measured 6.4e-7 from single-process.
 #[test]
 fn lenet_ntk_other_outputs_and_f32_on_every_grid_equal_memdet() {
     let dir = tempfile::tempdir().unwrap();
@@ -155,6 +177,7 @@ fn lenet_ntk_other_outputs_and_f32_on_every_grid_equal_memdet() {
         (&["--outputs", "sum"][..], "20"),
         (&["--outputs", "logit:3"][..], "40"),
         (&["--outputs", "trace"][..], "20"),
+        (&["--precision", "f32-f64acc"][..], "250"),
         (&["--precision", "f32"][..], "250"),
     ] {
         let n = if block == "250" { "100" } else { "200" };
@@ -162,7 +185,11 @@ fn lenet_ntk_other_outputs_and_f32_on_every_grid_equal_memdet() {
             "logdet", "--model", model, "--data", "mnist", "--n", n, "--nested", "10",
         ];
         args.extend_from_slice(extra);
-        agrees_on_every_grid(dir.path(), &args, block);
+        if extra == ["--precision", "f32"] {
+            agrees_on_every_grid_within(dir.path(), &args, block, 5e-6, true);
+        } else {
+            agrees_on_every_grid(dir.path(), &args, block);
+        }
     }
 }
 

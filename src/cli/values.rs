@@ -100,8 +100,11 @@ pub enum CompareMethod {
     BlockDiag,
     /// d · ln|det| of the n×n matrix of block means.
     PseudoNtk,
-    /// The exact log-det of the kernel formed in f32.
+    /// The exact log-det of the kernel formed in f32 throughout (f32 passes and f32 GEMMs: the paper's "direct f32 formation").
     F32,
+    /// The exact log-det of the kernel formed by f32 passes with f64 accumulation (`--precision f32-f64acc`).
+    #[value(name = "f32-f64acc")]
+    F32F64Acc,
     /// A straight line through the nested log-dets of the window.
     Linear,
     /// Stopped Cholesky: the mean of the last increments, extrapolated.

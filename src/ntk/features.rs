@@ -8,13 +8,17 @@
 //!   (`K_l = (g·g') (a·a' + 1[bias])`);
 //! - **spatial** factors for conv route B: patches `P_i` and output gradients `G_ic`
 //!   (`K_l = Σ_{u,v} (G_ic G_jc'ᵀ)_{uv} (P_i P_jᵀ)_{uv}`), used where it needs fewer FLOPs than route A.
+//!
+//! Features are computed into f64 arrays. With `--precision f32` every value is an f32 (the passes run in
+//! f32, and the features derived from them, route A's weight gradients and the channel sums, are computed
+//! with f32 arithmetic), so [`Features::narrow`] to the f32 arrays the contraction then reads is exact.
 
 use crate::linalg::gemm::matmul;
 use crate::model::hand::real::{sum2_f64, sum_f64};
 use crate::model::im2col::{patch_rows, ConvGeometry};
 use crate::model::{Network, Op};
 use crate::ntk::backward::{backward, seed};
-use crate::ntk::{KernelSpec, Precision};
+use crate::ntk::KernelSpec;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
@@ -184,22 +188,24 @@ impl LayerPlan {
     }
 }
 
-/// Dense-layer factors of a block: inputs (n × in) and output gradients (n·r × out), row-major.
+/// Dense-layer factors of a block: inputs (n × in) and output gradients (n·r × out), row-major, in f64
+/// (`T = f64`) or f32.
 #[derive(Debug, Clone, Default)]
-pub struct DenseFactors {
+pub struct DenseFactors<T = f64> {
     /// Input dimension.
     pub in_dim: usize,
     /// Output dimension.
     pub out_dim: usize,
     /// Layer inputs a_i, row-major n × in.
-    pub inputs: Vec<f64>,
+    pub inputs: Vec<T>,
     /// Output gradients g_ic, row-major (n·r) × out.
-    pub grads: Vec<f64>,
+    pub grads: Vec<T>,
 }
 
-/// Route-B conv factors of a block: patches (n·U × patch) and output gradients (n·r·C_out × U), row-major.
+/// Route-B conv factors of a block: patches (n·U × patch) and output gradients (n·r·C_out × U), row-major,
+/// in f64 (`T = f64`) or f32.
 #[derive(Debug, Clone, Default)]
-pub struct SpatialFactors {
+pub struct SpatialFactors<T = f64> {
     /// Output positions U.
     pub positions: usize,
     /// Patch length C_in·k·k.
@@ -207,14 +213,15 @@ pub struct SpatialFactors {
     /// Output channels.
     pub c_out: usize,
     /// Patches P_i stacked, row-major (n·U) × patch_len.
-    pub patches: Vec<f64>,
+    pub patches: Vec<T>,
     /// Output gradients G_ic stacked, row-major (n·r·C_out) × U.
-    pub grads: Vec<f64>,
+    pub grads: Vec<T>,
 }
 
-/// All features of one block of examples.
+/// All features of one block of examples, in f64 (`T = f64`, what [`compute`] gives) or f32 (their
+/// [`Features::narrow`]ing, what the f32 contraction reads).
 #[derive(Debug, Clone)]
-pub struct Features {
+pub struct Features<T = f64> {
     /// Number of examples.
     pub n: usize,
     /// Rows per example.
@@ -222,14 +229,14 @@ pub struct Features {
     /// Number of explicit Jacobian columns (the length of one row's explicit feature vector).
     pub explicit_cols: usize,
     /// Explicit Jacobian rows, one contiguous vector of `explicit_cols` values per row i·r + c.
-    pub explicit: Vec<f64>,
+    pub explicit: Vec<T>,
     /// Dense factors per linear layer.
-    pub dense: Vec<DenseFactors>,
+    pub dense: Vec<DenseFactors<T>>,
     /// Spatial factors per route-B conv layer.
-    pub spatial: Vec<SpatialFactors>,
+    pub spatial: Vec<SpatialFactors<T>>,
 }
 
-impl Features {
+impl<T> Features<T> {
     /// Bytes held by these features.
     pub fn bytes(&self) -> usize {
         let dense: usize = self
@@ -242,12 +249,47 @@ impl Features {
             .iter()
             .map(|s| s.patches.len() + s.grads.len())
             .sum();
-        (self.explicit.len() + dense + spatial) * std::mem::size_of::<f64>()
+        (self.explicit.len() + dense + spatial) * std::mem::size_of::<T>()
     }
 
     /// The explicit features as an (explicit_cols × n·r) matrix: column i·r + c is row (i, c) of the Jacobian.
-    pub fn explicit_t(&self) -> MatRef<'_, f64> {
+    pub fn explicit_t(&self) -> MatRef<'_, T> {
         MatRef::from_column_major_slice(&self.explicit, self.explicit_cols, self.n * self.rows)
+    }
+}
+
+impl Features<f64> {
+    /// Every value rounded to f32: exact for the features of `--precision f32` (module docs), which the f32
+    /// contraction reads in this form.
+    pub fn narrow(&self) -> Features<f32> {
+        let narrow = |v: &[f64]| -> Vec<f32> { v.par_iter().map(|&x| x as f32).collect() };
+        Features {
+            n: self.n,
+            rows: self.rows,
+            explicit_cols: self.explicit_cols,
+            explicit: narrow(&self.explicit),
+            dense: self
+                .dense
+                .iter()
+                .map(|d| DenseFactors {
+                    in_dim: d.in_dim,
+                    out_dim: d.out_dim,
+                    inputs: narrow(&d.inputs),
+                    grads: narrow(&d.grads),
+                })
+                .collect(),
+            spatial: self
+                .spatial
+                .iter()
+                .map(|sp| SpatialFactors {
+                    positions: sp.positions,
+                    patch_len: sp.patch_len,
+                    c_out: sp.c_out,
+                    patches: narrow(&sp.patches),
+                    grads: narrow(&sp.grads),
+                })
+                .collect(),
+        }
     }
 }
 
@@ -299,10 +341,7 @@ pub fn compute_with(
         dense: vec![DenseFactors::default(); plan.dense_slots],
         spatial: vec![SpatialFactors::default(); plan.spatial_slots],
     };
-    let dtype = match spec.precision {
-        Precision::F64 => DType::F64,
-        Precision::F32 => DType::F32,
-    };
+    let dtype = spec.precision.pass_dtype();
     match pass {
         FeaturePass::Hand => compute_hand(network, plan, inputs, spec, micro, &mut feats)?,
         FeaturePass::Candle => {
@@ -384,6 +423,7 @@ fn compute_hand(
                     &grad,
                     start,
                     len,
+                    spec.precision.accumulates_in_f32(),
                 )
             },
         )?;
@@ -420,7 +460,17 @@ fn compute_candle(
                 .ok_or_else(|| Error::Internal(format!("no NTK rule for node {node}")))?;
             let input = to_f64_vec(&cache[network.nodes[node].inputs[0]])?;
             let g = to_f64_vec(grad)?;
-            extract(feats, rule, &network.nodes[node].op, &input, &g, start, len)
+            let f32acc = spec.precision.accumulates_in_f32();
+            extract(
+                feats,
+                rule,
+                &network.nodes[node].op,
+                &input,
+                &g,
+                start,
+                len,
+                f32acc,
+            )
         })?;
         start += len;
     }
@@ -433,7 +483,9 @@ fn to_f64_vec(t: &Tensor) -> Result<Vec<f64>> {
 }
 
 /// Fill the features of one layer for examples `start..start + len` of the block from the layer input
-/// (len, …) and output gradient (len·r, …), both example-major (PyTorch's layout), in f64.
+/// (len, …) and output gradient (len·r, …), both example-major (PyTorch's layout): the derived features
+/// (route A's weight gradients, channel sums, BatchNorm's x̂) in f64, or with f32 arithmetic when `f32acc`.
+#[allow(clippy::too_many_arguments)]
 fn extract(
     feats: &mut Features,
     rule: &LayerRule,
@@ -442,6 +494,7 @@ fn extract(
     g: &[f64],
     start: usize,
     len: usize,
+    f32acc: bool,
 ) -> Result<()> {
     let r = feats.rows;
     // Explicit columns for rows (start·r ..), one slice per row.
@@ -483,7 +536,7 @@ fn extract(
                     let rhs =
                         MatRef::from_row_major_slice(&patches[e * u * plen..][..u * plen], u, plen);
                     let dst = MatMut::from_row_major_slice_mut(&mut stacked, r * c_out, plen);
-                    matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::rayon(0));
+                    product(dst, lhs, rhs, f32acc, Par::rayon(0));
                     block[e * r * ecols..(e + 1) * r * ecols]
                         .par_chunks_mut(ecols)
                         .zip(stacked.par_chunks(c_out * plen))
@@ -516,12 +569,12 @@ fn extract(
                             );
                             let lhs = gm.subrows(grp * cog, cog);
                             let rhs = p.subcols(grp * pg, pg);
-                            matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::Seq);
+                            product(dst, lhs, rhs, f32acc, Par::Seq);
                         }
                     });
             }
             if let Some(bias) = rule.bias_offset {
-                write_channel_sums(feats, row0, len * r, bias, g, c_out, u, None)?;
+                write_channel_sums(feats, row0, len * r, bias, g, c_out, u, None, f32acc)?;
             }
         }
         (
@@ -549,7 +602,7 @@ fn extract(
                 .for_each(|(e, out)| patch_rows(&x[e * in_len..(e + 1) * in_len], geometry, out));
             s.grads[row0 * c_out * u..(row0 + len * r) * c_out * u].copy_from_slice(g);
             if let Some(bias) = rule.bias_offset {
-                write_channel_sums(feats, row0, len * r, bias, g, *c_out, u, None)?;
+                write_channel_sums(feats, row0, len * r, bias, g, *c_out, u, None, f32acc)?;
             }
         }
         (Rule::Linear { slot, .. }, Op::Linear(l)) => {
@@ -570,7 +623,13 @@ fn extract(
             let mean = to_f64_vec(&bn.running_mean)?;
             let inv_std: Vec<f64> = to_f64_vec(&bn.running_var)?
                 .iter()
-                .map(|v| 1.0 / (v + bn.eps).sqrt())
+                .map(|&v| {
+                    if f32acc {
+                        (1.0 / (v as f32 + bn.eps as f32).sqrt()) as f64
+                    } else {
+                        1.0 / (v + bn.eps).sqrt()
+                    }
+                })
                 .collect();
             let u = input.len() / (len * channels).max(1);
             let xhat: Vec<f64> = input
@@ -578,7 +637,11 @@ fn extract(
                 .enumerate()
                 .map(|(i, &x)| {
                     let c = (i / u) % channels;
-                    (x - mean[c]) * inv_std[c]
+                    if f32acc {
+                        ((x as f32 - mean[c] as f32) * inv_std[c] as f32) as f64
+                    } else {
+                        (x - mean[c]) * inv_std[c]
+                    }
                 })
                 .collect();
             // γ: Σ_u g·x̂ (x̂ of the row's example), β: Σ_u g.
@@ -591,6 +654,7 @@ fn extract(
                 *channels,
                 u,
                 Some((&xhat, r)),
+                f32acc,
             )?;
             write_channel_sums(
                 feats,
@@ -601,6 +665,7 @@ fn extract(
                 *channels,
                 u,
                 None,
+                f32acc,
             )?;
         }
         _ => {
@@ -612,8 +677,49 @@ fn extract(
     Ok(())
 }
 
+/// `dst ← lhs · rhs`, in f64, or with `f32acc` as an f32 GEMM (operands rounded to f32, f32
+/// accumulation) whose result is widened into `dst`. The f32 copies are row-major, read and written row
+/// by row (the operands and `dst` here are row-major views).
+fn product(
+    dst: MatMut<'_, f64>,
+    lhs: MatRef<'_, f64>,
+    rhs: MatRef<'_, f64>,
+    f32acc: bool,
+    par: Par,
+) {
+    if !f32acc {
+        matmul(dst, Accum::Replace, lhs, rhs, 1.0, par);
+        return;
+    }
+    let (m, k, n) = (lhs.nrows(), lhs.ncols(), rhs.ncols());
+    let narrow = |a: MatRef<'_, f64>| -> Vec<f32> {
+        let mut v = Vec::with_capacity(a.nrows() * a.ncols());
+        for i in 0..a.nrows() {
+            v.extend(a.row(i).iter().map(|&x| x as f32));
+        }
+        v
+    };
+    let (l, r) = (narrow(lhs), narrow(rhs));
+    let mut d = vec![0.0f32; m * n];
+    matmul(
+        MatMut::from_row_major_slice_mut(&mut d, m, n),
+        Accum::Replace,
+        MatRef::from_row_major_slice(&l, m, k),
+        MatRef::from_row_major_slice(&r, k, n),
+        1.0f32,
+        par,
+    );
+    let mut dst = dst;
+    for i in 0..m {
+        for (j, &v) in d[i * n..(i + 1) * n].iter().enumerate() {
+            dst[(i, j)] = v as f64;
+        }
+    }
+}
+
 /// For each of `rows` gradient rows (C × U each), write Σ_u g[c,u]·w[c,u] into explicit column
 /// `first_row + row` at rows `offset..offset + C`; `w` is 1, or the per-example weight (x̂) repeated r times.
+/// Summed in f64, or in f32 when `f32acc`.
 #[allow(clippy::too_many_arguments)]
 fn write_channel_sums(
     feats: &mut Features,
@@ -624,6 +730,7 @@ fn write_channel_sums(
     channels: usize,
     u: usize,
     weight: Option<(&[f64], usize)>,
+    f32acc: bool,
 ) -> Result<()> {
     if g.len() != rows * channels * u {
         return Err(Error::Internal(format!(
@@ -636,13 +743,19 @@ fn write_channel_sums(
         let col = &mut feats.explicit[(first_row + row) * ecols..(first_row + row + 1) * ecols];
         for c in 0..channels {
             let gs = &g[(row * channels + c) * u..(row * channels + c + 1) * u];
-            col[offset + c] = match weight {
-                None => sum_f64(gs, |v| v),
-                Some((w, r)) => {
-                    let e = row / r;
-                    let ws = &w[(e * channels + c) * u..(e * channels + c + 1) * u];
-                    sum2_f64(gs, ws, |a, b| a * b, |_, _| 0.0).0
-                }
+            let ws = weight.map(|(w, r)| {
+                let e = row / r;
+                &w[(e * channels + c) * u..(e * channels + c + 1) * u]
+            });
+            col[offset + c] = match (ws, f32acc) {
+                (None, false) => sum_f64(gs, |v| v),
+                (Some(ws), false) => sum2_f64(gs, ws, |a, b| a * b, |_, _| 0.0).0,
+                (None, true) => gs.iter().fold(0.0f32, |acc, &v| acc + v as f32) as f64,
+                (Some(ws), true) => gs
+                    .iter()
+                    .zip(ws)
+                    .fold(0.0f32, |acc, (&a, &b)| acc + a as f32 * b as f32)
+                    as f64,
             };
         }
     }

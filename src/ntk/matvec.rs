@@ -476,7 +476,7 @@ fn largest(max: usize, fits: impl Fn(usize) -> bool) -> usize {
 fn dtype(spec: &KernelSpec) -> DType {
     match spec.precision {
         Precision::F64 => DType::F64,
-        Precision::F32 => DType::F32,
+        Precision::F32 | Precision::F32F64Acc => DType::F32,
     }
 }
 

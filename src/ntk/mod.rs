@@ -6,7 +6,7 @@
 //!   kernel);
 //! - [`features`]: per-block features: explicit per-example weight gradients (route A), spatial factors
 //!   (route B), dense-layer factors (Hadamard-of-Grams rule);
-//! - [`contract`]: the per-layer tile rules, accumulated in f64;
+//! - [`contract`]: the per-layer tile rules, accumulated in f64 (in f32 for `--precision f32`);
 //! - [`tiles`]: `NtkTiles: TileSource` with a byte-budgeted feature cache;
 //! - [`layout`], [`hand_products`], [`matvec`]: matrix-free products `J W`, `Jᵀ V` and
 //!   `K V = J (Jᵀ V) / s` (forward-mode tangent pass, reverse pass seeded with V, on the hand-written
@@ -79,14 +79,57 @@ pub enum Scale {
     P,
 }
 
-/// Floating-point precision of kernel formation.
+/// Floating-point precision of kernel formation. In every precision the tiles handed to the linear algebra
+/// are f64 and MEMDET factors them in f64: the precision says how the kernel's entries are *formed*.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Forward, backward and contractions in f64 (the reference).
     F64,
-    /// Forward and backward passes in f32; the f32 features are contracted with f64 accumulation.
+    /// f32 throughout, as the paper's "direct f32 formation": forward and backward passes in f32, the
+    /// per-example features in f32, and every contraction an f32 GEMM with f32 accumulation (the `gemm`
+    /// crate's f32 kernels); each finished kernel block is widened to f64 (and divided by s in f64).
     F32,
+    /// f32 forward and backward passes, f64 accumulation: the f32 features are widened and contracted in
+    /// f64 (what `f32` was before), so only the rounding of the derivatives enters the kernel.
+    #[serde(rename = "f32-f64acc")]
+    #[value(name = "f32-f64acc")]
+    F32F64Acc,
+}
+
+impl Precision {
+    /// The candle dtype the forward and backward passes run in.
+    pub fn pass_dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F64 => candle_core::DType::F64,
+            Precision::F32 | Precision::F32F64Acc => candle_core::DType::F32,
+        }
+    }
+
+    /// Whether features are formed and contracted with f32 accumulation.
+    pub fn accumulates_in_f32(self) -> bool {
+        self == Precision::F32
+    }
+
+    /// The `--precision` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F64 => "f64",
+            Precision::F32 => "f32",
+            Precision::F32F64Acc => "f32-f64acc",
+        }
+    }
+
+    /// What checkpoints record as the kernel's precision. `f32-f64acc` keeps the `F32` that the hybrid was
+    /// recorded under when it was called `f32`, so its old checkpoints still resume; the f32-throughout
+    /// kernel has a new identity, so it never resumes a factorisation of the hybrid's kernel.
+    pub fn identity(self) -> &'static str {
+        match self {
+            Precision::F64 => "F64",
+            Precision::F32 => "F32 (f32 accumulation)",
+            Precision::F32F64Acc => "F32",
+        }
+    }
 }
 
 /// What kernel to form.
@@ -140,9 +183,10 @@ impl KernelSpec {
         let precision = match precision {
             "f64" => Precision::F64,
             "f32" => Precision::F32,
+            "f32-f64acc" => Precision::F32F64Acc,
             s => {
                 return Err(Error::Usage(format!(
-                    "--precision {s}: expected f64 or f32"
+                    "--precision {s}: expected f64, f32 or f32-f64acc"
                 )))
             }
         };

@@ -10,13 +10,16 @@
 //! the most recently used and only streamed chunks are evicted. Features are then computed about
 //! `n + n²/(2·held)` times for a whole kernel, where `held` is the number of examples a group holds, instead of
 //! `n²/chunk` with a plain row-by-row sweep.
+//!
+//! Chunks are sized on the f64 bytes of their features (a chunk is computed in f64 arrays); with
+//! `--precision f32` the cache holds them as f32, half those bytes, and contracts them in f32 ([`cached`]).
 
 use crate::linalg::TileSource;
 use crate::model::Network;
-use crate::ntk::contract::contract;
 use crate::ntk::features::{Features, LayerPlan};
-use crate::ntk::{KernelSpec, Outputs, Precision};
+use crate::ntk::{KernelSpec, Outputs};
 use crate::{Error, Result};
+use cached::{contract_cached, Cached};
 use candle_core::{DType, Tensor};
 use faer::{Mat, MatMut};
 use serde::Serialize;
@@ -24,6 +27,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+pub mod cached;
 mod chunks;
 pub mod working;
 
@@ -53,7 +57,7 @@ const MIN_CHUNKS: usize = 16;
 
 /// LRU cache of feature chunks under a byte budget.
 struct FeatureCache {
-    entries: Vec<(usize, Arc<Features>)>,
+    entries: Vec<(usize, Arc<Cached>)>,
     bytes: usize,
     budget: usize,
 }
@@ -86,10 +90,7 @@ impl NtkTiles {
         spec: KernelSpec,
         feature_budget: usize,
     ) -> Result<Self> {
-        let dtype = match spec.precision {
-            Precision::F64 => DType::F64,
-            Precision::F32 => DType::F32,
-        };
+        let dtype = spec.precision.pass_dtype();
         crate::ntk::backward::check_supported(network)?;
         let network = network.to_dtype(dtype)?;
         let n = inputs.dim(0)?;
@@ -242,7 +243,7 @@ impl NtkTiles {
     }
 
     /// Features of chunk `c`, from the cache or computed now.
-    fn features(&self, c: usize) -> Result<Arc<Features>> {
+    fn features(&self, c: usize) -> Result<Arc<Cached>> {
         if let Ok(mut cache) = self.cache.lock() {
             if let Some(pos) = cache.entries.iter().position(|(k, _)| *k == c) {
                 let entry = cache.entries.remove(pos);
@@ -251,15 +252,23 @@ impl NtkTiles {
                 return Ok(found);
             }
         }
-        let feats = Arc::new(self.compute_chunk(c)?);
-        self.cache_insert(c, feats.clone());
-        Ok(feats)
+        let feats = self.compute_chunk(c)?;
+        Ok(self.cache_insert(c, feats))
+    }
+
+    /// Bytes of one example's features as cached: half of `LayerPlan::bytes_per_example` for f32.
+    fn cached_bytes_per_example(&self) -> usize {
+        if self.spec.precision.accumulates_in_f32() {
+            self.plan.bytes_per_example / 2
+        } else {
+            self.plan.bytes_per_example
+        }
     }
 
     /// Column chunks held together while row chunks stream past them: the cache's capacity in chunks but two
     /// (one for the streamed chunk, one of slack for a shorter last chunk), at least one.
     fn group_chunks(&self) -> usize {
-        let chunk_bytes = (self.chunk * self.plan.bytes_per_example).max(1);
+        let chunk_bytes = (self.chunk * self.cached_bytes_per_example()).max(1);
         let budget = self.cache.lock().map(|c| c.budget).unwrap_or(0);
         (budget / chunk_bytes).saturating_sub(2).max(1)
     }
@@ -325,7 +334,7 @@ impl TileSource for NtkTiles {
         let rf = self.plan.rows;
         let mut block = Mat::<f64>::zeros(len * rf, len * rf);
         let t1 = Instant::now();
-        contract(&self.plan, &f, 0..len, &f, 0..len, block.as_mut());
+        contract_cached(&self.plan, &f, 0..len, &f, 0..len, block.as_mut())?;
         let pair_s = t1.elapsed().as_secs_f64();
         let held = self.held_examples().max(1) as f64;
         let nf = n as f64;
@@ -400,7 +409,7 @@ impl TileSource for NtkTiles {
                     let fb = self.features(cb)?;
                     let t0 = Instant::now();
                     let mut block = Mat::<f64>::zeros(ia.len() * rf, jb.len() * rf);
-                    contract(&self.plan, &fa, ia.clone(), &fb, jb.clone(), block.as_mut());
+                    contract_cached(&self.plan, &fa, ia.clone(), &fb, jb.clone(), block.as_mut())?;
                     let block = if self.spec.outputs == Outputs::Trace {
                         trace_reduce(&block, rf)
                     } else {

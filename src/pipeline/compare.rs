@@ -56,7 +56,10 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
     }
     .rows_per_example(d) as u64;
     let dense = |n: usize| 8 * (n as u64 * rows).pow(2);
-    let copies = 1 + u64::from(args.methods.contains(&CompareMethod::F32));
+    // The f32 kernels (f32 throughout, f32-f64acc) are formed one after the other, each dropped after use.
+    let any_f32 = args.methods.contains(&CompareMethod::F32)
+        || args.methods.contains(&CompareMethod::F32F64Acc);
+    let copies = 1 + u64::from(any_f32);
     let total = crate::linalg::parse_size(&args.mem.max_mem)?;
     let m = args.n as u64 * rows;
     if copies * dense(args.n) + dense(ns) > total {
@@ -75,7 +78,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
     let n_used = args.n.min(prepared.order.len());
     let has = |method| u64::from(args.methods.contains(&method));
     let outside = prepared.resident_bytes(n_used)
-        + has(CompareMethod::F32) * prepared.input_bytes(n_used, Precision::F32)
+        + u64::from(any_f32) * prepared.input_bytes(n_used, Precision::F32)
         + prepared.input_bytes(ns, Precision::F64)
         + has(CompareMethod::SlqMatvec) * prepared.input_bytes(n_used, Precision::F64)
         + has(CompareMethod::Pslq) * 2 * 8 * m * args.precond_rank as u64
@@ -298,9 +301,14 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                 let e = PseudoNtk::default().run(&k, progress)?;
                 row("pseudo-ntk", &[e], form_s, 0.0)
             }
-            CompareMethod::F32 => {
+            CompareMethod::F32 | CompareMethod::F32F64Acc => {
+                let (precision, name) = if method == CompareMethod::F32 {
+                    (Precision::F32, "f32 formation")
+                } else {
+                    (Precision::F32F64Acc, "f32-f64acc formation")
+                };
                 let f32_kernel = KernelArgs {
-                    precision: Precision::F32,
+                    precision,
                     ..args.kernel.clone()
                 };
                 let (k32, _, form32) = form_dense(
@@ -312,7 +320,11 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                     progress,
                 )?;
                 let t = Instant::now();
-                let r = memdet_recorded(&k32, &checkpointed("f32", args.n, &f32_kernel), progress)?;
+                let r = memdet_recorded(
+                    &k32,
+                    &checkpointed(precision.name(), args.n, &f32_kernel),
+                    progress,
+                )?;
                 let e = Estimate {
                     logdet: r.logdet,
                     std_error: None,
@@ -320,7 +332,7 @@ pub fn run(args: &CompareArgs, progress: &dyn Progress) -> Result<()> {
                     seconds: t.elapsed().as_secs_f64(),
                     details: serde_json::json!({"sign": r.sign}),
                 };
-                row("f32 formation", &[e], form32, 0.0)
+                row(name, &[e], form32, 0.0)
             }
         };
         rows.push(r);

@@ -123,7 +123,7 @@ impl Prepared {
     pub fn inputs_in(&self, n: usize, precision: crate::ntk::Precision) -> Result<Tensor> {
         match precision {
             crate::ntk::Precision::F64 => self.inputs_f64(n),
-            crate::ntk::Precision::F32 => self.inputs(n),
+            crate::ntk::Precision::F32 | crate::ntk::Precision::F32F64Acc => self.inputs(n),
         }
     }
 
@@ -180,7 +180,7 @@ pub fn kernel_identity(
         ("n", n.to_string()),
         ("outputs", format!("{:?}", kernel.outputs)),
         ("kernel_scale", format!("{:?}", kernel.scale)),
-        ("precision", format!("{:?}", kernel.precision)),
+        ("precision", kernel.precision.identity().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -212,7 +212,7 @@ impl Prepared {
         let [c, h, w] = self.model.network.input_shape;
         let value = match precision {
             crate::ntk::Precision::F64 => 8,
-            crate::ntk::Precision::F32 => 4,
+            crate::ntk::Precision::F32 | crate::ntk::Precision::F32F64Acc => 4,
         };
         n as u64 * (c * h * w) as u64 * value
     }

@@ -53,7 +53,7 @@ pub fn table(report: &CompareReport) -> String {
         report.exact_logdet, report.n, report.m, report.seconds_forming_kernel
     );
     s += &format!(
-        "{:<18} {:>18} {:>12} {:>12} {:>6} {:>10} {:>10} {:>10}\n",
+        "{:<22} {:>18} {:>12} {:>12} {:>6} {:>10} {:>10} {:>10}\n",
         "method", "estimate", "rel.err %", "err/eig", "sign", "form s", "est. s", "peak MiB"
     );
     for r in &report.methods {
@@ -68,11 +68,18 @@ pub fn table(report: &CompareReport) -> String {
         } else {
             "0"
         };
+        // Errors below 1e-3 % (f32 formation's) in scientific notation, not as 0.0000.
+        let pct = r.relative_error_pct.abs();
+        let pct = if pct != 0.0 && pct < 1e-3 {
+            format!("{pct:.2e}")
+        } else {
+            format!("{pct:.4}")
+        };
         s += &format!(
-            "{:<18} {:>18} {:>12.4} {:>12.3e} {:>6} {:>10.2} {:>10.2} {:>10.0}\n",
+            "{:<22} {:>18} {:>12} {:>12.3e} {:>6} {:>10.2} {:>10.2} {:>10.0}\n",
             r.method,
             est,
-            r.relative_error_pct.abs(),
+            pct,
             r.error_per_eigenvalue,
             sign,
             r.seconds_forming,

@@ -151,6 +151,9 @@ fn wording(method: &str) -> (String, Option<(f64, f64)>) {
     let (label, paper) = match method {
         "logdet --precision f32" => ("direct f32 formation", Some((3.67, 14.27))),
         "f32 formation" | "f32" => ("direct f32 formation (compare)", Some((3.67, 14.27))),
+        // The hybrid (f32 passes, f64 accumulation) has no counterpart in the paper.
+        "logdet --precision f32-f64acc" => ("f32 passes, f64 accumulation", None),
+        "f32-f64acc formation" | "f32-f64acc" => ("f32 passes, f64 accumulation (compare)", None),
         "block-diag" => ("block diagonal", Some((76.49, 112.55))),
         "slq" => ("SLQ (20 steps, 10–50 probes)", Some((81.51, 84.52))),
         "pseudo-ntk" => ("pseudo-NTK", Some((118.35, 75.32))),

@@ -2,7 +2,9 @@
 //! caching it, and caching a chunk computed elsewhere (the distributed formation computes each chunk on one
 //! rank and sends it to the others that need it).
 
+use super::cached::Cached;
 use super::{Features, NtkTiles};
+use crate::ntk::contract::contract;
 use crate::ntk::features::compute;
 use crate::{Error, Result};
 use std::ops::Range;
@@ -29,7 +31,9 @@ impl NtkTiles {
         rows.start / g / self.chunk..(rows.end.div_ceil(g) - 1) / self.chunk + 1
     }
 
-    /// Bytes of the features of chunk `c`.
+    /// Bytes of the features of chunk `c` as computed and sent between ranks (f64 arrays; the cache holds
+    /// half as many for `--precision f32`, but a rank holds its computed and received chunks in f64 until
+    /// they are cached, so this is what must fit).
     pub fn chunk_bytes(&self, c: usize) -> usize {
         let start = c * self.chunk;
         self.chunk.min(self.num_examples().saturating_sub(start)) * self.plan.bytes_per_example
@@ -65,21 +69,30 @@ impl NtkTiles {
         Ok(feats)
     }
 
-    /// Seconds of one chunk-pair contraction of `feats` with themselves (the result is dropped): what one
-    /// tile of a chunk-sized block costs, to weigh tile work against feature work.
+    /// Seconds of one chunk-pair contraction of `feats` with themselves in the kernel's precision (the
+    /// result is dropped): what one tile of a chunk-sized block costs, to weigh tile work against feature
+    /// work.
     pub fn time_pair(&self, feats: &Features) -> f64 {
-        let rows = feats.n * self.plan.rows;
-        let mut block = faer::Mat::<f64>::zeros(rows, rows);
-        let t0 = Instant::now();
-        crate::ntk::contract::contract(
-            &self.plan,
-            feats,
-            0..feats.n,
-            feats,
-            0..feats.n,
-            block.as_mut(),
-        );
-        t0.elapsed().as_secs_f64()
+        let (rows, all) = (feats.n * self.plan.rows, 0..feats.n);
+        if self.spec.precision.accumulates_in_f32() {
+            let narrow = feats.narrow();
+            let mut block = faer::Mat::<f32>::zeros(rows, rows);
+            let t0 = Instant::now();
+            contract(
+                &self.plan,
+                &narrow,
+                all.clone(),
+                &narrow,
+                all,
+                block.as_mut(),
+            );
+            t0.elapsed().as_secs_f64()
+        } else {
+            let mut block = faer::Mat::<f64>::zeros(rows, rows);
+            let t0 = Instant::now();
+            contract(&self.plan, feats, all.clone(), feats, all, block.as_mut());
+            t0.elapsed().as_secs_f64()
+        }
     }
 
     /// Put `feats`, the features of chunk `c` computed elsewhere (another process), into the cache as if
@@ -95,24 +108,38 @@ impl NtkTiles {
                 feats.n, feats.rows, self.plan.rows
             )));
         }
-        self.cache_insert(c, Arc::new(feats));
+        self.cache_insert(c, feats);
         Ok(())
     }
 
-    /// Add chunk `c`'s features to the cache, evicting the least recently used to stay in budget.
-    pub(super) fn cache_insert(&self, c: usize, feats: Arc<Features>) {
+    /// Add chunk `c`'s features to the cache in the kernel's precision (narrowed to f32 for `f32`), evicting
+    /// the least recently used first to stay in budget, so a narrowed chunk's f64 original and its copy are
+    /// never held on top of a full cache. Returns the cached chunk. (The narrowing runs outside the lock:
+    /// it uses the thread pool.)
+    pub(super) fn cache_insert(&self, c: usize, feats: Features) -> Arc<Cached> {
+        let precision = self.spec.precision;
+        let bytes = Cached::bytes_of(&feats, precision);
         if let Ok(mut cache) = self.cache.lock() {
             if let Some(pos) = cache.entries.iter().position(|(k, _)| *k == c) {
                 let (_, old) = cache.entries.remove(pos);
                 cache.bytes -= old.bytes();
             }
-            let bytes = feats.bytes();
             while !cache.entries.is_empty() && cache.bytes + bytes > cache.budget {
                 let (_, old) = cache.entries.remove(0);
                 cache.bytes -= old.bytes();
             }
+            // Reserved now, held once the entry is pushed below (`bytes` is exactly its size).
             cache.bytes += bytes;
-            cache.entries.push((c, feats));
         }
+        let t0 = Instant::now();
+        let cached = Arc::new(Cached::of(feats, precision));
+        if let Ok(mut s) = self.stats.lock() {
+            // Narrowing to f32 is part of preparing the features.
+            s.feature_seconds += t0.elapsed().as_secs_f64();
+        }
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.entries.push((c, cached.clone()));
+        }
+        cached
     }
 }
