@@ -113,7 +113,7 @@ impl NtkOperator {
             (MatvecPass::Hand, Precision::F64) => {
                 Engine::Hand64(HandProducts::new(&network, &inputs, logits)?)
             }
-            (MatvecPass::Hand, Precision::F32) => {
+            (MatvecPass::Hand, Precision::F32 | Precision::F32F64Acc) => {
                 Engine::Hand32(HandProducts::new(&network, &inputs, logits)?)
             }
             (MatvecPass::Candle, _) => Engine::Candle,
@@ -217,7 +217,7 @@ impl NtkOperator {
         let e = self.expand();
         let precision = match self.spec.precision {
             Precision::F64 => 8,
-            Precision::F32 => 4,
+            Precision::F32 | Precision::F32F64Acc => 4,
         };
         8 * self.factor_dim()
             + 16 * self.num_examples() * self.logits * e
