@@ -1,5 +1,8 @@
 //! NTK statistics benchmark, exact against matrix-free (run by hand: `cargo bench --bench stats`).
 //!
+//! Part 0 (`STATS_BENCH_PASS_N`, default 16; 0 skips it): seconds of one kernel–vector product `K v` on
+//! the first n images by the hand-written engine (what `stats` uses) and by candle's graph (the path it
+//! replaced), interleaved, two runs each, the faster kept, and their ratio.
 //! Part 1 (`STATS_BENCH_N`, default 1000): `ntk-pipeline stats --estimate all --exact --probes LIST` on the
 //! first n MNIST training images: every statistic exact (one streamed pass over the tiles) and estimated by
 //! each estimator at each probe count S, printed as `estimate ± standard error (|relative error|)` with the
@@ -8,7 +11,7 @@
 //! effective rank alone (`--estimate hutchpp,one-sided-forward`), where the exact kernel would take far
 //! longer to form, with standard errors and wall time.
 //!
-//! Environment: `STATS_BENCH_MODEL` (default `models/resnet9-mnist.safetensors`), `STATS_BENCH_N`,
+//! Environment: `STATS_BENCH_PASS_N`, `STATS_BENCH_MODEL` (default `models/resnet9-mnist.safetensors`), `STATS_BENCH_N`,
 //! `STATS_BENCH_PROBES` (default `10,30,100`), `STATS_BENCH_BIG_N`, `STATS_BENCH_BIG_PROBES` (default `10`),
 //! `STATS_BENCH_MAX_MEM` (default `8GiB`), `STATS_BENCH_JSON_DIR` (keep the JSON reports there). The load
 //! average is printed before and after each part: the figures mean little on a busy machine.
@@ -95,6 +98,61 @@ fn products(e: &Value) -> String {
     )
 }
 
+/// Part 0: seconds of one `K v` (full outputs, f64) on the first `n` MNIST images by each pass.
+fn product_time(model: &str, n: usize) {
+    use faer::Mat;
+    use ntk_pipeline::data::{self, DataOptions, Split};
+    use ntk_pipeline::model::load::load_model;
+    use ntk_pipeline::ntk::{KernelSpec, MatvecPass, NtkOperator, Outputs, Precision, Scale};
+    let dataset = data::load(
+        "mnist",
+        &DataOptions {
+            split: Split::Train,
+            data_dir: None,
+            download: false,
+        },
+    )
+    .expect("the shipped MNIST in datasets/mnist");
+    let hint = Some(dataset.image_shape());
+    let net = load_model(model, None, None, hint, Some(10))
+        .expect("the model")
+        .network;
+    let idx: Vec<usize> = (0..n).collect();
+    let x = dataset.images(&idx, net.input_shape).expect("images");
+    let spec = KernelSpec {
+        outputs: Outputs::Full,
+        scale: Scale::SqrtP,
+        precision: Precision::F64,
+    };
+    let ops = [MatvecPass::Hand, MatvecPass::Candle].map(|pass| {
+        NtkOperator::with_pass(pass, &net, x.clone(), spec, 8 << 30).expect("operator")
+    });
+    let v = Mat::from_fn(
+        ops[0].order(),
+        1,
+        |r, _| if r % 2 == 0 { 1.0 } else { -1.0 },
+    );
+    let mut best = [f64::INFINITY; 2];
+    for _ in 0..2 {
+        for (op, best) in ops.iter().zip(best.iter_mut()) {
+            let mut out = Mat::zeros(op.order(), 1);
+            let t0 = Instant::now();
+            op.kv(v.as_ref(), out.as_mut()).expect("K v");
+            *best = best.min(t0.elapsed().as_secs_f64());
+        }
+    }
+    println!(
+        "part 0: one K·v, n = {n}, p = {}: hand-written {:.2} s ({:.4} s/example), candle {:.2} s ({:.4} s/example): speed-up x{:.1}; load average after: {}",
+        ops[0].num_params(),
+        best[0],
+        best[0] / n as f64,
+        best[1],
+        best[1] / n as f64,
+        best[1] / best[0],
+        load()
+    );
+}
+
 fn main() {
     let model = env_or(
         "STATS_BENCH_MODEL",
@@ -116,6 +174,14 @@ fn main() {
     let base = ["--model", &model, "--data", "mnist", "--max-mem", &max_mem];
 
     println!("model {model}");
+    let pass_n: usize = env_or("STATS_BENCH_PASS_N", "16").parse().unwrap_or(16);
+    if pass_n > 0 {
+        println!("load average before part 0: {}", load());
+        product_time(&model, pass_n);
+    }
+    if n == "0" {
+        return;
+    }
     println!(
         "part 1: n = {n}, probes {probes}; load average before: {}",
         load()

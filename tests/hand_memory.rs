@@ -125,3 +125,27 @@ fn ntk_reverse_passes_hold_what_the_plan_counts() {
         );
     }
 }
+
+#[test]
+fn ntk_matrix_free_products_hold_what_the_plan_counts() {
+    for net in networks(DType::F64) {
+        let mut pass = HandPass::<f64>::new(&net).unwrap();
+        let (p, run) = (params::<f64>(&net), running(&net));
+        let d = 10;
+        // Reverse and tangent passes as the NTK operator runs them, a full micro-batch then a shorter one.
+        for (n, q) in [(3, 2), (1, 2), (2, 1)] {
+            let seeds = vec![0.5; n * q * d];
+            pass.reverse_rows(&net, &p, &run, &inputs(&net, n), n, q, &seeds, |_| Ok(()))
+                .unwrap();
+            let dirs: Vec<Vec<f64>> = p.iter().map(|v| vec![0.25; q * v.len()]).collect();
+            pass.tangent_rows(&net, &p, &run, &inputs(&net, n), n, q, &dirs)
+                .unwrap();
+        }
+        assert_eq!(
+            pass.held_bytes(),
+            pass.plan().product_bytes::<f64>(&net, 3, 2),
+            "{}",
+            net.arch
+        );
+    }
+}

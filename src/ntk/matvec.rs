@@ -1,7 +1,15 @@
 //! [`NtkOperator`]: products with the empirical NTK `K = J Jᵀ / s` without forming it. `K V = J (Jᵀ V) / s`
-//! for a block V of vectors: `Jᵀ V` by the batched reverse pass seeded with V ([`super::pullback`]), then
-//! `J (Jᵀ V)` by the tangent pass ([`super::tangent`]). Each product costs about one forward, one reverse
-//! and one tangent pass over the n examples per vector, and p·q values of memory for `Jᵀ V`.
+//! for a block V of vectors: `Jᵀ V` by the batched reverse pass seeded with V, then `J (Jᵀ V)` by the
+//! tangent pass, both on the hand-written engine ([`super::hand_products`], [`MatvecPass::Hand`]) where it
+//! plans the network, else on candle's graph ([`super::pullback`], [`super::tangent`]). Each product costs
+//! about one forward, one reverse and one tangent pass over the n examples per vector.
+//!
+//! Memory (what `--max-mem` bounds): half the bound for the block, per vector `8·factor_dim` bytes for
+//! `Jᵀ V` (p × q f64), `8·n·d` each for the seeds and the `J W` result, and `p` values of the working
+//! precision for the directions; the other half for one micro-batch of passes
+//! ([`super::hand_products::HandProducts::pass_bytes`]), whose number of examples follows from it. The
+//! parameters and inputs the hand-written engine copies into its precision are taken off the bound first.
+//! [`NtkOperator::min_memory`] is the least bound that leaves one vector and one example.
 //!
 //! Every output mode is expressed through the full (all-logit) Jacobian J_full (n·d × p):
 //! `full` is J_full itself; `sum` and `logit:K` are `S J_full` with S summing the logits or picking logit K;
@@ -10,6 +18,7 @@
 
 use crate::estimators::operator::LinearOp;
 use crate::model::Network;
+use crate::ntk::hand_products::HandProducts;
 use crate::ntk::layout::ParamLayout;
 use crate::ntk::pullback::vjp_params;
 use crate::ntk::tangent::jvp;
@@ -22,9 +31,29 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Bytes of activations one reverse or tangent micro-batch may hold (about).
 const ACTIVATION_BUDGET: usize = 512 << 20;
 
+/// Which implementation runs the operator's Jacobian products (same values; `tests/ntk_matvec.rs`
+/// compares them, `cargo bench --bench stats` times both with `STATS_BENCH_COMPARE_PASSES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatvecPass {
+    /// The hand-written engine on plain buffers (networks [`crate::model::hand::Plan`] plans).
+    Hand,
+    /// candle's graph (any network the NTK engine supports; the baseline of the benchmark).
+    Candle,
+}
+
+/// The engine behind an operator.
+enum Engine {
+    Hand64(HandProducts<f64>),
+    Hand32(HandProducts<f32>),
+    Candle,
+}
+
 /// The NTK of a network on n examples as a matrix-free operator (also its Jacobian products, for the
 /// one-sided trace estimators).
 pub struct NtkOperator {
+    engine: Engine,
+    /// Bytes the engine holds whatever the block (parameters and inputs in the working precision).
+    fixed: usize,
     network: Network,
     layout: ParamLayout,
     inputs: Tensor,
@@ -42,6 +71,21 @@ impl NtkOperator {
     /// The NTK of `network` on `inputs` (n, C, H, W) for `spec`; `memory_bytes` bounds the `Jᵀ V` block
     /// (p·q f64), so wide blocks are processed a few columns at a time.
     pub fn new(
+        network: &Network,
+        inputs: Tensor,
+        spec: KernelSpec,
+        memory_bytes: usize,
+    ) -> Result<Self> {
+        let pass = match crate::model::hand::Plan::new(network) {
+            Ok(_) => MatvecPass::Hand,
+            Err(_) => MatvecPass::Candle,
+        };
+        Self::with_pass(pass, network, inputs, spec, memory_bytes)
+    }
+
+    /// [`Self::new`] by a chosen pass (`Hand` refuses networks the hand-written engine does not plan).
+    pub fn with_pass(
+        pass: MatvecPass,
         network: &Network,
         inputs: Tensor,
         spec: KernelSpec,
@@ -65,7 +109,23 @@ impl NtkOperator {
         }
         let act_bytes = cache.iter().map(|t| t.elem_count() * 8).sum::<usize>();
         let layout = ParamLayout::new(&network);
+        let engine = match (pass, spec.precision) {
+            (MatvecPass::Hand, Precision::F64) => {
+                Engine::Hand64(HandProducts::new(&network, &inputs, logits)?)
+            }
+            (MatvecPass::Hand, Precision::F32 | Precision::F32F64Acc) => {
+                Engine::Hand32(HandProducts::new(&network, &inputs, logits)?)
+            }
+            (MatvecPass::Candle, _) => Engine::Candle,
+        };
+        let fixed = match &engine {
+            Engine::Hand64(h) => h.fixed_bytes(),
+            Engine::Hand32(h) => h.fixed_bytes(),
+            Engine::Candle => 0,
+        };
         Ok(Self {
+            fixed,
+            engine,
             divisor: spec.divisor(layout.total),
             network,
             layout,
@@ -143,22 +203,65 @@ impl NtkOperator {
         self.forward.load(Ordering::Relaxed)
     }
 
-    /// Kernel vectors per block so that the p × (q·expand) reverse block fits half the memory bound.
+    /// Which pass runs the products.
+    pub fn pass(&self) -> MatvecPass {
+        match self.engine {
+            Engine::Candle => MatvecPass::Candle,
+            _ => MatvecPass::Hand,
+        }
+    }
+
+    /// Bytes per kernel vector of a block: `Jᵀ V` (factor_dim f64), the seeds and the `J W` result
+    /// (n·d·expand f64 each) and the directions (p·expand values of the working precision).
+    fn column_bytes(&self) -> usize {
+        let e = self.expand();
+        let precision = match self.spec.precision {
+            Precision::F64 => 8,
+            Precision::F32 | Precision::F32F64Acc => 4,
+        };
+        8 * self.factor_dim()
+            + 16 * self.num_examples() * self.logits * e
+            + precision * self.factor_dim()
+    }
+
+    /// Bytes of one micro-batch of `len` examples and `cols` full-mode vectors.
+    fn pass_bytes(&self, len: usize, cols: usize) -> usize {
+        match &self.engine {
+            Engine::Hand64(h) => h.pass_bytes(&self.network, len, cols),
+            Engine::Hand32(h) => h.pass_bytes(&self.network, len, cols),
+            // Activations of len·cols rows, about 3 copies.
+            Engine::Candle => 3 * self.act_bytes * len * cols,
+        }
+    }
+
+    /// Kernel vectors per block: the block's columns fit half the memory bound and one example's passes
+    /// on them the other half (at least 1).
     pub fn block_columns(&self) -> usize {
-        (self.memory / 2 / (8 * self.factor_dim()).max(1)).max(1)
+        let half = self.working() / 2;
+        let by_columns = (half / self.column_bytes().max(1)).max(1);
+        largest(by_columns, |q| {
+            self.pass_bytes(1, q * self.expand()) <= half
+        })
     }
 
-    /// Examples per pass for `cols` full-mode vectors (activations of n·cols rows, about 3 copies), within
-    /// the other half of the memory bound (and at most [`ACTIVATION_BUDGET`]).
+    /// Examples per pass for `cols` full-mode vectors, within the other half of the memory bound (and at
+    /// most [`ACTIVATION_BUDGET`]).
     fn micro(&self, cols: usize) -> usize {
-        let budget = ACTIVATION_BUDGET.min(self.memory / 2);
-        (budget / (3 * self.act_bytes * cols).max(1)).clamp(1, self.num_examples())
+        let budget = ACTIVATION_BUDGET.min(self.working() / 2);
+        largest(self.num_examples(), |len| {
+            self.pass_bytes(len, cols) <= budget
+        })
     }
 
-    /// The least memory bound the operator keeps to: one reverse column of the factor dimension and one
-    /// example's activations, each in its half.
+    /// The least memory bound the operator keeps to: one vector's block columns and one example's passes
+    /// on it, each in its half.
     pub fn min_memory(&self) -> usize {
-        2 * (8 * self.factor_dim()).max(3 * self.act_bytes * self.expand())
+        self.fixed + 2 * self.column_bytes().max(self.pass_bytes(1, self.expand()))
+    }
+
+    /// The memory bound less what the engine holds whatever the block.
+    fn working(&self) -> usize {
+        self.memory.saturating_sub(self.fixed)
     }
 
     /// The examples `start..start + len` in the working precision.
@@ -171,9 +274,21 @@ impl NtkOperator {
 
     /// `J_fullᵀ V` for V (n·d × Q) in example-major rows: p × Q.
     fn full_jt(&self, v: MatRef<'_, f64>) -> Result<Mat<f64>> {
-        let (n, d, q) = (self.num_examples(), self.logits, v.ncols());
+        let q = v.ncols();
         let mut u = Mat::<f64>::zeros(self.layout.total, q);
         let micro = self.micro(q);
+        match &self.engine {
+            Engine::Hand64(h) => h.jt(&self.network, &self.layout, v, micro, u.as_mut())?,
+            Engine::Hand32(h) => h.jt(&self.network, &self.layout, v, micro, u.as_mut())?,
+            Engine::Candle => self.candle_jt(v, micro, u.as_mut())?,
+        }
+        self.reverse.fetch_add(q, Ordering::Relaxed);
+        Ok(u)
+    }
+
+    /// `J_fullᵀ V` on candle's graph, added to `u`.
+    fn candle_jt(&self, v: MatRef<'_, f64>, micro: usize, mut u: MatMut<'_, f64>) -> Result<()> {
+        let (n, d, q) = (self.num_examples(), self.logits, v.ncols());
         let mut start = 0;
         while start < n {
             let len = micro.min(n - start);
@@ -191,15 +306,25 @@ impl NtkOperator {
             vjp_params(&self.network, &self.layout, &cache, seed, q, u.as_mut())?;
             start += len;
         }
-        self.reverse.fetch_add(q, Ordering::Relaxed);
-        Ok(u)
+        Ok(())
     }
 
     /// `J_full W` for W (p × Q): n·d × Q, example-major rows.
     fn full_j(&self, w: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        let micro = self.micro(w.ncols());
+        let y = match &self.engine {
+            Engine::Hand64(h) => h.j(&self.network, &self.layout, w, micro)?,
+            Engine::Hand32(h) => h.j(&self.network, &self.layout, w, micro)?,
+            Engine::Candle => self.candle_j(w, micro)?,
+        };
+        self.forward.fetch_add(w.ncols(), Ordering::Relaxed);
+        Ok(y)
+    }
+
+    /// `J_full W` on candle's graph.
+    fn candle_j(&self, w: MatRef<'_, f64>, micro: usize) -> Result<Mat<f64>> {
         let (n, d, q) = (self.num_examples(), self.logits, w.ncols());
         let mut y = Mat::<f64>::zeros(n * d, q);
-        let micro = self.micro(q);
         let mut start = 0;
         while start < n {
             let len = micro.min(n - start);
@@ -214,7 +339,6 @@ impl NtkOperator {
             }
             start += len;
         }
-        self.forward.fetch_add(q, Ordering::Relaxed);
         Ok(y)
     }
 
@@ -328,6 +452,24 @@ impl LinearOp for NtkOperator {
     fn apply(&self, x: MatRef<'_, f64>, out: MatMut<'_, f64>) -> Result<()> {
         self.kv(x, out)
     }
+}
+
+/// The largest `x` in `1..=max` with `fits(x)` (1 when none fits); `fits` must be monotone (true up to some
+/// point).
+fn largest(max: usize, fits: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (1, max.max(1));
+    if fits(hi) {
+        return hi;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 /// The candle dtype of a kernel's precision.

@@ -8,8 +8,10 @@
 //!   (route B), dense-layer factors (Hadamard-of-Grams rule);
 //! - [`contract`]: the per-layer tile rules, accumulated in f64 (in f32 for `--precision f32`);
 //! - [`tiles`]: `NtkTiles: TileSource` with a byte-budgeted feature cache;
-//! - [`layout`], [`tangent`], [`pullback`], [`matvec`]: matrix-free products `J W`, `Jᵀ V` and
-//!   `K V = J (Jᵀ V) / s` (forward-mode tangent pass, reverse pass seeded with V), for the statistics;
+//! - [`layout`], [`hand_products`], [`matvec`]: matrix-free products `J W`, `Jᵀ V` and
+//!   `K V = J (Jᵀ V) / s` (forward-mode tangent pass, reverse pass seeded with V, on the hand-written
+//!   engine), for the statistics; [`tangent`], [`pullback`]: the same on candle's graph (networks the
+//!   hand-written engine does not plan, and the benchmark's baseline);
 //! - [`wire`]: features packed into one flat buffer, for sending them between MPI ranks;
 //! - [`brute`]: the reference oracle (one autograd backward per example and logit), for tests and benchmarks.
 
@@ -17,6 +19,7 @@ pub mod backward;
 pub mod brute;
 pub mod contract;
 pub mod features;
+pub mod hand_products;
 pub mod layout;
 pub mod matvec;
 pub mod pullback;
@@ -24,7 +27,7 @@ pub mod tangent;
 pub mod tiles;
 pub mod wire;
 
-pub use matvec::NtkOperator;
+pub use matvec::{MatvecPass, NtkOperator};
 pub use tiles::NtkTiles;
 
 use crate::{Error, Result};

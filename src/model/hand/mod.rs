@@ -19,6 +19,7 @@ pub mod pool;
 pub mod product;
 pub mod real;
 pub mod reverse;
+pub mod tangent;
 
 pub use infer::Inference;
 pub use norm::NormStats;
@@ -43,6 +44,8 @@ pub struct HandPass<T> {
     saved_cols: Vec<Vec<T>>,
     stats: Vec<NormStats>,
     eval_mode: bool,
+    /// One direction's parameter tangents of a convolution over the n examples (the tangent pass).
+    tangent_tmp: Vec<T>,
 }
 
 impl<T: Real> HandPass<T> {
@@ -60,6 +63,7 @@ impl<T: Real> HandPass<T> {
             scratch: ConvScratch::default(),
             saved_cols: vec![Vec::new(); n],
             eval_mode: false,
+            tangent_tmp: Vec::new(),
         })
     }
 
@@ -77,7 +81,8 @@ impl<T: Real> HandPass<T> {
             .chain(&self.grad)
             .chain(&self.saved_cols)
             .map(Vec::capacity)
-            .sum();
+            .sum::<usize>()
+            + self.tangent_tmp.capacity();
         let stats: usize = self
             .stats
             .iter()

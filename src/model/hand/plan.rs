@@ -272,6 +272,30 @@ impl Plan {
         elems * std::mem::size_of::<T>() + self.stats_bytes()
     }
 
+    /// Bytes a pass holds once the NTK's matrix-free products ran, reverse ([`super::HandPass::reverse_rows`])
+    /// and tangent ([`super::HandPass::tangent_rows`]) passes on at most `n` examples of `q` directions
+    /// each (and nothing else ran): activations for `n`, gradients (or tangents) for `n·q` rows, the
+    /// patch-matrix scratch (the largest of the eval-mode forward's, `n` examples, and the tangent pass's
+    /// `conv(ẋ, W)`, `n·q` rows, of the lowered convolutions whose input carries a tangent), the
+    /// patch-matrix gradient of the reverse pass, one direction's parameter tangents of the largest
+    /// convolution (`C_out·n·U`), the BatchNorm statistics.
+    pub fn product_bytes<T>(&self, network: &Network, n: usize, q: usize) -> usize {
+        let rows = n * q.max(1);
+        let cols = self
+            .largest_patches(self.lowered(), n)
+            .max(self.largest_patches(self.lowered_with_input_grad(network), rows));
+        let dcols = self.largest_patches(self.lowered_with_input_grad(network), rows);
+        let own = self
+            .convs
+            .iter()
+            .flatten()
+            .map(|g| g.c_out * n * g.positions())
+            .max()
+            .unwrap_or(0);
+        let elems = (n + rows) * self.values_per_example() + cols + dcols + own;
+        elems * std::mem::size_of::<T>() + self.stats_bytes()
+    }
+
     /// The largest patch matrix, for `n` columns blocks (examples or rows), of the convolutions `convs`.
     fn largest_patches<'a>(&self, convs: impl Iterator<Item = &'a ConvShape>, n: usize) -> usize {
         convs

@@ -121,6 +121,21 @@ pub fn backward_plane<T: Real>(
     }
 }
 
+/// The tangent of max-pooling on one plane: `dy[o] = dplane[first maximum of window o]`, the first
+/// maximum (row-major) of the primal `plane` whose output is `y` (the tie rule of [`backward_plane`]).
+pub fn max_tangent_plane<T: Real>(plane: &[T], y: &[T], dplane: &[T], g: Windows, dy: &mut [T]) {
+    let (oh, ow) = g.out();
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let o = oy * ow + ox;
+            let first = (0..g.kh)
+                .flat_map(|a| (0..g.kw).map(move |b| (oy * g.kh + a) * g.w + ox * g.kw + b))
+                .find(|&i| plane[i] == y[o]);
+            dy[o] = first.map_or(T::ZERO, |i| dplane[i]);
+        }
+    }
+}
+
 /// Flatten a channel-major batch (C, N, F_c) into (N, C·F_c) rows in PyTorch's feature order.
 pub fn flatten<T: Real>(x: &[T], c: usize, n: usize, per_channel: usize, y: &mut [T]) {
     y.par_chunks_mut(c * per_channel)

@@ -211,7 +211,7 @@ impl<T: Real> HandPass<T> {
 
 /// Run `f(outer, (example, row), dst)` over the `(outer, n·r, inner)` layout of `dx`, one call per
 /// (outer index, row) block of `inner` values, in parallel over the outer index.
-fn repeated<T: Real>(
+pub(super) fn repeated<T: Real>(
     outer: usize,
     n: usize,
     r: usize,
