@@ -322,10 +322,16 @@ pub fn markdown(entries: &[Table2Entry]) -> String {
                 } else {
                     ""
                 };
-                if v.len() == 1 {
-                    s.push_str(&format!(" {}{sign} |", percent(m)));
+                // A row with fewer networks than its column says how many it has.
+                let of = if v.len() < nets(col) {
+                    format!(" [{} of {} nets]", v.len(), nets(col))
                 } else {
-                    s.push_str(&format!(" {} ± {}{sign} |", percent(m), percent(sd)));
+                    String::new()
+                };
+                if v.len() == 1 {
+                    s.push_str(&format!(" {}{sign}{of} |", percent(m)));
+                } else {
+                    s.push_str(&format!(" {} ± {}{sign}{of} |", percent(m), percent(sd)));
                 }
             }
         }
