@@ -285,5 +285,5 @@ fn report_estimates_give_the_table2_errors_of_compare_and_logdet_runs() {
         "{own} vs {exact}"
     );
     // A FLODANCE row from the cell (1, 10) -> 30.
-    assert!(table.contains("| FLODANCE (1, 10) |"), "{table}");
+    assert!(table.contains("| FLODANCE n_0 = 1, n_s = 10 |"), "{table}");
 }
