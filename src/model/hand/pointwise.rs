@@ -20,6 +20,19 @@ pub enum Pointwise {
     Identity,
 }
 
+impl Pointwise {
+    /// The element-wise function of an element-wise node (ReLU, tanh, GELU; anything else, i.e.
+    /// dropout, is the identity).
+    pub fn of(op: &crate::model::Op) -> Self {
+        match op {
+            crate::model::Op::Relu => Pointwise::Relu,
+            crate::model::Op::Tanh => Pointwise::Tanh,
+            crate::model::Op::Gelu => Pointwise::Gelu,
+            _ => Pointwise::Identity,
+        }
+    }
+}
+
 /// Φ(x), the standard normal CDF.
 fn phi(x: f64) -> f64 {
     0.5 * (1.0 + candle_core::cpu::erf::erf_f64(x / std::f64::consts::SQRT_2))

@@ -162,25 +162,12 @@ impl<T: Real> HandPass<T> {
                     });
             }
             Op::Relu | Op::Tanh | Op::Gelu | Op::Dropout => {
-                let f = match node.op {
-                    Op::Relu => Pointwise::Relu,
-                    Op::Tanh => Pointwise::Tanh,
-                    Op::Gelu => Pointwise::Gelu,
-                    _ => Pointwise::Identity,
+                let rows_in = RowsOf {
+                    n,
+                    r,
+                    shape: out_shape,
                 };
-                let (outer, inner) = split(out_shape);
-                repeated(outer, n, r, inner, dx, |o, i, dst| {
-                    let src = &dy[(o * rows + i.1) * inner..][..inner];
-                    let at = (o * n + i.0) * inner;
-                    pointwise::backward_block(
-                        f,
-                        &x[at..at + inner],
-                        &y[at..at + inner],
-                        src,
-                        dst,
-                        add,
-                    );
-                });
+                pointwise_rows(Pointwise::of(&node.op), rows_in, (x, y), dy, dx, add);
             }
             Op::MaxPool2d { .. } | Op::AvgPool2d { .. } | Op::AdaptiveAvgPool2d { .. } => {
                 let (kind, g): (Pool, Windows) = windows.expect("pooling windows");
@@ -211,6 +198,37 @@ impl<T: Real> HandPass<T> {
 
 /// Run `f(outer, (example, row), dst)` over the `(outer, n·r, inner)` layout of `dx`, one call per
 /// (outer index, row) block of `inner` values, in parallel over the outer index.
+/// n examples' activations seen by `n·r` rows (row `i·r + t` reads example i), of `shape` per row.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RowsOf {
+    /// Examples.
+    pub n: usize,
+    /// Rows per example.
+    pub r: usize,
+    /// Shape per row.
+    pub shape: Shape,
+}
+
+/// A pointwise node's diagonal derivative on `n·r` channel-major rows: `dst = f'(x)·src` (`+=` with
+/// `add`), each row reading its example's primal input `x` and output `y`. The reverse pass's rule and,
+/// since the derivative is diagonal, the tangent pass's too.
+pub(super) fn pointwise_rows<T: Real>(
+    f: Pointwise,
+    rows: RowsOf,
+    (x, y): (&[T], &[T]),
+    src: &[T],
+    dst: &mut [T],
+    add: bool,
+) {
+    let RowsOf { n, r, shape } = rows;
+    let (outer, inner) = split(shape);
+    repeated(outer, n, r, inner, dst, |o, (i, row), dst| {
+        let at = (o * n + i) * inner;
+        let src = &src[(o * n * r + row) * inner..][..inner];
+        pointwise::backward_block(f, &x[at..at + inner], &y[at..at + inner], src, dst, add);
+    });
+}
+
 pub(super) fn repeated<T: Real>(
     outer: usize,
     n: usize,

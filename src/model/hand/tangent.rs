@@ -20,7 +20,7 @@
 use super::plan::Shape;
 use super::pointwise::Pointwise;
 use super::real::{resize_exact, Real};
-use super::reverse::repeated;
+use super::reverse::{pointwise_rows, repeated, RowsOf};
 use super::{conv, linear, pointwise, pool, windows, HandPass};
 use crate::model::{Network, Op};
 use crate::{Error, Result};
@@ -191,29 +191,13 @@ impl<T: Real> HandPass<T> {
             }
             Op::Relu | Op::Tanh | Op::Gelu | Op::Dropout => {
                 let dx = dx.ok_or_else(missing)?;
-                let f = match node.op {
-                    Op::Relu => Pointwise::Relu,
-                    Op::Tanh => Pointwise::Tanh,
-                    Op::Gelu => Pointwise::Gelu,
-                    _ => Pointwise::Identity,
-                };
-                let (outer, inner) = match out_shape {
-                    Shape::Map { c, h, w } => (c, h * w),
-                    Shape::Flat(f) => (1, f),
-                };
                 // The derivative is diagonal, so the reverse rule f'(x)·dy is also the tangent rule.
-                repeated(outer, n, q, inner, out, |o, (i, row), dst| {
-                    let at = (o * n + i) * inner;
-                    let src = &dx[(o * rows + row) * inner..][..inner];
-                    pointwise::backward_block(
-                        f,
-                        &x[at..at + inner],
-                        &y[at..at + inner],
-                        src,
-                        dst,
-                        false,
-                    );
-                });
+                let rows_in = RowsOf {
+                    n,
+                    r: q,
+                    shape: out_shape,
+                };
+                pointwise_rows(Pointwise::of(&node.op), rows_in, (x, y), dx, out, false);
             }
             Op::MaxPool2d { .. } | Op::AvgPool2d { .. } | Op::AdaptiveAvgPool2d { .. } => {
                 let dx = dx.ok_or_else(missing)?;
