@@ -302,13 +302,32 @@ pub fn compute(
     spec: &KernelSpec,
     micro: usize,
 ) -> Result<Features> {
+    compute_reusing(&mut None, network, plan, inputs, spec, micro)
+}
+
+/// [`compute`] keeping the hand-written pass's buffers in `workspace` (made on first use) for the next
+/// call: a caller that computes block after block (the tile source) then allocates, and page-faults, the
+/// pass's activations and gradients once instead of once per block. The workspace holds at most what
+/// `tiles::working::hand_working_bytes` counts for the largest block it has computed.
+pub fn compute_reusing(
+    workspace: &mut Option<HandWorkspace>,
+    network: &Network,
+    plan: &LayerPlan,
+    inputs: &Tensor,
+    spec: &KernelSpec,
+    micro: usize,
+) -> Result<Features> {
     let hand = network.dtype() == DType::F64 && crate::model::hand::Plan::new(network).is_ok();
-    let pass = if hand {
-        FeaturePass::Hand
-    } else {
-        FeaturePass::Candle
+    if !hand {
+        return compute_with(FeaturePass::Candle, network, plan, inputs, spec, micro);
+    }
+    let ws = match workspace {
+        Some(ws) => ws,
+        None => workspace.insert(HandWorkspace::new(network)?),
     };
-    compute_with(pass, network, plan, inputs, spec, micro)
+    let mut feats = Features::zeros(plan, inputs.dim(0)?);
+    compute_hand(ws, network, plan, inputs, spec, micro, &mut feats)?;
+    Ok(feats)
 }
 
 /// Which implementation computes the forward and reverse passes of the features (same values; see
@@ -331,30 +350,118 @@ pub fn compute_with(
     spec: &KernelSpec,
     micro: usize,
 ) -> Result<Features> {
-    let n = inputs.dim(0)?;
-    let r = plan.rows;
-    let mut feats = Features {
-        n,
-        rows: r,
-        explicit_cols: plan.explicit_cols,
-        explicit: vec![0.0; plan.explicit_cols * n * r],
-        dense: vec![DenseFactors::default(); plan.dense_slots],
-        spatial: vec![SpatialFactors::default(); plan.spatial_slots],
-    };
-    let dtype = spec.precision.pass_dtype();
+    let mut feats = Features::zeros(plan, inputs.dim(0)?);
     match pass {
-        FeaturePass::Hand => compute_hand(network, plan, inputs, spec, micro, &mut feats)?,
+        FeaturePass::Hand => {
+            let mut ws = HandWorkspace::new(network)?;
+            compute_hand(&mut ws, network, plan, inputs, spec, micro, &mut feats)?
+        }
         FeaturePass::Candle => {
+            let dtype = spec.precision.pass_dtype();
             compute_candle(network, plan, inputs, spec, micro, dtype, &mut feats)?
         }
     }
     Ok(feats)
 }
 
+impl Features {
+    /// Zeroed features of `n` examples for `plan` (the factor vectors are sized on their layer's first visit).
+    fn zeros(plan: &LayerPlan, n: usize) -> Self {
+        Features {
+            n,
+            rows: plan.rows,
+            explicit_cols: plan.explicit_cols,
+            explicit: vec![0.0; plan.explicit_cols * n * plan.rows],
+            dense: vec![DenseFactors::default(); plan.dense_slots],
+            spatial: vec![SpatialFactors::default(); plan.spatial_slots],
+        }
+    }
+}
+
+/// What the hand-written feature pass keeps between blocks: the pass (its activations, gradients and
+/// convolution scratch), the f64 parameters and running statistics, and the extraction's buffers.
+pub struct HandWorkspace {
+    pass: crate::model::hand::HandPass<f64>,
+    params: Vec<Vec<f64>>,
+    running: Vec<(Vec<f64>, Vec<f64>)>,
+    scratch: ExtractScratch,
+}
+
+impl HandWorkspace {
+    /// Plan the pass for `network` (an f64 network of the layers the hand-written pass implements).
+    pub fn new(network: &Network) -> Result<Self> {
+        let params = network
+            .parameters()
+            .into_iter()
+            .map(|(_, t)| to_f64_vec(t))
+            .collect::<Result<Vec<_>>>()?;
+        let running = network
+            .buffers()
+            .chunks(2)
+            .map(|b| Ok((to_f64_vec(b[0].1)?, to_f64_vec(b[1].1)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            pass: crate::model::hand::HandPass::new(network)?,
+            params,
+            running,
+            scratch: ExtractScratch::default(),
+        })
+    }
+}
+
+/// Reused buffers of the feature extraction: a node's input and output gradient re-laid out example by
+/// example, and what a rule builds on the side. Each only grows, so a block after the first writes into
+/// pages already mapped.
+#[derive(Default)]
+struct ExtractScratch {
+    input: Vec<f64>,
+    grad: Vec<f64>,
+    side: SideBuffers,
+}
+
+/// What a layer rule builds on the side: route A's patches and stacked product, BatchNorm's x̂.
+#[derive(Default)]
+struct SideBuffers {
+    patches: Vec<f64>,
+    stacked: Vec<f64>,
+    xhat: Vec<f64>,
+}
+
+/// The first `len` values of `v`, grown (never shrunk) to hold them.
+fn sized(v: &mut Vec<f64>, len: usize) -> &mut [f64] {
+    if v.len() < len {
+        crate::model::hand::real::resize_exact(v, len);
+    }
+    &mut v[..len]
+}
+
+/// `data`, channel-major (C, count, H, W) or (count, F), re-laid out example-major into `out`.
+fn example_major<'a>(
+    data: &[f64],
+    shape: crate::model::hand::Shape,
+    count: usize,
+    out: &'a mut Vec<f64>,
+) -> &'a [f64] {
+    let out = sized(out, data.len());
+    match shape {
+        crate::model::hand::Shape::Map { c, h, w } => {
+            let hw = h * w;
+            out.par_chunks_mut(c * hw).enumerate().for_each(|(i, dst)| {
+                for ch in 0..c {
+                    dst[ch * hw..][..hw].copy_from_slice(&data[(ch * count + i) * hw..][..hw]);
+                }
+            });
+        }
+        crate::model::hand::Shape::Flat(_) => out.copy_from_slice(data),
+    }
+    out
+}
+
 /// The features by the hand-written pass: per micro-batch one eval-mode forward and one reverse pass over
 /// its n·r rows on plain f64 buffers; each parametrised node's input and output gradient are put in the
 /// (example-major) layout of [`extract`].
 fn compute_hand(
+    ws: &mut HandWorkspace,
     network: &Network,
     plan: &LayerPlan,
     inputs: &Tensor,
@@ -362,23 +469,18 @@ fn compute_hand(
     micro: usize,
     feats: &mut Features,
 ) -> Result<()> {
-    use crate::model::hand::{reverse::Visit, HandPass, Shape};
+    use crate::model::hand::reverse::Visit;
     let n = inputs.dim(0)?;
     let r = plan.rows;
-    let mut pass = HandPass::<f64>::new(network)?;
-    let params = network
-        .parameters()
-        .into_iter()
-        .map(|(_, t)| to_f64_vec(t))
-        .collect::<Result<Vec<_>>>()?;
-    let buffers = network.buffers();
-    let running = buffers
-        .chunks(2)
-        .map(|b| Ok((to_f64_vec(b[0].1)?, to_f64_vec(b[1].1)?)))
-        .collect::<Result<Vec<_>>>()?;
     let all = to_f64_vec(&inputs.to_dtype(DType::F64)?)?;
     let per = all.len() / n.max(1);
     let d = network.num_outputs()?;
+    let HandWorkspace {
+        pass,
+        params,
+        running,
+        scratch,
+    } = ws;
     let mut start = 0;
     while start < n {
         crate::signals::check()?;
@@ -387,8 +489,8 @@ fn compute_hand(
         let x = &all[start * per..(start + len) * per];
         pass.reverse_rows(
             network,
-            &params,
-            &running,
+            params,
+            running,
             x,
             len,
             r,
@@ -399,31 +501,19 @@ fn compute_hand(
                     .iter()
                     .find(|l| l.node == v.node)
                     .ok_or_else(|| Error::Internal(format!("no NTK rule for node {}", v.node)))?;
-                let example_major = |data: &[f64], shape: Shape, count: usize| match shape {
-                    Shape::Map { c, h, w } => {
-                        let hw = h * w;
-                        let mut out = vec![0.0; data.len()];
-                        out.par_chunks_mut(c * hw).enumerate().for_each(|(i, dst)| {
-                            for ch in 0..c {
-                                dst[ch * hw..][..hw]
-                                    .copy_from_slice(&data[(ch * count + i) * hw..][..hw]);
-                            }
-                        });
-                        out
-                    }
-                    Shape::Flat(_) => data.to_vec(),
-                };
-                let input = example_major(v.input, v.input_shape, len);
-                let grad = example_major(v.grad, v.output_shape, len * r);
+                let ExtractScratch { input, grad, side } = &mut *scratch;
+                let input = example_major(v.input, v.input_shape, len, input);
+                let grad = example_major(v.grad, v.output_shape, len * r, grad);
                 extract(
                     feats,
                     rule,
                     &network.nodes[v.node].op,
-                    &input,
-                    &grad,
+                    input,
+                    grad,
                     start,
                     len,
                     spec.precision.accumulates_in_f32(),
+                    side,
                 )
             },
         )?;
@@ -470,6 +560,7 @@ fn compute_candle(
                 start,
                 len,
                 f32acc,
+                &mut SideBuffers::default(),
             )
         })?;
         start += len;
@@ -495,6 +586,7 @@ fn extract(
     start: usize,
     len: usize,
     f32acc: bool,
+    side: &mut SideBuffers,
 ) -> Result<()> {
     let r = feats.rows;
     // Explicit columns for rows (start·r ..), one slice per row.
@@ -518,7 +610,7 @@ fn extract(
             let block = &mut feats.explicit[row0 * ecols..(row0 + len * r) * ecols];
             // Patches of every example first, then every (example, seed) row in parallel: a block of one
             // example still uses every thread.
-            let mut patches = vec![0.0; len * u * plen];
+            let patches = sized(&mut side.patches, len * u * plen);
             patches
                 .par_chunks_mut(u * plen)
                 .enumerate()
@@ -526,7 +618,7 @@ fn extract(
             if groups == 1 {
                 // One product per example for its r rows stacked, (r·C_out × U)·(U × patch): the patch
                 // matrix is packed once instead of r times, and the product is r times taller.
-                let mut stacked = vec![0.0; r * c_out * plen];
+                let stacked = sized(&mut side.stacked, r * c_out * plen);
                 for e in 0..len {
                     let lhs = MatRef::from_row_major_slice(
                         &g[e * r * c_out * u..(e + 1) * r * c_out * u],
@@ -535,7 +627,7 @@ fn extract(
                     );
                     let rhs =
                         MatRef::from_row_major_slice(&patches[e * u * plen..][..u * plen], u, plen);
-                    let dst = MatMut::from_row_major_slice_mut(&mut stacked, r * c_out, plen);
+                    let dst = MatMut::from_row_major_slice_mut(stacked, r * c_out, plen);
                     product(dst, lhs, rhs, f32acc, Par::rayon(0));
                     block[e * r * ecols..(e + 1) * r * ecols]
                         .par_chunks_mut(ecols)
@@ -632,18 +724,21 @@ fn extract(
                 })
                 .collect();
             let u = input.len() / (len * channels).max(1);
-            let xhat: Vec<f64> = input
-                .iter()
+            let xhat = sized(&mut side.xhat, input.len());
+            xhat.par_chunks_mut(u.max(1))
+                .zip(input.par_chunks(u.max(1)))
                 .enumerate()
-                .map(|(i, &x)| {
-                    let c = (i / u) % channels;
-                    if f32acc {
-                        ((x as f32 - mean[c] as f32) * inv_std[c] as f32) as f64
-                    } else {
-                        (x - mean[c]) * inv_std[c]
+                .for_each(|(i, (dst, src))| {
+                    let c = i % channels;
+                    for (o, &x) in dst.iter_mut().zip(src) {
+                        *o = if f32acc {
+                            ((x as f32 - mean[c] as f32) * inv_std[c] as f32) as f64
+                        } else {
+                            (x - mean[c]) * inv_std[c]
+                        };
                     }
-                })
-                .collect();
+                });
+            let xhat = &*xhat;
             // γ: Σ_u g·x̂ (x̂ of the row's example), β: Σ_u g.
             write_channel_sums(
                 feats,
@@ -653,7 +748,7 @@ fn extract(
                 g,
                 *channels,
                 u,
-                Some((&xhat, r)),
+                Some((xhat, r)),
                 f32acc,
             )?;
             write_channel_sums(
@@ -738,26 +833,28 @@ fn write_channel_sums(
             g.len()
         )));
     }
-    for row in 0..rows {
-        let ecols = feats.explicit_cols;
-        let col = &mut feats.explicit[(first_row + row) * ecols..(first_row + row + 1) * ecols];
-        for c in 0..channels {
-            let gs = &g[(row * channels + c) * u..(row * channels + c + 1) * u];
-            let ws = weight.map(|(w, r)| {
-                let e = row / r;
-                &w[(e * channels + c) * u..(e * channels + c + 1) * u]
-            });
-            col[offset + c] = match (ws, f32acc) {
-                (None, false) => sum_f64(gs, |v| v),
-                (Some(ws), false) => sum2_f64(gs, ws, |a, b| a * b, |_, _| 0.0).0,
-                (None, true) => gs.iter().fold(0.0f32, |acc, &v| acc + v as f32) as f64,
-                (Some(ws), true) => gs
-                    .iter()
-                    .zip(ws)
-                    .fold(0.0f32, |acc, (&a, &b)| acc + a as f32 * b as f32)
-                    as f64,
-            };
-        }
-    }
+    let ecols = feats.explicit_cols;
+    feats.explicit[first_row * ecols..(first_row + rows) * ecols]
+        .par_chunks_mut(ecols)
+        .enumerate()
+        .for_each(|(row, col)| {
+            for c in 0..channels {
+                let gs = &g[(row * channels + c) * u..(row * channels + c + 1) * u];
+                let ws = weight.map(|(w, r)| {
+                    let e = row / r;
+                    &w[(e * channels + c) * u..(e * channels + c + 1) * u]
+                });
+                col[offset + c] = match (ws, f32acc) {
+                    (None, false) => sum_f64(gs, |v| v),
+                    (Some(ws), false) => sum2_f64(gs, ws, |a, b| a * b, |_, _| 0.0).0,
+                    (None, true) => gs.iter().fold(0.0f32, |acc, &v| acc + v as f32) as f64,
+                    (Some(ws), true) => gs
+                        .iter()
+                        .zip(ws)
+                        .fold(0.0f32, |acc, (&a, &b)| acc + a as f32 * b as f32)
+                        as f64,
+                };
+            }
+        });
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! it allocates, so that [`NtkTiles`](super::NtkTiles) chooses its micro-batch by bytes rather than by an
 //! estimate: the pass's own buffers ([`Plan::reverse_bytes`]: activations for the micro-batch, gradients
 //! for its rows, the patch-matrix scratch), the f64 copy of the parameters and of the chunk's inputs, the
-//! seeds, and the largest set of per-node copies the feature extraction makes while it visits a node.
+//! seeds, and the feature extraction's buffers (each as large as its largest use), all of which the pass
+//! keeps between chunks.
 
 use crate::model::hand::Plan;
 use crate::model::Network;
@@ -27,36 +28,34 @@ pub fn hand_working_bytes(
     let fixed = network.num_params() + chunk * hand.shapes[0].len();
     // The seed rows: held during the pass, and briefly twice while they are made.
     let seeds = m * r * logits;
-    // While node k is visited: its input (m examples) and output gradient (m·r rows) re-laid out example
-    // by example, plus what the node's rule builds on the side.
-    let visit = layers
-        .layers
-        .iter()
-        .map(|l| {
-            let input = network.nodes[l.node].inputs.first().copied().unwrap_or(0);
-            let (in_len, out_len) = (hand.shapes[input].len(), hand.shapes[l.node].len());
-            let side = match &l.rule {
-                Rule::ConvExplicit {
-                    geometry,
-                    c_out,
-                    groups,
-                    ..
-                } => {
-                    let stacked = if *groups == 1 {
-                        r * c_out * geometry.patch_len()
-                    } else {
-                        0
-                    };
-                    m * geometry.positions() * geometry.patch_len() + stacked
+    // The extraction's buffers, kept between nodes and chunks (`features::HandWorkspace`), each as large
+    // as its largest use: a node's input (m examples) and output gradient (m·r rows) re-laid out example
+    // by example, route A's patches and stacked product, BatchNorm's x̂.
+    let (mut input_most, mut grad_most, mut patches_most, mut stacked_most, mut xhat_most) =
+        (0, 0, 0, 0, 0);
+    for l in &layers.layers {
+        let input = network.nodes[l.node].inputs.first().copied().unwrap_or(0);
+        let (in_len, out_len) = (hand.shapes[input].len(), hand.shapes[l.node].len());
+        input_most = input_most.max(m * in_len);
+        grad_most = grad_most.max(m * r * out_len);
+        match &l.rule {
+            Rule::ConvExplicit {
+                geometry,
+                c_out,
+                groups,
+                ..
+            } => {
+                patches_most = patches_most.max(m * geometry.positions() * geometry.patch_len());
+                if *groups == 1 {
+                    stacked_most = stacked_most.max(r * c_out * geometry.patch_len());
                 }
-                Rule::BatchNorm { .. } => m * in_len,
-                Rule::ConvSpatial { .. } | Rule::Linear { .. } => 0,
-            };
-            m * in_len + m * r * out_len + side
-        })
-        .max()
-        .unwrap_or(0);
-    8 * (fixed + seeds + seeds.max(visit)) + hand.reverse_bytes::<f64>(network, m, r)
+            }
+            Rule::BatchNorm { .. } => xhat_most = xhat_most.max(m * in_len),
+            Rule::ConvSpatial { .. } | Rule::Linear { .. } => {}
+        }
+    }
+    let visit = input_most + grad_most + patches_most + stacked_most + xhat_most;
+    8 * (fixed + 2 * seeds + visit) + hand.reverse_bytes::<f64>(network, m, r)
 }
 
 /// The largest micro-batch (at most [`MOST_MICRO`] and `chunk`) whose [`hand_working_bytes`] fit
