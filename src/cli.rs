@@ -385,6 +385,10 @@ pub struct FitArgs {
     /// Extrapolate to this n.
     #[arg(long)]
     pub target_n: usize,
+    /// Fit only ℓ_k for k ≤ this n_s (default: every k of the file); the file's ℓ_k beyond it are the exact
+    /// values: drawn in --plot, and scored at --target-n when the file holds it.
+    #[arg(long)]
+    pub n_sample: Option<usize>,
     #[command(flatten)]
     pub fit: FitModelArgs,
     /// Seed for the ensemble.

@@ -126,6 +126,63 @@ fn fit_csv_and_json_end_to_end() {
 }
 
 #[test]
+fn n_sample_fits_the_prefix_and_scores_and_draws_the_rest_as_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = law(5000);
+    let csv = dir.path().join("nested.csv");
+    let mut text = String::from("k,l_k\n");
+    for (k, l) in &all {
+        text.push_str(&format!("{k},{l:.17e}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    // The fit of the first 400 is the fit of a 400-point file (ns = 400, the law recovered).
+    let (out, v) = run_fit(&csv, dir.path(), &["--n-sample", "400"]);
+    check_report(&v);
+    let exact = &v["exact"];
+    assert_eq!(exact["n"], 5000);
+    let truth = all[4999].1;
+    within(
+        "exact value read from the file",
+        ((exact["logdet"].as_f64().unwrap() - truth) / truth).abs(),
+        1e-15,
+    );
+    let est = v["estimate"]["logdet"].as_f64().unwrap();
+    within(
+        "relative error as reported",
+        (exact["relative_error"].as_f64().unwrap() - (est - truth) / truth.abs()).abs(),
+        1e-15,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("exact:    l_5000"));
+    // The plot draws ℓ_k/k for k in (400, 5000] as the exact curve; without --n-sample it has none.
+    let svg = std::fs::read_to_string(dir.path().join("fit.svg")).unwrap();
+    assert!(svg.contains(r#"<polyline class="exact""#), "no exact curve");
+    let (_, whole) = run_fit(&csv, dir.path(), &[]);
+    assert!(whole["exact"].is_null());
+    let svg = std::fs::read_to_string(dir.path().join("fit.svg")).unwrap();
+    assert!(!svg.contains(r#"class="exact""#));
+    // A `run --exact-n` document: the exact K_N's nested log-dets are read, not the sample's.
+    let pair = |&(k, l): &(usize, f64)| serde_json::json!([k, l]);
+    let doc = serde_json::json!({
+        "nested": all[..400].iter().map(pair).collect::<Vec<_>>(),
+        "exact": { "n": 5000, "nested": all.iter().map(pair).collect::<Vec<_>>() },
+    });
+    let run_json = dir.path().join("run.json");
+    std::fs::write(&run_json, doc.to_string()).unwrap();
+    let (_, from_run) = run_fit(&run_json, dir.path(), &["--n-sample", "400"]);
+    assert_eq!(from_run["exact"]["n"], 5000);
+    assert_eq!(from_run["estimate"]["logdet"], v["estimate"]["logdet"]);
+    // An n_s beyond the file is refused, exit code 2.
+    let out = bin()
+        .args(["--quiet", "fit", "--logdets"])
+        .arg(&csv)
+        .args(["--target-n", "6000", "--n-sample", "5001"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("k = 1..5000"));
+}
+
+#[test]
 fn bad_input_exits_2_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.csv");

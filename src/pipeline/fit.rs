@@ -3,7 +3,7 @@
 
 use crate::cli::{Auto, FitArgs, FitModelArgs};
 use crate::progress::Progress;
-use crate::report::fit::{EstimateJson, FitJson, FitReport};
+use crate::report::fit::{EstimateJson, ExactAtTarget, FitJson, FitReport};
 use crate::report::plot::plot_fit;
 use crate::report::{check_outputs, write_json};
 use crate::scaling::{estimate, Estimate, EstimateOptions, FitOptions};
@@ -60,25 +60,59 @@ pub fn run(args: &FitArgs, progress: &dyn Progress) -> Result<()> {
     if args.target_n == 0 {
         return Err(Error::Usage("--target-n must be at least 1".into()));
     }
-    let nested = read_nested(&args.logdets)?;
+    let all = read_nested(&args.logdets)?;
+    let (nested, beyond) = split_sample(&all, args.n_sample)?;
     let opts = estimate_options(&args.fit, args.seed);
     progress.start("fit", 1);
-    let est = estimate(&nested, &opts, args.target_n)?;
+    let est = estimate(nested, &opts, args.target_n)?;
     progress.finish();
+    let exact = beyond
+        .iter()
+        .find(|&&(k, _)| k == args.target_n)
+        .map(|&(n, logdet)| ExactAtTarget {
+            n,
+            logdet,
+            relative_error: (est.logdet - logdet) / logdet.abs(),
+        });
     let report = FitReport {
         estimate: EstimateJson::from_estimate(&est),
         fit: FitJson::from_estimate(&est),
         input: args.logdets.display().to_string(),
+        exact: exact.clone(),
     };
     // The result goes to stdout first, so a failing write at the end loses nothing.
     print!("{}", table(&est));
+    if let Some(e) = &exact {
+        println!(
+            "exact:    l_{} = {:.10e}   relative error of the estimate {:+.3e}",
+            e.n, e.logdet, e.relative_error
+        );
+    }
     if let Some(path) = &args.plot {
-        plot_fit(path, &nested, &est.fit, args.target_n, &[])?;
+        plot_fit(path, nested, &est.fit, args.target_n, beyond)?;
     }
     if let Some(path) = &args.json {
         write_json(path, &report)?;
     }
     Ok(())
+}
+
+/// One nested log-det `(k, ℓ_k)`.
+type Point = (usize, f64);
+
+/// The nested log-dets k ≤ `n_sample` (all when `None`) and the rest, the exact values beyond the sample;
+/// an `n_sample` the file does not reach is refused.
+fn split_sample(all: &[Point], n_sample: Option<usize>) -> Result<(&[Point], &[Point])> {
+    let Some(ns) = n_sample else {
+        return Ok((all, &[]));
+    };
+    let last = all.last().map_or(0, |&(k, _)| k);
+    if ns == 0 || ns > last {
+        return Err(Error::Usage(format!(
+            "--n-sample {ns}: the file holds nested log-dets for k = 1..{last}"
+        )));
+    }
+    Ok(all.split_at(all.partition_point(|&(k, _)| k <= ns)))
 }
 
 /// The terminal summary of an estimate: the law, its diagnostics, the estimate with both intervals, and
@@ -149,7 +183,7 @@ pub fn calibrated_and_warnings(est: &Estimate) -> String {
 }
 
 /// Read nested log-dets `(k, ℓ_k)`: JSON (`[[k, l], ...]`, `{"nested": [...]}` as `run --json` and
-/// `compare --json` write it, `{"nested": {"granule": d, "logdets": [...]}}` as `logdet --nested --json`
+/// `compare --json` write it, and from a `run --exact-n` document the exact K_N's `exact.nested` instead, `{"nested": {"granule": d, "logdets": [...]}}` as `logdet --nested --json`
 /// writes it; entries may be pairs or objects with `k` and one of `l_k`, `logdet`, `l`, and an optional
 /// `sign` that must be +1) or CSV/whitespace text (`k,l_k` per line; blank lines, `#` comments and one
 /// header line are skipped).
@@ -181,9 +215,15 @@ fn parse_k(v: f64, what: &str) -> std::result::Result<usize, String> {
 fn parse_json(text: &str) -> std::result::Result<Vec<(usize, f64)>, String> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
-    let list = match &value {
-        serde_json::Value::Array(a) => a,
-        serde_json::Value::Object(o) => match o.get("nested") {
+    // A `run --exact-n` document also holds the exact K_N's nested log-dets (k = 1..N ⊇ the sample's).
+    let exact_nested = value
+        .get("exact")
+        .and_then(|e| e.get("nested"))
+        .and_then(|n| n.as_array());
+    let list = match (&value, exact_nested) {
+        (_, Some(a)) => a,
+        (serde_json::Value::Array(a), None) => a,
+        (serde_json::Value::Object(o), None) => match o.get("nested") {
             Some(serde_json::Value::Array(a)) => a,
             Some(serde_json::Value::Object(n)) => match n.get("logdets") {
                 Some(serde_json::Value::Array(a)) => a,

@@ -96,6 +96,19 @@ pub struct FitReport {
     pub fit: FitJson,
     /// The nested log-det file read.
     pub input: String,
+    /// With `--n-sample` below the file's last k and the target in the file: the exact ℓ at the target.
+    pub exact: Option<ExactAtTarget>,
+}
+
+/// The exact ℓ_n at the target, read from the nested log-det file beyond the fit's sample.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExactAtTarget {
+    /// Target n.
+    pub n: usize,
+    /// Exact ℓ_n.
+    pub logdet: f64,
+    /// (ℓ̂_n − ℓ_n) / |ℓ_n|.
+    pub relative_error: f64,
 }
 
 impl EstimateJson {
