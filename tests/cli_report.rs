@@ -230,7 +230,7 @@ fn report_estimates_give_the_table2_errors_of_compare_and_logdet_runs() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(
-        table.contains("| method | lenet / mnist n = 30 (1 nets) |"),
+        table.contains("| method | lenet / mnist n = 30 (1 net) |"),
         "{table}"
     );
     let exact_doc = json(&dir.path().join("exact.json"));

@@ -150,10 +150,12 @@ const EXACT: &str = "exact ℓ_n (f64)";
 fn wording(method: &str) -> (String, Option<(f64, f64)>) {
     let (label, paper) = match method {
         "logdet --precision f32" => ("direct f32 formation", Some((3.67, 14.27))),
-        "f32 formation" | "f32" => ("direct f32 formation (compare)", Some((3.67, 14.27))),
+        // `compare`'s f32 method is the same formation (f32 throughout since 80649f1; before it, `compare`
+        // had no f32-throughout method, and no committed compare output holds one).
+        "f32 formation" | "f32" => ("direct f32 formation", Some((3.67, 14.27))),
         // The hybrid (f32 passes, f64 accumulation) has no counterpart in the paper.
         "logdet --precision f32-f64acc" => ("f32 passes, f64 accumulation", None),
-        "f32-f64acc formation" | "f32-f64acc" => ("f32 passes, f64 accumulation (compare)", None),
+        "f32-f64acc formation" | "f32-f64acc" => ("f32 passes, f64 accumulation", None),
         "block-diag" => ("block diagonal", Some((76.49, 112.55))),
         "slq" => ("SLQ (20 steps, 10–50 probes)", Some((81.51, 84.52))),
         "pseudo-ntk" => ("pseudo-NTK", Some((118.35, 75.32))),
@@ -290,7 +292,9 @@ pub fn markdown(entries: &[Table2Entry]) -> String {
     };
     let mut s = String::from("| method |");
     for col in &columns {
-        s.push_str(&format!(" {} n = {} ({} nets) |", col.0, col.1, nets(col)));
+        let k = nets(col);
+        let noun = if k == 1 { "net" } else { "nets" };
+        s.push_str(&format!(" {} n = {} ({k} {noun}) |", col.0, col.1));
     }
     s.push_str(" paper: ResNet9 CIFAR-10 n = 1000 | paper: MobileNet MNIST n = 2500 |\n|---|");
     s.push_str(&"---|".repeat(columns.len() + 2));
