@@ -22,6 +22,17 @@ fn law(n: usize) -> Vec<(usize, f64)> {
         .collect()
 }
 
+/// `points` as a `k,l_k` CSV file `nested.csv` in `dir` (17 significant digits).
+fn write_csv(dir: &Path, points: &[(usize, f64)]) -> std::path::PathBuf {
+    let csv = dir.join("nested.csv");
+    let mut text = String::from("k,l_k\n");
+    for (k, l) in points {
+        text.push_str(&format!("{k},{l:.17e}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    csv
+}
+
 fn run_fit(input: &Path, dir: &Path, extra: &[&str]) -> (std::process::Output, serde_json::Value) {
     let json = dir.join("out.json");
     let svg = dir.join("fit.svg");
@@ -92,12 +103,7 @@ fn check_report(v: &serde_json::Value) {
 fn fit_csv_and_json_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let pts = law(400);
-    let csv = dir.path().join("nested.csv");
-    let mut text = String::from("k,l_k\n");
-    for (k, l) in &pts {
-        text.push_str(&format!("{k},{l:.17e}\n"));
-    }
-    std::fs::write(&csv, text).unwrap();
+    let csv = write_csv(dir.path(), &pts);
     let (out, v) = run_fit(&csv, dir.path(), &[]);
     check_report(&v);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -129,12 +135,7 @@ fn fit_csv_and_json_end_to_end() {
 fn n_sample_fits_the_prefix_and_scores_and_draws_the_rest_as_exact() {
     let dir = tempfile::tempdir().unwrap();
     let all = law(5000);
-    let csv = dir.path().join("nested.csv");
-    let mut text = String::from("k,l_k\n");
-    for (k, l) in &all {
-        text.push_str(&format!("{k},{l:.17e}\n"));
-    }
-    std::fs::write(&csv, text).unwrap();
+    let csv = write_csv(dir.path(), &all);
     // The fit of the first 400 is the fit of a 400-point file (ns = 400, the law recovered).
     let (out, v) = run_fit(&csv, dir.path(), &["--n-sample", "400"]);
     check_report(&v);
