@@ -217,3 +217,26 @@ fn f32_hand_products_follow_the_f64_kernel() {
         assert!(err <= 1e-5, "{}: f32 K z vs f64 {err:e}", net.arch);
     }
 }
+
+#[test]
+fn many_directions_in_blocks_equal_one_direction_at_a_time() {
+    // More directions than one GEMM takes (DIRECTION_BLOCK), so the tangent pass's convolutions run in
+    // several stacked blocks from one patch matrix; each column must be what that direction gives alone
+    // (itself checked against candle's products above). LeNet's convolutions have biases, MobileNet's
+    // depthwise ones take the per-direction path.
+    use ntk_pipeline::model::hand::tangent::DIRECTION_BLOCK;
+    let q = 2 * DIRECTION_BLOCK + 3;
+    for net in architectures() {
+        let x = nets::inputs(&net, 2, 15);
+        let op = NtkOperator::new(&net, x, spec(Outputs::Full), 1 << 30).unwrap();
+        assert_eq!(op.pass(), MatvecPass::Hand);
+        let w = block(op.factor_dim(), q, 51);
+        let all = op.j(w.as_ref()).unwrap();
+        for t in [0, DIRECTION_BLOCK - 1, DIRECTION_BLOCK, q - 1] {
+            let one = op.j(w.as_ref().subcols(t, 1)).unwrap();
+            let col = Mat::from_fn(one.nrows(), 1, |r, _| all[(r, t)]);
+            let err = rel(&col, &one);
+            assert!(err <= 1e-13, "{}: direction {t} of {q}: {err:e}", net.arch);
+        }
+    }
+}

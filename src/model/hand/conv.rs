@@ -167,6 +167,43 @@ pub fn forward<T: Real>(
     }
 }
 
+/// The convolutions (no bias) of `x` (C_in, N, H, W) with `sets` weight sets stacked in `weights`
+/// (sets × C_out × K, one group, not depthwise), all from one patch matrix of `x`: `block` sets at a time
+/// into `tmp` (grown to block·C_out × N·U), each block handed to `each(first_set, values)` with the
+/// block's sets one after another, `(C_out, N, OH, OW)` each. What the tangent pass needs for its
+/// q parameter directions: one im2col and q/block taller GEMMs instead of q of each.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_sets<T: Real>(
+    x: &[T],
+    weights: &[T],
+    sets: usize,
+    block: usize,
+    g: &ConvShape,
+    n: usize,
+    scratch: &mut ConvScratch<T>,
+    tmp: &mut Vec<T>,
+    mut each: impl FnMut(usize, &[T]),
+) {
+    debug_assert!(g.groups == 1 && !g.is_depthwise());
+    let (nu, kg, co) = (n * g.positions(), g.patch_len(), g.c_out);
+    let cols = if g.is_pointwise() {
+        &x[..kg * nu]
+    } else {
+        at_least(&mut scratch.cols, kg * nu);
+        im2col(x, g, n, 0, &mut scratch.cols);
+        &scratch.cols[..kg * nu]
+    };
+    let block = block.clamp(1, sets.max(1));
+    at_least(tmp, block * co * nu);
+    for first in (0..sets).step_by(block) {
+        let b = block.min(sets - first);
+        let out = &mut tmp[..b * co * nu];
+        let w = Operand::new(&weights[first * co * kg..], b * co, kg);
+        product(out, w, Operand::new(cols, kg, nu), false);
+        each(first, out);
+    }
+}
+
 /// Gradients of a convolution: `dw` (same layout as the weight) and `dbias` replaced, and, when `dx` is
 /// given, the input gradient replaced or added to (`add`). `saved`: the patch matrices [`forward`] kept.
 #[allow(clippy::too_many_arguments)]

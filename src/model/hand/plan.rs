@@ -277,8 +277,8 @@ impl Plan {
     /// each (and nothing else ran): activations for `n`, gradients (or tangents) for `n·q` rows, the
     /// patch-matrix scratch (the largest of the eval-mode forward's, `n` examples, and the tangent pass's
     /// `conv(ẋ, W)`, `n·q` rows, of the lowered convolutions whose input carries a tangent), the
-    /// patch-matrix gradient of the reverse pass, one direction's parameter tangents of the largest
-    /// convolution (`C_out·n·U`), the BatchNorm statistics.
+    /// patch-matrix gradient of the reverse pass, up to [`super::tangent::DIRECTION_BLOCK`] directions'
+    /// parameter tangents of the largest convolution (`C_out·n·U` each), the BatchNorm statistics.
     pub fn product_bytes<T>(&self, network: &Network, n: usize, q: usize) -> usize {
         let rows = n * q.max(1);
         let cols = self
@@ -291,7 +291,8 @@ impl Plan {
             .flatten()
             .map(|g| g.c_out * n * g.positions())
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            * q.clamp(1, super::tangent::DIRECTION_BLOCK);
         let elems = (n + rows) * self.values_per_example() + cols + dcols + own;
         elems * std::mem::size_of::<T>() + self.stats_bytes()
     }

@@ -126,16 +126,37 @@ impl<T: Real> HandPass<T> {
                     None => out.fill(T::ZERO),
                 }
                 let own = g.c_out * n * g.positions();
-                if self.tangent_tmp.len() < own {
-                    resize_exact(&mut self.tangent_tmp, own);
-                }
-                let (wlen, blen) = (p(0).len(), g.c_out);
-                for t in 0..q {
-                    let bias = c.bias.as_ref().map(|_| &dir(1)[t * blen..][..blen]);
-                    let tmp = &mut self.tangent_tmp[..own];
-                    let weight = &dir(0)[t * wlen..][..wlen];
-                    conv::forward(x, weight, bias, &g, n, &mut self.scratch, None, tmp);
-                    scatter_rows(tmp, g.c_out, n, q, t, g.positions(), out);
+                let blen = g.c_out;
+                let bias = |t: usize| c.bias.as_ref().map(|_| &dir(1)[t * blen..][..blen]);
+                if g.groups == 1 && !g.is_depthwise() {
+                    // One patch matrix of x for every direction, DIRECTION_BLOCK directions per GEMM.
+                    conv::forward_sets(
+                        x,
+                        dir(0),
+                        q,
+                        DIRECTION_BLOCK,
+                        &g,
+                        n,
+                        &mut self.scratch,
+                        &mut self.tangent_tmp,
+                        |first, values| {
+                            for (j, one) in values.chunks(own).enumerate() {
+                                let t = first + j;
+                                scatter_rows(one, bias(t), g.c_out, n, q, t, g.positions(), out);
+                            }
+                        },
+                    );
+                } else {
+                    if self.tangent_tmp.len() < own {
+                        resize_exact(&mut self.tangent_tmp, own);
+                    }
+                    let wlen = p(0).len();
+                    for t in 0..q {
+                        let tmp = &mut self.tangent_tmp[..own];
+                        let weight = &dir(0)[t * wlen..][..wlen];
+                        conv::forward(x, weight, bias(t), &g, n, &mut self.scratch, None, tmp);
+                        scatter_rows(tmp, None, g.c_out, n, q, t, g.positions(), out);
+                    }
                 }
             }
             Op::Linear(l) => {
@@ -232,10 +253,16 @@ impl<T: Real> HandPass<T> {
     }
 }
 
-/// `out[(o, i·q + t, u)] += tmp[(o, i, u)]`: add one direction's tangents of the n examples
-/// (`(C, n, U)`) onto its rows of the `(C, n·q, U)` tangents.
+/// Directions per GEMM of a convolution's parameter tangents ([`conv::forward_sets`]): the pass holds
+/// this many directions' `C_out·n·U` tangents at once (`Plan::product_bytes` counts them).
+pub const DIRECTION_BLOCK: usize = 16;
+
+/// `out[(o, i·q + t, u)] += tmp[(o, i, u)] + bias[o]`: add one direction's tangents of the n examples
+/// (`(C, n, U)`, plus that direction's bias tangent when given) onto its rows of the `(C, n·q, U)` tangents.
+#[allow(clippy::too_many_arguments)]
 fn scatter_rows<T: Real>(
     tmp: &[T],
+    bias: Option<&[T]>,
     channels: usize,
     n: usize,
     q: usize,
@@ -247,10 +274,11 @@ fn scatter_rows<T: Real>(
         .par_chunks_mut(n * q * u)
         .enumerate()
         .for_each(|(o, block)| {
+            let b = bias.map_or(T::ZERO, |b| b[o]);
             for i in 0..n {
                 let src = &tmp[(o * n + i) * u..][..u];
                 let dst = &mut block[(i * q + t) * u..][..u];
-                dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+                dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s + b);
             }
         });
 }
