@@ -219,9 +219,10 @@ fn f32_hand_products_follow_the_f64_kernel() {
 }
 
 #[test]
-fn many_directions_in_blocks_equal_one_direction_at_a_time() {
-    // More directions than one GEMM takes (DIRECTION_BLOCK), so the tangent pass's convolutions run in
-    // several stacked blocks from one patch matrix; each column must be what that direction gives alone
+fn many_directions_and_vectors_in_blocks_equal_one_at_a_time() {
+    // More directions than one GEMM takes (DIRECTION_BLOCK), so the tangent pass's convolutions (and the
+    // reverse pass's weight gradients) run in several stacked blocks from one patch matrix; each column
+    // must be what that direction gives alone
     // (itself checked against candle's products above). LeNet's convolutions have biases, MobileNet's
     // depthwise ones take the per-direction path.
     use ntk_pipeline::model::hand::tangent::DIRECTION_BLOCK;
@@ -237,6 +238,15 @@ fn many_directions_in_blocks_equal_one_direction_at_a_time() {
             let col = Mat::from_fn(one.nrows(), 1, |r, _| all[(r, t)]);
             let err = rel(&col, &one);
             assert!(err <= 1e-13, "{}: direction {t} of {q}: {err:e}", net.arch);
+        }
+        // Jᵀ Z: the reverse pass's weight gradients in stacked blocks too.
+        let z = block(op.order(), q, 52);
+        let all = op.jt(z.as_ref()).unwrap();
+        for t in [0, DIRECTION_BLOCK - 1, DIRECTION_BLOCK, q - 1] {
+            let one = op.jt(z.as_ref().subcols(t, 1)).unwrap();
+            let col = Mat::from_fn(one.nrows(), 1, |r, _| all[(r, t)]);
+            let err = rel(&col, &one);
+            assert!(err <= 1e-13, "{}: Jᵀ vector {t} of {q}: {err:e}", net.arch);
         }
     }
 }

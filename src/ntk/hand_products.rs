@@ -21,6 +21,7 @@
 use crate::model::hand::conv::{self, ConvScratch};
 use crate::model::hand::product::{product, Operand};
 use crate::model::hand::real::{resize_exact, sum2_f64};
+use crate::model::hand::tangent::DIRECTION_BLOCK;
 use crate::model::hand::{reverse::Visit, HandPass, Plan, Real, Shape};
 use crate::model::{Network, Op};
 use crate::ntk::layout::ParamLayout;
@@ -97,22 +98,27 @@ impl<T: Real> HandProducts<T> {
     pub fn pass_bytes(&self, network: &Network, len: usize, q: usize) -> usize {
         let size = std::mem::size_of::<T>();
         let convs = self.plan.convs.iter().flatten();
+        // The contraction gathers and contracts up to DIRECTION_BLOCK directions at once.
+        let block = q.clamp(1, DIRECTION_BLOCK);
         let gathered = convs
             .clone()
             .map(|g| g.c_out * len * g.positions())
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            * block;
         let cols = convs
             .clone()
             .filter(|g| !g.is_pointwise() && !g.is_depthwise())
             .map(|g| g.patch_len() * len * g.positions())
             .max()
             .unwrap_or(0);
+        // A block's dW (in the patch-gradient scratch, counted apart here).
         let small = convs
             .filter(|g| !g.is_depthwise())
             .map(|g| g.patch_len() * g.c_out_group())
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            * block;
         let linear = |f: &dyn Fn(usize, usize) -> usize| {
             network
                 .nodes
@@ -288,10 +294,9 @@ fn contract<T: Real>(
             }
             resize_exact(&mut work.weight, at.weight_len);
             resize_exact(&mut work.bias, at.bias_len);
-            for t in 0..q {
-                // Direction t's rows of the (C_out, n·q, U) gradient, as a (C_out, n, U) batch.
-                work.gathered[..own]
-                    .par_chunks_mut(n * upos)
+            // Direction t's rows of the (C_out, n·q, U) gradient, as a (C_out, n, U) batch.
+            let gather = |t: usize, dst: &mut [T]| {
+                dst.par_chunks_mut(n * upos)
                     .enumerate()
                     .for_each(|(o, dst)| {
                         for i in 0..n {
@@ -300,22 +305,68 @@ fn contract<T: Real>(
                             );
                         }
                     });
-                let bias = at.bias.map(|_| &mut work.bias[..]);
-                conv::backward(
+            };
+            if g.groups == 1 && !g.is_depthwise() {
+                // One patch matrix of the input for every direction, DIRECTION_BLOCK per GEMM.
+                let wlen = at.weight_len;
+                conv::weight_grad_sets(
                     visit.input,
-                    &params[first],
-                    &work.gathered[..own],
+                    q,
+                    DIRECTION_BLOCK,
                     &g,
                     n,
-                    None,
                     &mut work.scratch,
-                    &mut work.weight,
-                    bias,
-                    None,
+                    &mut work.gathered,
+                    |first, dy| {
+                        for (j, one) in dy.chunks_mut(own).enumerate() {
+                            gather(first + j, one);
+                        }
+                    },
+                    |first, dw| {
+                        for (j, one) in dw.chunks(wlen).enumerate() {
+                            add(at.weight, first + j, one);
+                        }
+                    },
                 );
-                add(at.weight, t, &work.weight);
                 if let Some(b) = at.bias {
-                    add(b, t, &work.bias);
+                    // Σ_{i,u} of direction t's gradient per output channel, in f64.
+                    for t in 0..q {
+                        let sums: Vec<T> = (0..g.c_out)
+                            .into_par_iter()
+                            .map(|o| {
+                                T::from_f64(
+                                    (0..n)
+                                        .map(|i| {
+                                            let row = &visit.grad[(o * rows + i * q + t) * upos..];
+                                            row[..upos].iter().map(|v| v.to_f64()).sum::<f64>()
+                                        })
+                                        .sum(),
+                                )
+                            })
+                            .collect();
+                        add(b, t, &sums);
+                    }
+                }
+            } else {
+                for t in 0..q {
+                    gather(t, &mut work.gathered[..own]);
+                    let bias = at.bias.map(|_| &mut work.bias[..]);
+                    conv::backward(
+                        visit.input,
+                        &params[first],
+                        &work.gathered[..own],
+                        &g,
+                        n,
+                        None,
+                        &mut work.scratch,
+                        &mut work.weight,
+                        bias,
+                        None,
+                    );
+                    add(at.weight, t, &work.weight);
+                    if let Some(b) = at.bias {
+                        add(b, t, &work.bias);
+                    }
                 }
             }
         }

@@ -204,6 +204,52 @@ pub fn forward_sets<T: Real>(
     }
 }
 
+/// The weight gradients of `sets` output gradients of a convolution (one group, not depthwise) against
+/// one patch matrix of `x` (C_in, N, H, W): `block` sets at a time, `fill(first, dy)` writes the block's
+/// output gradients one set after another, `(C_out, N, OH, OW)` each, into `dy` (grown in `gathered`), and
+/// `each(first, dw)` receives their weight gradients, `C_out × K` per set one after another. What the
+/// NTK's `Jᵀ V` needs for its q vectors: one im2col and q/block wider GEMMs instead of q of each.
+#[allow(clippy::too_many_arguments)]
+pub fn weight_grad_sets<T: Real>(
+    x: &[T],
+    sets: usize,
+    block: usize,
+    g: &ConvShape,
+    n: usize,
+    scratch: &mut ConvScratch<T>,
+    gathered: &mut Vec<T>,
+    mut fill: impl FnMut(usize, &mut [T]),
+    mut each: impl FnMut(usize, &[T]),
+) {
+    debug_assert!(g.groups == 1 && !g.is_depthwise());
+    let (nu, kg, co) = (n * g.positions(), g.patch_len(), g.c_out);
+    let cols = if g.is_pointwise() {
+        &x[..kg * nu]
+    } else {
+        at_least(&mut scratch.cols, kg * nu);
+        im2col(x, g, n, 0, &mut scratch.cols);
+        &scratch.cols[..kg * nu]
+    };
+    let block = block.clamp(1, sets.max(1));
+    at_least(gathered, block * co * nu);
+    at_least(&mut scratch.dcols, block * co * kg);
+    for first in (0..sets).step_by(block) {
+        let b = block.min(sets - first);
+        let dy = &mut gathered[..b * co * nu];
+        fill(first, dy);
+        // dW (b·C_out × K) = dy · colsᵀ: with the block's b·C_out rows the product is tall enough that
+        // no transposed copy (as in `weight_grad`) is needed.
+        let dw = &mut scratch.dcols[..b * co * kg];
+        product(
+            dw,
+            Operand::new(dy, b * co, nu),
+            Operand::new(cols, kg, nu).t(),
+            false,
+        );
+        each(first, dw);
+    }
+}
+
 /// Gradients of a convolution: `dw` (same layout as the weight) and `dbias` replaced, and, when `dx` is
 /// given, the input gradient replaced or added to (`add`). `saved`: the patch matrices [`forward`] kept.
 #[allow(clippy::too_many_arguments)]
