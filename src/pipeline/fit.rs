@@ -60,7 +60,7 @@ pub fn run(args: &FitArgs, progress: &dyn Progress) -> Result<()> {
     if args.target_n == 0 {
         return Err(Error::Usage("--target-n must be at least 1".into()));
     }
-    let all = read_nested(&args.logdets)?;
+    let all = read_nested_beyond(&args.logdets, args.n_sample.is_some())?;
     let (nested, beyond) = split_sample(&all, args.n_sample)?;
     let opts = estimate_options(&args.fit, args.seed);
     progress.start("fit", 1);
@@ -183,15 +183,22 @@ pub fn calibrated_and_warnings(est: &Estimate) -> String {
 }
 
 /// Read nested log-dets `(k, ℓ_k)`: JSON (`[[k, l], ...]`, `{"nested": [...]}` as `run --json` and
-/// `compare --json` write it, and from a `run --exact-n` document the exact K_N's `exact.nested` instead, `{"nested": {"granule": d, "logdets": [...]}}` as `logdet --nested --json`
+/// `compare --json` write it, `{"nested": {"granule": d, "logdets": [...]}}` as `logdet --nested --json`
 /// writes it; entries may be pairs or objects with `k` and one of `l_k`, `logdet`, `l`, and an optional
 /// `sign` that must be +1) or CSV/whitespace text (`k,l_k` per line; blank lines, `#` comments and one
 /// header line are skipped).
 pub fn read_nested(path: &Path) -> Result<Vec<(usize, f64)>> {
+    read_nested_beyond(path, false)
+}
+
+/// [`read_nested`], or with `beyond` from a `run --exact-n` document the exact K_N's `exact.nested`
+/// (k = 1..N) instead of the sample's `nested` (what `fit --n-sample` reads).
+fn read_nested_beyond(path: &Path, beyond: bool) -> Result<Vec<(usize, f64)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
     let trimmed = text.trim_start();
     let points = if trimmed.starts_with('[') || trimmed.starts_with('{') {
-        parse_json(&text).map_err(|msg| Error::Input(format!("{}: {msg}", path.display())))?
+        parse_json(&text, beyond)
+            .map_err(|msg| Error::Input(format!("{}: {msg}", path.display())))?
     } else {
         parse_csv(&text).map_err(|msg| Error::Input(format!("{}: {msg}", path.display())))?
     };
@@ -212,12 +219,13 @@ fn parse_k(v: f64, what: &str) -> std::result::Result<usize, String> {
     }
 }
 
-fn parse_json(text: &str) -> std::result::Result<Vec<(usize, f64)>, String> {
+fn parse_json(text: &str, beyond: bool) -> std::result::Result<Vec<(usize, f64)>, String> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
     // A `run --exact-n` document also holds the exact K_N's nested log-dets (k = 1..N ⊇ the sample's).
-    let exact_nested = value
-        .get("exact")
+    let exact_nested = Some(&value)
+        .filter(|_| beyond)
+        .and_then(|v| v.get("exact"))
         .and_then(|e| e.get("nested"))
         .and_then(|n| n.as_array());
     let list = match (&value, exact_nested) {
@@ -312,21 +320,21 @@ mod tests {
     #[test]
     fn parses_json_forms() {
         assert_eq!(
-            parse_json("[[1, 2.5], [2, -1]]").unwrap(),
+            parse_json("[[1, 2.5], [2, -1]]", false).unwrap(),
             vec![(1, 2.5), (2, -1.0)]
         );
         assert_eq!(
-            parse_json(r#"{"nested": [[3, 1e3]]}"#).unwrap(),
+            parse_json(r#"{"nested": [[3, 1e3]]}"#, false).unwrap(),
             vec![(3, 1000.0)]
         );
         assert_eq!(
-            parse_json(r#"[{"k": 4, "logdet": 7}]"#).unwrap(),
+            parse_json(r#"[{"k": 4, "logdet": 7}]"#, false).unwrap(),
             vec![(4, 7.0)]
         );
-        assert!(parse_json("[[0, 1]]").is_err());
-        assert!(parse_json("[[1.5, 1]]").is_err());
-        assert!(parse_json(r#"{"other": []}"#).is_err());
-        assert!(parse_json("[[1, 2, 3]]").is_err());
+        assert!(parse_json("[[0, 1]]", false).is_err());
+        assert!(parse_json("[[1.5, 1]]", false).is_err());
+        assert!(parse_json(r#"{"other": []}"#, false).is_err());
+        assert!(parse_json("[[1, 2, 3]]", false).is_err());
     }
 
     #[test]
