@@ -9,7 +9,7 @@
 mod nets;
 
 use candle_core::DType;
-use faer::Mat;
+use faer::{Mat, MatRef};
 use ntk_pipeline::linalg::TileSource;
 use ntk_pipeline::model::Network;
 use ntk_pipeline::ntk::layout::{perturbed, ParamLayout};
@@ -218,6 +218,9 @@ fn f32_hand_products_follow_the_f64_kernel() {
     }
 }
 
+/// A product of the operator applied to a block of vectors.
+type Product<'a> = dyn Fn(MatRef<'_, f64>) -> Mat<f64> + 'a;
+
 #[test]
 fn many_directions_and_vectors_in_blocks_equal_one_at_a_time() {
     // More directions than one GEMM takes (DIRECTION_BLOCK), so the tangent pass's convolutions (and the
@@ -231,22 +234,25 @@ fn many_directions_and_vectors_in_blocks_equal_one_at_a_time() {
         let x = nets::inputs(&net, 2, 15);
         let op = NtkOperator::new(&net, x, spec(Outputs::Full), 1 << 30).unwrap();
         assert_eq!(op.pass(), MatvecPass::Hand);
+        // J W, then Jᵀ Z (the reverse pass's weight gradients in stacked blocks too).
         let w = block(op.factor_dim(), q, 51);
-        let all = op.j(w.as_ref()).unwrap();
-        for t in [0, DIRECTION_BLOCK - 1, DIRECTION_BLOCK, q - 1] {
-            let one = op.j(w.as_ref().subcols(t, 1)).unwrap();
-            let col = Mat::from_fn(one.nrows(), 1, |r, _| all[(r, t)]);
-            let err = rel(&col, &one);
-            assert!(err <= 1e-13, "{}: direction {t} of {q}: {err:e}", net.arch);
-        }
-        // Jᵀ Z: the reverse pass's weight gradients in stacked blocks too.
         let z = block(op.order(), q, 52);
-        let all = op.jt(z.as_ref()).unwrap();
-        for t in [0, DIRECTION_BLOCK - 1, DIRECTION_BLOCK, q - 1] {
-            let one = op.jt(z.as_ref().subcols(t, 1)).unwrap();
-            let col = Mat::from_fn(one.nrows(), 1, |r, _| all[(r, t)]);
-            let err = rel(&col, &one);
-            assert!(err <= 1e-13, "{}: Jᵀ vector {t} of {q}: {err:e}", net.arch);
+        let products: [(&str, &Product, &Mat<f64>); 2] = [
+            ("J w", &|v| op.j(v).unwrap(), &w),
+            ("Jᵀ z", &|v| op.jt(v).unwrap(), &z),
+        ];
+        for (what, apply, vectors) in products {
+            let all = apply(vectors.as_ref());
+            for t in [0, DIRECTION_BLOCK - 1, DIRECTION_BLOCK, q - 1] {
+                let one = apply(vectors.as_ref().subcols(t, 1));
+                let col = Mat::from_fn(one.nrows(), 1, |r, _| all[(r, t)]);
+                let err = rel(&col, &one);
+                assert!(
+                    err <= 1e-13,
+                    "{}: {what}, vector {t} of {q}: {err:e}",
+                    net.arch
+                );
+            }
         }
     }
 }

@@ -167,6 +167,18 @@ pub fn forward<T: Real>(
     }
 }
 
+/// The patch matrix (K × N·U) of a one-group convolution's input `x`: `x` itself for a 1×1 stride-1
+/// convolution, else its im2col in `cols`.
+fn patch_matrix<'a, T: Real>(x: &'a [T], g: &ConvShape, n: usize, cols: &'a mut Vec<T>) -> &'a [T] {
+    let len = g.patch_len() * n * g.positions();
+    if g.is_pointwise() {
+        return &x[..len];
+    }
+    at_least(cols, len);
+    im2col(x, g, n, 0, cols);
+    &cols[..len]
+}
+
 /// The convolutions (no bias) of `x` (C_in, N, H, W) with `sets` weight sets stacked in `weights`
 /// (sets × C_out × K, one group, not depthwise), all from one patch matrix of `x`: `block` sets at a time
 /// into `tmp` (grown to block·C_out × N·U), each block handed to `each(first_set, values)` with the
@@ -186,13 +198,7 @@ pub fn forward_sets<T: Real>(
 ) {
     debug_assert!(g.groups == 1 && !g.is_depthwise());
     let (nu, kg, co) = (n * g.positions(), g.patch_len(), g.c_out);
-    let cols = if g.is_pointwise() {
-        &x[..kg * nu]
-    } else {
-        at_least(&mut scratch.cols, kg * nu);
-        im2col(x, g, n, 0, &mut scratch.cols);
-        &scratch.cols[..kg * nu]
-    };
+    let cols = patch_matrix(x, g, n, &mut scratch.cols);
     let block = block.clamp(1, sets.max(1));
     at_least(tmp, block * co * nu);
     for first in (0..sets).step_by(block) {
@@ -223,13 +229,7 @@ pub fn weight_grad_sets<T: Real>(
 ) {
     debug_assert!(g.groups == 1 && !g.is_depthwise());
     let (nu, kg, co) = (n * g.positions(), g.patch_len(), g.c_out);
-    let cols = if g.is_pointwise() {
-        &x[..kg * nu]
-    } else {
-        at_least(&mut scratch.cols, kg * nu);
-        im2col(x, g, n, 0, &mut scratch.cols);
-        &scratch.cols[..kg * nu]
-    };
+    let cols = patch_matrix(x, g, n, &mut scratch.cols);
     let block = block.clamp(1, sets.max(1));
     at_least(gathered, block * co * nu);
     at_least(&mut scratch.dcols, block * co * kg);
