@@ -287,3 +287,39 @@ fn report_estimates_give_the_table2_errors_of_compare_and_logdet_runs() {
     // A FLODANCE row from the cell (1, 10) -> 30.
     assert!(table.contains("| FLODANCE n_0 = 1, n_s = 10 |"), "{table}");
 }
+
+#[test]
+fn the_same_kernel_in_two_files_is_scored_once() {
+    // A model's results file and a copy under another name (as a model's N = 1000 and N = 2500 runs hold
+    // the same nested ℓ_k): each (window, target) cell counts once in the cells and the coverage.
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/results/protocol/resnet9-mnist-s0-1000.json"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a.json", "b.json"] {
+        std::fs::copy(file, dir.path().join(name)).unwrap();
+    }
+    let out = dir.path().join("report.json");
+    let run = bin()
+        .args(["--quiet", "report", "--results"])
+        .arg(dir.path())
+        .args(["--windows", "1:100,100:500", "--targets", "1000", "--json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report = json(&out);
+    let cells = report["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2, "{cells:?}");
+    assert!(cells.iter().all(|c| c["file"] == "a.json"));
+    assert_eq!(
+        report["sensitivity"]["cells"], 2,
+        "{}",
+        report["sensitivity"]
+    );
+}

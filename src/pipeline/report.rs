@@ -155,7 +155,10 @@ pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
 }
 
 /// Score every (file, window, target) cell whose window end and target the file holds, with `opts`
-/// (skipping the cells whose fit refuses its window when `skip_refused`, else failing).
+/// (skipping the cells whose fit refuses its window when `skip_refused`, else failing). A cell an earlier
+/// file already gave for the same model (sha256) with the same ℓ_{n_s} and ℓ_n to 1e-9 relative (the same
+/// kernel in two files, e.g. a model's N = 1000 and N = 2500 runs) is scored once, so no network counts
+/// twice in a coverage or a Table 2 mean.
 fn score(
     files: &[ResultFile],
     windows: &[(usize, usize)],
@@ -165,13 +168,28 @@ fn score(
     progress: &dyn Progress,
 ) -> Result<Vec<Cell>> {
     let mut cells = Vec::new();
+    // (model sha256, n0, ns, n, ℓ_ns, ℓ_n) of every cell scored so far.
+    let mut scored: Vec<(String, usize, usize, usize, f64, f64)> = Vec::new();
+    let same = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
     for file in files {
+        let sha = table2::model_sha256(&file.provenance).unwrap_or_default();
         for &(n0, ns) in windows {
             for &n in targets {
                 progress.advance(1);
-                let (Some(exact), true) = (file.at(n), n > ns && file.at(ns).is_some()) else {
+                let (Some(exact), Some(at_ns), true) = (file.at(n), file.at(ns), n > ns) else {
                     continue;
                 };
+                let repeat = scored.iter().any(|(s, a, b, c, l_ns, l_n)| {
+                    !sha.is_empty()
+                        && *s == sha
+                        && (*a, *b, *c) == (n0, ns, n)
+                        && same(*l_ns, at_ns)
+                        && same(*l_n, exact)
+                });
+                if repeat {
+                    continue;
+                }
+                scored.push((sha.clone(), n0, ns, n, at_ns, exact));
                 let sample: Vec<(usize, f64)> =
                     file.nested.iter().copied().filter(|p| p.0 <= ns).collect();
                 let mut o = opts.clone();
