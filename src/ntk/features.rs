@@ -306,7 +306,7 @@ pub fn compute(
 }
 
 /// [`compute`] keeping the hand-written pass's buffers in `workspace` (made on first use) for the next
-/// call: a caller that computes block after block (the tile source) then allocates, and page-faults, the
+/// call: a caller that computes block after block then allocates, and page-faults, the
 /// pass's activations and gradients once instead of once per block. The workspace holds at most what
 /// `tiles::working::hand_working_bytes` counts for the largest block it has computed.
 pub fn compute_reusing(

@@ -16,7 +16,7 @@
 
 use crate::linalg::TileSource;
 use crate::model::Network;
-use crate::ntk::features::{Features, HandWorkspace, LayerPlan};
+use crate::ntk::features::{Features, LayerPlan};
 use crate::ntk::{KernelSpec, Outputs};
 use crate::{Error, Result};
 use cached::{contract_cached, Cached};
@@ -79,9 +79,6 @@ pub struct NtkTiles {
     working: usize,
     cache: Mutex<FeatureCache>,
     stats: Mutex<NtkStats>,
-    /// The hand-written pass's buffers, kept between chunks (taken by the chunk being computed; a chunk
-    /// computed while another holds it makes its own).
-    workspace: Mutex<Option<HandWorkspace>>,
 }
 
 impl NtkTiles {
@@ -174,7 +171,6 @@ impl NtkTiles {
                 budget: feature_budget,
             }),
             stats: Mutex::new(stats),
-            workspace: Mutex::new(None),
         })
     }
 

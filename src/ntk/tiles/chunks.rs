@@ -5,7 +5,7 @@
 use super::cached::Cached;
 use super::{Features, NtkTiles};
 use crate::ntk::contract::contract;
-use crate::ntk::features::compute_reusing;
+use crate::ntk::features::compute;
 use crate::{Error, Result};
 use std::ops::Range;
 use std::sync::Arc;
@@ -55,18 +55,15 @@ impl NtkTiles {
         }
         let len = self.chunk.min(self.num_examples() - start);
         let t0 = Instant::now();
-        let mut workspace = self.workspace.lock().ok().and_then(|mut w| w.take());
-        let feats = compute_reusing(
-            &mut workspace,
+        // A workspace per chunk, dropped with it: a source kept alive beside another (compare's kernels)
+        // must not hold its pass's buffers outside the working set the budget counts while it computes.
+        let feats = compute(
             &self.network,
             &self.plan,
             &self.inputs.narrow(0, start, len)?,
             &self.spec,
             self.micro,
         )?;
-        if let Ok(mut w) = self.workspace.lock() {
-            *w = workspace;
-        }
         if let Ok(mut s) = self.stats.lock() {
             s.feature_seconds += t0.elapsed().as_secs_f64();
             s.feature_blocks_computed += 1;

@@ -3,7 +3,7 @@
 //! estimate: the pass's own buffers ([`Plan::reverse_bytes`]: activations for the micro-batch, gradients
 //! for its rows, the patch-matrix scratch), the f64 copy of the parameters and of the chunk's inputs, the
 //! seeds, and the feature extraction's buffers (each as large as its largest use), all of which the pass
-//! keeps between chunks.
+//! keeps between the nodes of a chunk.
 
 use crate::model::hand::Plan;
 use crate::model::Network;
@@ -28,7 +28,7 @@ pub fn hand_working_bytes(
     let fixed = network.num_params() + chunk * hand.shapes[0].len();
     // The seed rows: held during the pass, and briefly twice while they are made.
     let seeds = m * r * logits;
-    // The extraction's buffers, kept between nodes and chunks (`features::HandWorkspace`), each as large
+    // The extraction's buffers, kept between the nodes of a chunk (`features::HandWorkspace`), each as large
     // as its largest use: a node's input (m examples) and output gradient (m·r rows) re-laid out example
     // by example, route A's patches and stacked product, BatchNorm's x̂.
     let (mut input_most, mut grad_most, mut patches_most, mut stacked_most, mut xhat_most) =
