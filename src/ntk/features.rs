@@ -302,32 +302,13 @@ pub fn compute(
     spec: &KernelSpec,
     micro: usize,
 ) -> Result<Features> {
-    compute_reusing(&mut None, network, plan, inputs, spec, micro)
-}
-
-/// [`compute`] keeping the hand-written pass's buffers in `workspace` (made on first use) for the next
-/// call: a caller that computes block after block then allocates, and page-faults, the
-/// pass's activations and gradients once instead of once per block. The workspace holds at most what
-/// `tiles::working::hand_working_bytes` counts for the largest block it has computed.
-pub fn compute_reusing(
-    workspace: &mut Option<HandWorkspace>,
-    network: &Network,
-    plan: &LayerPlan,
-    inputs: &Tensor,
-    spec: &KernelSpec,
-    micro: usize,
-) -> Result<Features> {
     let hand = network.dtype() == DType::F64 && crate::model::hand::Plan::new(network).is_ok();
-    if !hand {
-        return compute_with(FeaturePass::Candle, network, plan, inputs, spec, micro);
-    }
-    let ws = match workspace {
-        Some(ws) => ws,
-        None => workspace.insert(HandWorkspace::new(network)?),
+    let pass = if hand {
+        FeaturePass::Hand
+    } else {
+        FeaturePass::Candle
     };
-    let mut feats = Features::zeros(plan, inputs.dim(0)?);
-    compute_hand(ws, network, plan, inputs, spec, micro, &mut feats)?;
-    Ok(feats)
+    compute_with(pass, network, plan, inputs, spec, micro)
 }
 
 /// Which implementation computes the forward and reverse passes of the features (same values; see
@@ -378,9 +359,9 @@ impl Features {
     }
 }
 
-/// What the hand-written feature pass keeps between blocks: the pass (its activations, gradients and
+/// What the hand-written feature pass keeps between the micro-batches and nodes of a block: the pass (its activations, gradients and
 /// convolution scratch), the f64 parameters and running statistics, and the extraction's buffers.
-pub struct HandWorkspace {
+struct HandWorkspace {
     pass: crate::model::hand::HandPass<f64>,
     params: Vec<Vec<f64>>,
     running: Vec<(Vec<f64>, Vec<f64>)>,
@@ -389,7 +370,7 @@ pub struct HandWorkspace {
 
 impl HandWorkspace {
     /// Plan the pass for `network` (an f64 network of the layers the hand-written pass implements).
-    pub fn new(network: &Network) -> Result<Self> {
+    fn new(network: &Network) -> Result<Self> {
         let params = network
             .parameters()
             .into_iter()
@@ -410,7 +391,7 @@ impl HandWorkspace {
 }
 
 /// Reused buffers of the feature extraction: a node's input and output gradient re-laid out example by
-/// example, and what a rule builds on the side. Each only grows, so a block after the first writes into
+/// example, and what a rule builds on the side. Each only grows, so a node or micro-batch after the first writes into
 /// pages already mapped.
 #[derive(Default)]
 struct ExtractScratch {
