@@ -20,49 +20,150 @@ fn valid_range(out: usize, s: usize, b: usize, p: usize, w: usize) -> std::ops::
     lo.min(hi)..hi
 }
 
+/// Row `r` of the patch matrix of group `group` for the examples `ex` of the batch `x` (C_in, n, H, W):
+/// `row` holds ex.len()·U values, example after example; entries outside the image are 0.
+pub fn patch_row<T: Real>(
+    x: &[T],
+    g: &ConvShape,
+    n: usize,
+    group: usize,
+    r: usize,
+    ex: std::ops::Range<usize>,
+    row: &mut [T],
+) {
+    let (k, s, p) = (g.k, g.stride, g.padding);
+    let (plane, u) = (g.h * g.w, g.positions());
+    let (c, a, b) = (r / (k * k), (r / k) % k, r % k);
+    let src = &x[(group * g.c_in_group() + c) * n * plane..][..n * plane];
+    if s == 1 && g.out_h == g.h && g.out_w == g.w {
+        for (i, e) in ex.enumerate() {
+            let img = &src[e * plane..][..plane];
+            shifted_plane(
+                img,
+                g.h,
+                g.w,
+                a as isize - p as isize,
+                b as isize - p as isize,
+                &mut row[i * u..][..u],
+            );
+        }
+        return;
+    }
+    let xs = valid_range(g.out_w, s, b, p, g.w);
+    for (i, e) in ex.enumerate() {
+        let img = &src[e * plane..][..plane];
+        for oy in 0..g.out_h {
+            let out = &mut row[i * u + oy * g.out_w..][..g.out_w];
+            let iy = (oy * s + a).checked_sub(p).filter(|&iy| iy < g.h);
+            let Some(iy) = iy else {
+                out.fill(T::ZERO);
+                continue;
+            };
+            out[..xs.start].fill(T::ZERO);
+            out[xs.end..].fill(T::ZERO);
+            let line = &img[iy * g.w..][..g.w];
+            if s == 1 {
+                let from = xs.start + b - p;
+                out[xs.clone()].copy_from_slice(&line[from..from + xs.len()]);
+            } else {
+                let from = xs.start * s + b - p;
+                let strided = line[from..].iter().step_by(s);
+                out[xs.clone()]
+                    .iter_mut()
+                    .zip(strided)
+                    .for_each(|(o, v)| *o = *v);
+            }
+        }
+    }
+}
+
+/// `out[y·w + x] = img[(y + dy)·w + x + dx]`, 0 outside the `h × w` image: one patch-matrix row of a
+/// stride-1 "same" convolution for one example, as one contiguous copy (the rows' shifted runs are
+/// adjacent in memory) followed by zeroing the columns that wrapped around and the rows outside.
+fn shifted_plane<T: Real>(img: &[T], h: usize, w: usize, dy: isize, dx: isize, out: &mut [T]) {
+    let (hi, wi) = (h as isize, w as isize);
+    let (lo_row, hi_row) = ((-dy).clamp(0, hi) as usize, (hi - dy).clamp(0, hi) as usize);
+    out[..lo_row * w].fill(T::ZERO);
+    out[hi_row.max(lo_row) * w..h * w].fill(T::ZERO);
+    if hi_row <= lo_row {
+        return;
+    }
+    let (start, end) = (lo_row * w, hi_row * w);
+    // Source of out[start]: it may lie one run before the image (dx < 0) or its end past it (dx > 0).
+    let from = start as isize + dy * wi + dx;
+    let (first, last) = (from.max(0), (from + (end - start) as isize).min(hi * wi));
+    let skip = (first - from) as usize;
+    let len = (last - first) as usize;
+    out[start..start + skip].fill(T::ZERO);
+    out[start + skip..start + skip + len].copy_from_slice(&img[first as usize..last as usize]);
+    out[start + skip + len..end].fill(T::ZERO);
+    let zero = if dx < 0 {
+        0..(-dx).min(wi) as usize
+    } else {
+        (wi - dx).max(0) as usize..w
+    };
+    if !zero.is_empty() {
+        for y in lo_row..hi_row {
+            out[y * w + zero.start..y * w + zero.end].fill(T::ZERO);
+        }
+    }
+}
+
 /// The patch matrix of group `group` of the batch `x` (C_in, N, H, W) into `cols`
 /// (patch_len × N·U, row-major); entries outside the image are 0.
 pub fn im2col<T: Real>(x: &[T], g: &ConvShape, n: usize, group: usize, cols: &mut [T]) {
+    let nu = n * g.positions();
+    cols[..g.patch_len() * nu]
+        .par_chunks_mut(nu)
+        .enumerate()
+        .for_each(|(r, row)| patch_row(x, g, n, group, r, 0..n, row));
+}
+
+/// Adds channel `c` (of its group) of a patch-matrix gradient `cols` (rows of `width` values: `count`
+/// examples' U positions each) onto that channel's `count` planes in `dst` (count × H × W): one channel of
+/// col2im.
+pub fn scatter_channel<T: Real>(
+    cols: &[T],
+    width: usize,
+    g: &ConvShape,
+    c: usize,
+    count: usize,
+    dst: &mut [T],
+) {
     let (k, s, p) = (g.k, g.stride, g.padding);
     let (plane, u) = (g.h * g.w, g.positions());
-    let c0 = group * g.c_in_group();
-    cols[..g.patch_len() * n * u]
-        .par_chunks_mut(n * u)
-        .enumerate()
-        .for_each(|(r, row)| {
-            let (c, a, b) = (r / (k * k), (r / k) % k, r % k);
-            let src = &x[(c0 + c) * n * plane..][..n * plane];
+    for a in 0..k {
+        for b in 0..k {
+            let row = &cols[((c * k + a) * k + b) * width..][..width];
             let xs = valid_range(g.out_w, s, b, p, g.w);
-            for ex in 0..n {
-                let img = &src[ex * plane..][..plane];
+            for ex in 0..count {
+                let img = &mut dst[ex * plane..][..plane];
                 for oy in 0..g.out_h {
-                    let out = &mut row[ex * u + oy * g.out_w..][..g.out_w];
-                    let iy = (oy * s + a).checked_sub(p).filter(|&iy| iy < g.h);
-                    let Some(iy) = iy else {
-                        out.fill(T::ZERO);
+                    let Some(iy) = (oy * s + a).checked_sub(p).filter(|&iy| iy < g.h) else {
                         continue;
                     };
-                    out[..xs.start].fill(T::ZERO);
-                    out[xs.end..].fill(T::ZERO);
-                    let line = &img[iy * g.w..][..g.w];
+                    let src = &row[ex * u + oy * g.out_w..][..g.out_w];
+                    let line = &mut img[iy * g.w..][..g.w];
                     if s == 1 {
-                        let from = xs.start + b - p;
-                        out[xs.clone()].copy_from_slice(&line[from..from + xs.len()]);
+                        let to = &mut line[xs.start + b - p..][..xs.len()];
+                        to.iter_mut()
+                            .zip(&src[xs.clone()])
+                            .for_each(|(d, v)| *d += *v);
                     } else {
-                        for ox in xs.clone() {
-                            out[ox] = line[ox * s + b - p];
-                        }
+                        let from = xs.start * s + b - p;
+                        let strided = line[from..].iter_mut().step_by(s);
+                        strided.zip(&src[xs.clone()]).for_each(|(d, v)| *d += *v);
                     }
                 }
             }
-        });
+        }
+    }
 }
 
 /// col2im: scatter the patch-matrix gradient `cols` of group `group` onto the channels of that group in
 /// `dx` (C_in, N, H, W), replacing them or adding to them (`add`).
 pub fn col2im<T: Real>(cols: &[T], g: &ConvShape, n: usize, group: usize, dx: &mut [T], add: bool) {
-    let (k, s, p) = (g.k, g.stride, g.padding);
-    let (plane, u, cg) = (g.h * g.w, g.positions(), g.c_in_group());
+    let (plane, nu, cg) = (g.h * g.w, n * g.positions(), g.c_in_group());
     let c0 = group * cg;
     dx[c0 * n * plane..(c0 + cg) * n * plane]
         .par_chunks_mut(n * plane)
@@ -71,26 +172,7 @@ pub fn col2im<T: Real>(cols: &[T], g: &ConvShape, n: usize, group: usize, dx: &m
             if !add {
                 dst.fill(T::ZERO);
             }
-            for a in 0..k {
-                for b in 0..k {
-                    let row = &cols[((c * k + a) * k + b) * n * u..][..n * u];
-                    let xs = valid_range(g.out_w, s, b, p, g.w);
-                    for ex in 0..n {
-                        let img = &mut dst[ex * plane..][..plane];
-                        for oy in 0..g.out_h {
-                            let Some(iy) = (oy * s + a).checked_sub(p).filter(|&iy| iy < g.h)
-                            else {
-                                continue;
-                            };
-                            let src = &row[ex * u + oy * g.out_w..][..g.out_w];
-                            let line = &mut img[iy * g.w..][..g.w];
-                            for ox in xs.clone() {
-                                line[ox * s + b - p] += src[ox];
-                            }
-                        }
-                    }
-                }
-            }
+            scatter_channel(cols, nu, g, c, n, dst);
         });
 }
 
@@ -267,9 +349,7 @@ pub fn backward<T: Real>(
 ) {
     let nu = n * g.positions();
     if let Some(db) = dbias {
-        db.par_iter_mut().enumerate().for_each(|(o, d)| {
-            *d = T::from_f64(dy[o * nu..(o + 1) * nu].iter().map(|v| v.to_f64()).sum());
-        });
+        bias_grad(dy, g.c_out, nu, db);
     }
     if g.is_depthwise() {
         depthwise_backward(x, weight, dy, g, n, dw, dx);
@@ -304,6 +384,14 @@ pub fn backward<T: Real>(
             }
         }
     }
+}
+
+/// The bias gradient `db` (replaced) of the output gradient `dy` (`c_out` rows of `nu` values): row sums,
+/// accumulated in f64.
+pub fn bias_grad<T: Real>(dy: &[T], c_out: usize, nu: usize, db: &mut [T]) {
+    db[..c_out].par_iter_mut().enumerate().for_each(|(o, d)| {
+        *d = T::from_f64(dy[o * nu..(o + 1) * nu].iter().map(|v| v.to_f64()).sum());
+    });
 }
 
 /// dW (C_out/g × K_g) of one group from its patch matrix `cols` (K_g × N·U) and `dy` (C_out/g × N·U),
@@ -482,6 +570,82 @@ pub fn input_grad<T: Real>(
             at_least(&mut scratch.dcols, kg * nu);
             product(&mut scratch.dcols[..kg * nu], w.t(), dy_g, false);
             col2im(&scratch.dcols, g, n, group, dx, add);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(
+        c_in: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> ConvShape {
+        ConvShape {
+            c_in,
+            h,
+            w,
+            c_out: 1,
+            k,
+            stride,
+            padding,
+            groups: 1,
+            out_h: (h + 2 * padding - k) / stride + 1,
+            out_w: (w + 2 * padding - k) / stride + 1,
+        }
+    }
+
+    /// im2col equals the definition `cols[(c,a,b)][(e,oy,ox)] = x[c, e, oy·s + a − p, ox·s + b − p]` (0
+    /// outside), and col2im is its adjoint: ⟨im2col(x), z⟩ = ⟨x, col2im(z)⟩.
+    #[test]
+    fn im2col_is_the_definition_and_col2im_its_adjoint() {
+        for g in [
+            shape(2, 5, 6, 3, 1, 1),
+            shape(2, 6, 4, 5, 1, 2),
+            shape(3, 7, 5, 3, 2, 1),
+            shape(1, 4, 4, 3, 1, 0),
+            shape(2, 3, 3, 5, 1, 2),
+        ] {
+            let n = 3;
+            let (plane, u, kg) = (g.h * g.w, g.positions(), g.patch_len());
+            let x: Vec<f64> = (0..g.c_in * n * plane)
+                .map(|i| (i as f64 * 0.37).sin())
+                .collect();
+            let mut cols = vec![f64::NAN; kg * n * u];
+            im2col(&x, &g, n, 0, &mut cols);
+            for r in 0..kg {
+                let (c, a, b) = (r / (g.k * g.k), (r / g.k) % g.k, r % g.k);
+                for e in 0..n {
+                    for oy in 0..g.out_h {
+                        for ox in 0..g.out_w {
+                            let iy = (oy * g.stride + a) as isize - g.padding as isize;
+                            let ix = (ox * g.stride + b) as isize - g.padding as isize;
+                            let inside =
+                                (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix);
+                            let want = if inside {
+                                x[(c * n + e) * plane + iy as usize * g.w + ix as usize]
+                            } else {
+                                0.0
+                            };
+                            assert_eq!(cols[r * n * u + e * u + oy * g.out_w + ox], want, "{g:?}");
+                        }
+                    }
+                }
+            }
+            let z: Vec<f64> = (0..kg * n * u).map(|i| (i as f64 * 0.11).cos()).collect();
+            let mut back = vec![0.0; x.len()];
+            col2im(&z, &g, n, 0, &mut back, false);
+            let lhs: f64 = cols.iter().zip(&z).map(|(a, b)| a * b).sum();
+            let rhs: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-12 * lhs.abs().max(1.0),
+                "{g:?}: {lhs} vs {rhs}"
+            );
         }
     }
 }

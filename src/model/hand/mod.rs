@@ -9,6 +9,7 @@
 //! autograd path (`Trainer` with `TrainPass::Autograd`) stays as the reference the tests compare against.
 
 pub mod conv;
+pub mod conv_tiled;
 pub mod infer;
 pub mod linear;
 pub mod loss;
@@ -29,6 +30,7 @@ pub use real::Real;
 use crate::model::{Network, Op};
 use crate::{Error, Result};
 use conv::ConvScratch;
+use conv_tiled::TileScratch;
 use pointwise::Pointwise;
 use pool::{Pool, Windows};
 
@@ -40,7 +42,10 @@ pub struct HandPass<T> {
     grad: Vec<Vec<T>>,
     written: Vec<bool>,
     scratch: ConvScratch<T>,
-    /// Patch matrices of each convolution from the last train-mode forward, reused by its backward.
+    /// Per-thread buffers of the train-mode convolutions that run in example tiles ([`conv_tiled`]).
+    tiles: TileScratch<T>,
+    /// Patch matrices of each grouped convolution from the last train-mode forward, reused by its backward
+    /// (the one-group ones run in tiles and rebuild theirs).
     saved_cols: Vec<Vec<T>>,
     stats: Vec<NormStats>,
     eval_mode: bool,
@@ -61,6 +66,7 @@ impl<T: Real> HandPass<T> {
             grad: vec![Vec::new(); n],
             written: vec![false; n],
             scratch: ConvScratch::default(),
+            tiles: TileScratch::default(),
             saved_cols: vec![Vec::new(); n],
             eval_mode: false,
             tangent_tmp: Vec::new(),
@@ -88,7 +94,8 @@ impl<T: Real> HandPass<T> {
             .iter()
             .map(|s| s.mean.capacity() + s.inv_std.capacity() + s.var_unbiased.capacity())
             .sum();
-        (values + self.scratch.held_values()) * std::mem::size_of::<T>() + 8 * stats
+        (values + self.scratch.held_values() + self.tiles.held_values()) * std::mem::size_of::<T>()
+            + 8 * stats
     }
 
     /// Batch statistics of every BatchNorm node of the last step, in node order (with the node index).
@@ -220,8 +227,12 @@ impl<T: Real> HandPass<T> {
             Op::Conv2d(c) => {
                 let g = self.plan.convs[k].ok_or_else(|| Error::Internal("conv plan".into()))?;
                 let bias = c.bias.as_ref().map(|_| p(1));
-                let keep = (!self.eval_mode).then_some(&mut self.saved_cols[k]);
-                conv::forward(x, p(0), bias, &g, n, &mut self.scratch, keep, &mut y);
+                if !self.eval_mode && plan::Plan::tiled(&g) {
+                    conv_tiled::forward(x, p(0), bias, &g, n, &mut self.tiles, &mut y);
+                } else {
+                    let keep = (!self.eval_mode).then_some(&mut self.saved_cols[k]);
+                    conv::forward(x, p(0), bias, &g, n, &mut self.scratch, keep, &mut y);
+                }
             }
             Op::Linear(l) => {
                 let out = self.plan.shapes[k].len();
@@ -305,19 +316,16 @@ impl<T: Real> HandPass<T> {
                 let f = first.expect("conv parameters");
                 let (dw, rest) = grads[f..].split_at_mut(1);
                 let db = c.bias.as_ref().map(|_| &mut rest[0][..]);
-                let saved = Some(&self.saved_cols[k][..]);
-                conv::backward(
-                    x,
-                    p(0),
-                    &dy,
-                    &g,
-                    n,
-                    saved,
-                    &mut self.scratch,
-                    &mut dw[0],
-                    db,
-                    dx,
-                );
+                if plan::Plan::tiled(&g) {
+                    if let Some(db) = db {
+                        conv::bias_grad(&dy, g.c_out, n * g.positions(), db);
+                    }
+                    conv_tiled::backward(x, p(0), &dy, &g, n, &mut self.tiles, &mut dw[0], dx);
+                } else {
+                    let saved = Some(&self.saved_cols[k][..]);
+                    let scratch = &mut self.scratch;
+                    conv::backward(x, p(0), &dy, &g, n, saved, scratch, &mut dw[0], db, dx);
+                }
             }
             Op::Linear(l) => {
                 let f = first.expect("linear parameters");

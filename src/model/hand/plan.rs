@@ -230,25 +230,35 @@ impl Plan {
 
     /// Bytes a [`super::HandPass`] of element type `T` holds once its last train-mode step
     /// ([`super::HandPass::gradients`]) ran at batch `n` and no larger batch ran before: activations and
-    /// gradients of every node, each lowered convolution's saved patch matrices, the patch-matrix gradient
-    /// (the largest input gradient of a lowered convolution), the weight-gradient transpose buffer, the
-    /// BatchNorm statistics. What [`super::HandPass::held_bytes`] then reports (`tests/hand_memory.rs`
+    /// gradients of every node, the tiled convolutions' per-thread buffers (on the current rayon thread
+    /// count), each grouped lowered convolution's saved patch matrices and the largest patch-matrix gradient
+    /// among them, the weight-gradient transpose buffer of the batch-wide ones, the BatchNorm statistics. What [`super::HandPass::held_bytes`] then reports (`tests/hand_memory.rs`
     /// checks the two agree). `network` is the one the plan was made for (as for the other counts).
     pub fn train_bytes<T>(&self, network: &Network, n: usize) -> usize {
+        let batch_wide = |g: &&ConvShape| !Self::tiled(g);
         let saved: usize = self
             .lowered()
+            .filter(batch_wide)
             .map(|g| g.groups * g.patch_len() * n * g.positions())
             .sum();
-        let dcols = self.largest_patches(self.lowered_with_input_grad(network), n);
+        let dcols =
+            self.largest_patches(self.lowered_with_input_grad(network).filter(batch_wide), n);
         let small = self
             .convs
             .iter()
             .flatten()
-            .filter(|g| !g.is_depthwise())
+            .filter(|g| !g.is_depthwise() && !Self::tiled(g))
             .map(|g| g.patch_len() * g.c_out_group())
             .max()
             .unwrap_or(0);
-        let elems = 2 * n * self.values_per_example() + saved + dcols + small;
+        let tiled = self.convs.iter().enumerate().filter_map(|(k, g)| {
+            let g = g.filter(Self::tiled)?;
+            let input = network.nodes[k].inputs.first().copied()?;
+            Some((g, self.needs_grad[input]))
+        });
+        let tiles =
+            super::conv_tiled::held_values_after_step::<T>(tiled, n, rayon::current_num_threads());
+        let elems = 2 * n * self.values_per_example() + saved + dcols + small + tiles;
         elems * std::mem::size_of::<T>() + self.stats_bytes()
     }
 
@@ -321,6 +331,11 @@ impl Plan {
     /// Values of every node's output for one example (node 0, the input, included).
     fn values_per_example(&self) -> usize {
         self.shapes.iter().map(Shape::len).sum()
+    }
+
+    /// Whether a train-mode convolution runs in example tiles ([`super::conv_tiled`]): lowered, one group.
+    pub fn tiled(g: &ConvShape) -> bool {
+        g.groups == 1 && !g.is_pointwise() && !g.is_depthwise()
     }
 
     /// Whether a convolution runs through a patch matrix (not 1×1 stride 1, not depthwise).

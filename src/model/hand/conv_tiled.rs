@@ -1,0 +1,370 @@
+//! Train-mode convolution in tiles of a few examples, for lowered one-group convolutions (not 1×1 stride 1,
+//! not depthwise): each tile's patch matrix (patch_len × examples·U) is built, multiplied and dropped while it
+//! sits in a core's cache, and the backward pass rebuilds it instead of reading a saved copy. The batch-wide
+//! path of [`super::conv`] writes the whole batch's patch matrix to memory and reads it back (75 MB for the
+//! 32×32 stage of ResNet9 w = 32 at batch 64, and the same again for its gradient), which made those
+//! convolutions memory-bound.
+//!
+//! Parallelism: each rayon thread takes an equal run of consecutive tiles with its own buffers and runs
+//! single-threaded GEMMs on them. The weight gradient is one partial sum per thread, added in thread order,
+//! so the result is deterministic for a given thread count.
+//!
+//! Scratch: per thread, one tile's patch matrix, its gradient (when the input needs one) and a C_out × K
+//! weight-gradient partial ([`TileScratch::held_values`], counted by [`super::Plan::train_bytes`]).
+
+use super::conv::{patch_row, scatter_channel};
+use super::plan::ConvShape;
+use super::real::{resize_exact, Real};
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// A tile's patch matrix is kept at or below this many bytes (one example per tile at least).
+pub const TILE_BYTES: usize = 1 << 20;
+
+/// Examples per tile for a batch of `n`: as many as fit [`TILE_BYTES`], but no more than an equal share of
+/// the batch per thread (so every thread has work).
+pub fn tile_examples<T>(g: &ConvShape, n: usize, threads: usize) -> usize {
+    let per_example = g.patch_len() * g.positions() * std::mem::size_of::<T>();
+    let share = n.div_ceil(threads.max(1)).max(1);
+    (TILE_BYTES / per_example.max(1)).clamp(1, share)
+}
+
+/// The example ranges of thread `t` of `threads`: consecutive tiles of `tile` examples, the batch's
+/// tiles split into equal runs.
+fn tiles_of(t: usize, threads: usize, n: usize, tile: usize) -> impl Iterator<Item = Range<usize>> {
+    let count = n.div_ceil(tile);
+    let per = count.div_ceil(threads);
+    let (first, last) = ((t * per).min(count), ((t + 1) * per).min(count));
+    (first..last).map(move |i| i * tile..((i + 1) * tile).min(n))
+}
+
+/// One thread's buffers.
+#[derive(Default)]
+struct ThreadTile<T> {
+    cols: Vec<T>,
+    dcols: Vec<T>,
+    dw: Vec<T>,
+}
+
+/// Per-thread buffers of the tiled convolutions, each grown (exactly) to its largest use.
+#[derive(Default)]
+pub struct TileScratch<T> {
+    threads: Vec<ThreadTile<T>>,
+}
+
+impl<T: Real> TileScratch<T> {
+    /// Values held (allocated capacities), for [`super::HandPass::held_bytes`].
+    pub fn held_values(&self) -> usize {
+        self.threads
+            .iter()
+            .map(|t| t.cols.capacity() + t.dcols.capacity() + t.dw.capacity())
+            .sum()
+    }
+
+    fn for_threads(&mut self) -> &mut [ThreadTile<T>] {
+        let threads = rayon::current_num_threads();
+        if self.threads.len() < threads {
+            self.threads.resize_with(threads, ThreadTile::default);
+        }
+        &mut self.threads[..threads]
+    }
+}
+
+/// `v` at least `len` long (grown exactly, never shrunk).
+fn at_least<T: Real>(v: &mut Vec<T>, len: usize) {
+    if v.len() < len {
+        resize_exact(v, len);
+    }
+}
+
+/// A pointer the threads write through, each to its own tiles' columns (see the SAFETY notes).
+#[derive(Clone, Copy)]
+struct Shared<T>(*mut T);
+// SAFETY: the threads given a `Shared` write to disjoint elements (different examples' columns).
+unsafe impl<T: Send> Send for Shared<T> {}
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// The pointer (a method, so closures capture the whole `Shared`, not its raw field).
+    fn at(&self, offset: usize) -> *mut T {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// The patch matrix of the examples `ex` of the batch `x` (C_in, n, H, W) into `cols`
+/// (patch_len × ex.len()·U, row-major).
+fn patch_tile<T: Real>(x: &[T], g: &ConvShape, n: usize, ex: Range<usize>, cols: &mut [T]) {
+    let width = ex.len() * g.positions();
+    for (r, row) in cols[..g.patch_len() * width].chunks_mut(width).enumerate() {
+        patch_row(x, g, n, 0, r, ex.clone(), row);
+    }
+}
+
+/// `y` (C_out, n, OH, OW) = conv(x) + bias, tile by tile.
+pub fn forward<T: Real>(
+    x: &[T],
+    weight: &[T],
+    bias: Option<&[T]>,
+    g: &ConvShape,
+    n: usize,
+    scratch: &mut TileScratch<T>,
+    y: &mut [T],
+) {
+    debug_assert!(g.groups == 1 && !g.is_pointwise() && !g.is_depthwise());
+    let (kg, co, u) = (g.patch_len(), g.c_out, g.positions());
+    let nu = n * u;
+    assert!(y.len() >= co * nu && weight.len() >= co * kg);
+    let threads = scratch.for_threads();
+    let count = threads.len();
+    let tile = tile_examples::<T>(g, n, count);
+    let w = MatRef::from_row_major_slice(&weight[..co * kg], co, kg);
+    let out = Shared(y.as_mut_ptr());
+    threads.par_iter_mut().enumerate().for_each(|(t, s)| {
+        for ex in tiles_of(t, count, n, tile) {
+            let cu = ex.len() * u;
+            at_least(&mut s.cols, kg * cu);
+            patch_tile(x, g, n, ex.clone(), &mut s.cols);
+            let cols = MatRef::from_row_major_slice(&s.cols[..kg * cu], kg, cu);
+            // SAFETY: rows 0..co, columns ex·U of the row-major (co × nu) `y` are in bounds (asserted
+            // above), and only this tile writes them: tiles are disjoint example ranges.
+            let dst =
+                unsafe { MatMut::from_raw_parts_mut(out.at(ex.start * u), co, cu, nu as isize, 1) };
+            crate::linalg::gemm::matmul(dst, Accum::Replace, w, cols, T::from(1.0), Par::Seq);
+            if let Some(bias) = bias {
+                for (o, &b) in bias.iter().enumerate().take(co) {
+                    // SAFETY: as above, row o's columns of this tile.
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(out.at(o * nu + ex.start * u), cu)
+                    };
+                    row.iter_mut().for_each(|v| *v += b);
+                }
+            }
+        }
+    });
+}
+
+/// The weight gradient `dw` (C_out × K, replaced) and, when `dx` is given, the input gradient (replaced,
+/// or added to with `add`) of the output gradient `dy` (C_out, n, OH, OW), tile by tile. The bias
+/// gradient is the caller's (a row sum of `dy`).
+#[allow(clippy::too_many_arguments)]
+pub fn backward<T: Real>(
+    x: &[T],
+    weight: &[T],
+    dy: &[T],
+    g: &ConvShape,
+    n: usize,
+    scratch: &mut TileScratch<T>,
+    dw: &mut [T],
+    dx: Option<(&mut [T], bool)>,
+) {
+    debug_assert!(g.groups == 1 && !g.is_pointwise() && !g.is_depthwise());
+    let (kg, co, u, plane) = (g.patch_len(), g.c_out, g.positions(), g.h * g.w);
+    let nu = n * u;
+    assert!(dy.len() >= co * nu && dw.len() >= co * kg);
+    let threads = scratch.for_threads();
+    let count = threads.len();
+    let tile = tile_examples::<T>(g, n, count);
+    let w = MatRef::from_row_major_slice(&weight[..co * kg], co, kg);
+    let dy_all = MatRef::from_row_major_slice(&dy[..co * nu], co, nu);
+    let (dx_ptr, add) = match dx {
+        Some((dx, add)) => {
+            assert!(dx.len() >= g.c_in * n * plane);
+            (Some(Shared(dx.as_mut_ptr())), add)
+        }
+        None => (None, false),
+    };
+    threads.par_iter_mut().enumerate().for_each(|(t, s)| {
+        at_least(&mut s.dw, co * kg);
+        s.dw[..co * kg].fill(T::ZERO);
+        for ex in tiles_of(t, count, n, tile) {
+            let cu = ex.len() * u;
+            at_least(&mut s.cols, kg * cu);
+            patch_tile(x, g, n, ex.clone(), &mut s.cols);
+            let cols = MatRef::from_row_major_slice(&s.cols[..kg * cu], kg, cu);
+            let dy_tile = dy_all.subcols(ex.start * u, cu);
+            let dw_t = MatMut::from_row_major_slice_mut(&mut s.dw[..co * kg], co, kg);
+            crate::linalg::gemm::matmul(
+                dw_t,
+                Accum::Add,
+                dy_tile,
+                cols.transpose(),
+                T::from(1.0),
+                Par::Seq,
+            );
+            let Some(dx) = dx_ptr else { continue };
+            at_least(&mut s.dcols, kg * cu);
+            let dcols = MatMut::from_row_major_slice_mut(&mut s.dcols[..kg * cu], kg, cu);
+            crate::linalg::gemm::matmul(
+                dcols,
+                Accum::Replace,
+                w.transpose(),
+                dy_tile,
+                T::from(1.0),
+                Par::Seq,
+            );
+            for c in 0..g.c_in {
+                // SAFETY: channel c's planes of the examples `ex` lie inside `dx` (asserted above), and
+                // only this tile touches them: tiles are disjoint example ranges.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        dx.at((c * n + ex.start) * plane),
+                        ex.len() * plane,
+                    )
+                };
+                if !add {
+                    dst.fill(T::ZERO);
+                }
+                scatter_channel(&s.dcols[..kg * cu], cu, g, c, ex.len(), dst);
+            }
+        }
+    });
+    let (first, rest) = threads.split_first().expect("at least one thread");
+    dw[..co * kg].copy_from_slice(&first.dw[..co * kg]);
+    for s in rest {
+        dw[..co * kg]
+            .iter_mut()
+            .zip(&s.dw)
+            .for_each(|(d, &v)| *d += v);
+    }
+}
+
+/// Values a [`TileScratch`] holds after one train-mode step (forward and backward) at batch `n` on
+/// `threads` threads through the tiled convolutions `convs` (each with whether its input takes a
+/// gradient), when no larger batch ran before: what [`TileScratch::held_values`] then reports.
+pub fn held_values_after_step<T>(
+    convs: impl Iterator<Item = (ConvShape, bool)> + Clone,
+    n: usize,
+    threads: usize,
+) -> usize {
+    (0..threads)
+        .map(|t| {
+            let (mut cols, mut dcols, mut dw) = (0, 0, 0);
+            for (g, with_dx) in convs.clone() {
+                let tile = tile_examples::<T>(&g, n, threads);
+                let largest = tiles_of(t, threads, n, tile).map(|r| r.len()).max();
+                let len = g.patch_len() * g.positions() * largest.unwrap_or(0);
+                cols = cols.max(len);
+                if with_dx {
+                    dcols = dcols.max(len);
+                }
+                dw = dw.max(g.c_out * g.patch_len());
+            }
+            cols + dcols + dw
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::conv::{self, ConvScratch};
+    use super::*;
+
+    fn shape(c_in: usize, h: usize, w: usize, c_out: usize, k: usize, stride: usize) -> ConvShape {
+        let padding = k / 2;
+        ConvShape {
+            c_in,
+            h,
+            w,
+            c_out,
+            k,
+            stride,
+            padding,
+            groups: 1,
+            out_h: (h + 2 * padding - k) / stride + 1,
+            out_w: (w + 2 * padding - k) / stride + 1,
+        }
+    }
+
+    fn values(len: usize, seed: u64) -> Vec<f64> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+            })
+            .collect()
+    }
+
+    fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// The tiled pass equals the batch-wide one on `threads` threads (tiles of one example and a short last
+    /// run when the patch matrix is large, an uneven last tile when it is small).
+    fn equals_batch_wide(g: ConvShape, n: usize, threads: usize) {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let (kg, nu) = (g.patch_len(), n * g.positions());
+            let x = values(g.c_in * n * g.h * g.w, 1);
+            let weight = values(g.c_out * kg, 2);
+            let bias = values(g.c_out, 3);
+            let dy = values(g.c_out * nu, 4);
+            let (mut y0, mut y1) = (vec![0.0; g.c_out * nu], vec![0.0; g.c_out * nu]);
+            let mut batch = ConvScratch::default();
+            conv::forward(&x, &weight, Some(&bias), &g, n, &mut batch, None, &mut y0);
+            let mut tiles = TileScratch::default();
+            forward(&x, &weight, Some(&bias), &g, n, &mut tiles, &mut y1);
+            assert!(
+                max_diff(&y0, &y1) < 1e-13,
+                "forward {g:?} n {n} threads {threads}"
+            );
+            for add in [false, true] {
+                let base = values(g.c_in * n * g.h * g.w, 5);
+                let (mut dw0, mut dw1) = (vec![0.0; g.c_out * kg], vec![0.0; g.c_out * kg]);
+                let (mut dx0, mut dx1) = (base.clone(), base);
+                let mut db = vec![0.0; g.c_out];
+                let dx = Some((&mut dx0[..], add));
+                conv::backward(
+                    &x,
+                    &weight,
+                    &dy,
+                    &g,
+                    n,
+                    None,
+                    &mut batch,
+                    &mut dw0,
+                    Some(&mut db),
+                    dx,
+                );
+                backward(
+                    &x,
+                    &weight,
+                    &dy,
+                    &g,
+                    n,
+                    &mut tiles,
+                    &mut dw1,
+                    Some((&mut dx1, add)),
+                );
+                assert!(
+                    max_diff(&dw0, &dw1) < 1e-12,
+                    "dw {g:?} n {n} threads {threads}"
+                );
+                assert!(max_diff(&dx0, &dx1) < 1e-13, "dx {g:?} n {n} add {add}");
+            }
+            let held = held_values_after_step::<f64>([(g, true)].into_iter(), n, threads);
+            assert_eq!(tiles.held_values(), held);
+        });
+    }
+
+    #[test]
+    fn tiles_equal_the_batch_wide_convolution() {
+        // 144 × 1024 f64 values per example exceed TILE_BYTES: one example per tile.
+        let big = shape(16, 32, 32, 8, 3, 1);
+        assert_eq!(tile_examples::<f64>(&big, 5, 2), 1);
+        equals_batch_wide(big, 5, 2);
+        for threads in [1, 2, 3] {
+            equals_batch_wide(shape(3, 7, 5, 4, 3, 2), 5, threads);
+            equals_batch_wide(shape(3, 6, 6, 4, 1, 2), 4, threads);
+        }
+    }
+}
