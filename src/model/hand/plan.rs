@@ -277,8 +277,9 @@ impl Plan {
     pub fn reverse_bytes<T>(&self, network: &Network, n: usize, r: usize) -> usize {
         let rows = n * r.max(1);
         let cols = self.largest_patches(self.lowered(), n);
-        let dcols = self.largest_patches(self.lowered_with_input_grad(network), rows);
-        let elems = (n + rows) * self.values_per_example() + cols + dcols;
+        let elems = (n + rows) * self.values_per_example()
+            + cols
+            + self.input_grad_values::<T>(network, rows);
         elems * std::mem::size_of::<T>() + self.stats_bytes()
     }
 
@@ -294,7 +295,7 @@ impl Plan {
         let cols = self
             .largest_patches(self.lowered(), n)
             .max(self.largest_patches(self.lowered_with_input_grad(network), rows));
-        let dcols = self.largest_patches(self.lowered_with_input_grad(network), rows);
+        let dcols = self.input_grad_values::<T>(network, rows);
         let own = self
             .convs
             .iter()
@@ -305,6 +306,20 @@ impl Plan {
             * q.clamp(1, super::tangent::DIRECTION_BLOCK);
         let elems = (n + rows) * self.values_per_example() + cols + dcols + own;
         elems * std::mem::size_of::<T>() + self.stats_bytes()
+    }
+
+    /// Values the reverse pass's input gradients of the lowered convolutions hold for `rows` rows: the
+    /// tiled ones' per-thread tile buffers ([`super::conv_tiled`], on the current rayon thread count), and
+    /// the largest whole patch-matrix gradient of the grouped ones.
+    fn input_grad_values<T>(&self, network: &Network, rows: usize) -> usize {
+        let with_dx = || self.lowered_with_input_grad(network);
+        let tiled: Vec<ConvShape> = with_dx().filter(|g| Self::tiled(g)).copied().collect();
+        let tiles = super::conv_tiled::held_values_after_input_grads::<T>(
+            &tiled,
+            rows,
+            rayon::current_num_threads(),
+        );
+        tiles + self.largest_patches(with_dx().filter(|g| !Self::tiled(g)), rows)
     }
 
     /// The largest patch matrix, for `n` columns blocks (examples or rows), of the convolutions `convs`.

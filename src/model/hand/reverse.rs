@@ -6,11 +6,11 @@
 //! `(n·r, F)` after `Flatten`; forward values (ReLU and max-pool masks, tanh/GELU derivatives) are read from
 //! the example's own activation for each of its r rows.
 
-use super::plan::Shape;
+use super::plan::{Plan, Shape};
 use super::pointwise::Pointwise;
 use super::pool::{Pool, Windows};
 use super::real::Real;
-use super::{conv, pointwise, pool, windows, HandPass};
+use super::{conv, conv_tiled, pointwise, pool, windows, HandPass};
 use crate::model::{Network, Op};
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -132,7 +132,11 @@ impl<T: Real> HandPass<T> {
             Op::Input | Op::Add => {}
             Op::Conv2d(_) => {
                 let g = self.plan.convs[k].expect("planned convolution");
-                conv::input_grad(p(0), dy, &g, rows, &mut self.scratch, dx, add);
+                if Plan::tiled(&g) {
+                    conv_tiled::input_grad(p(0), dy, &g, rows, &mut self.tiles, dx, add);
+                } else {
+                    conv::input_grad(p(0), dy, &g, rows, &mut self.scratch, dx, add);
+                }
             }
             Op::Linear(_) => {
                 let out = out_shape.len();
