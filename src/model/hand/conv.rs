@@ -177,7 +177,7 @@ pub fn col2im<T: Real>(cols: &[T], g: &ConvShape, n: usize, group: usize, dx: &m
 }
 
 /// `v` at least `len` long (grown exactly, never shrunk).
-fn at_least<T: Real>(v: &mut Vec<T>, len: usize) {
+pub(super) fn at_least<T: Real>(v: &mut Vec<T>, len: usize) {
     if v.len() < len {
         resize_exact(v, len);
     }

@@ -12,9 +12,9 @@
 //! Scratch: per thread, one tile's patch matrix, its gradient (when the input needs one) and a C_out × K
 //! weight-gradient partial ([`TileScratch::held_values`], counted by [`super::Plan::train_bytes`]).
 
-use super::conv::{patch_row, scatter_channel};
+use super::conv::{at_least, patch_row, scatter_channel};
 use super::plan::ConvShape;
-use super::real::{resize_exact, Real};
+use super::real::Real;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -68,13 +68,6 @@ impl<T: Real> TileScratch<T> {
             self.threads.resize_with(threads, ThreadTile::default);
         }
         &mut self.threads[..threads]
-    }
-}
-
-/// `v` at least `len` long (grown exactly, never shrunk).
-fn at_least<T: Real>(v: &mut Vec<T>, len: usize) {
-    if v.len() < len {
-        resize_exact(v, len);
     }
 }
 
