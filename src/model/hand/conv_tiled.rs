@@ -9,8 +9,15 @@
 //! single-threaded GEMMs on them. The weight gradient is one partial sum per thread, added in thread order,
 //! so the result is deterministic for a given thread count.
 //!
-//! Scratch: per thread, one tile's patch matrix, its gradient (when the input needs one) and a C_out × K
-//! weight-gradient partial ([`TileScratch::held_values`], counted by [`super::Plan::train_bytes`]).
+//! Input gradient: for a stride-1 "same" convolution (odd k, padding (k − 1)/2) it is itself a same
+//! convolution of the output gradient with the flipped, transposed kernel ([`flip_into`]), so each tile
+//! runs one C_in × (C_out·k²) by (C_out·k²) × U product on the patch matrix of `dy` and writes `dx` directly.
+//! Otherwise (strided convolutions) the patch gradient Wᵀ·dy (inner dimension only C_out) is formed per tile
+//! and scattered back (col2im).
+//!
+//! Scratch: per thread, one tile's patch matrix, the patch matrix of its output gradient or its patch
+//! gradient (when the input needs one) and a C_out × K weight-gradient partial, and one flipped kernel
+//! shared by the threads ([`TileScratch::held_values`], counted by [`super::Plan::train_bytes`]).
 
 use super::conv::{at_least, patch_row, scatter_channel};
 use super::plan::ConvShape;
@@ -51,6 +58,55 @@ struct ThreadTile<T> {
 #[derive(Default)]
 pub struct TileScratch<T> {
     threads: Vec<ThreadTile<T>>,
+    /// The flipped, transposed kernel of the last same convolution's input gradient.
+    flipped: Vec<T>,
+}
+
+/// Whether the input gradient of `g` is a stride-1 same convolution of the output gradient (stride 1, odd
+/// k, padding (k − 1)/2, so the output has the input's size).
+pub fn transposes_to_same(g: &ConvShape) -> bool {
+    g.stride == 1 && 2 * g.padding + 1 == g.k && g.out_h == g.h && g.out_w == g.w
+}
+
+/// The convolution whose forward pass is the input gradient of the same convolution `g`: C_out inputs,
+/// C_in outputs, the same size, kernel and padding.
+fn transposed(g: &ConvShape) -> ConvShape {
+    ConvShape {
+        c_in: g.c_out,
+        c_out: g.c_in,
+        ..*g
+    }
+}
+
+/// `flipped` (C_in × C_out·k·k, row-major) = the kernel of [`transposed`]`(g)`:
+/// `flipped[c][o][a][b] = weight[o][c][k−1−a][k−1−b]`. Then
+/// `dx[c, y, x] = Σ_{o,a,b} weight[o,c,a,b]·dy[o, y−a+p, x−b+p] = Σ_{o,a,b} flipped[c,o,a,b]·dy[o, y+a−p, x+b−p]`
+/// (with 2p = k − 1), a same convolution of `dy`; and `dw[o,c,a,b] = Σ x[c, y, x]·dy[o, y−a'+p, x−b'+p]`
+/// with (a', b') = (k−1−a, k−1−b), so `x · patch(dy)ᵀ` is the weight gradient in the flipped layout.
+/// The map is an involution: flipping the flipped kernel with [`transposed`]`(g)` gives `weight` back.
+pub fn flip_into<T: Real>(weight: &[T], g: &ConvShape, flipped: &mut [T]) {
+    let (k, ci, co) = (g.k, g.c_in, g.c_out);
+    let kk = k * k;
+    for c in 0..ci {
+        for o in 0..co {
+            let src = &weight[(o * ci + c) * kk..][..kk];
+            let dst = &mut flipped[(c * co + o) * kk..][..kk];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+}
+
+/// Values of one thread's input-gradient buffer for a tile of `tile` examples of `g`: the patch matrix of
+/// `dy` (same convolutions) or the patch gradient (the others).
+fn dcols_len(g: &ConvShape, tile: usize) -> usize {
+    let rows = if transposes_to_same(g) {
+        transposed(g).patch_len()
+    } else {
+        g.patch_len()
+    };
+    rows * g.positions() * tile
 }
 
 impl<T: Real> TileScratch<T> {
@@ -59,15 +115,21 @@ impl<T: Real> TileScratch<T> {
         self.threads
             .iter()
             .map(|t| t.cols.capacity() + t.dcols.capacity() + t.dw.capacity())
-            .sum()
+            .sum::<usize>()
+            + self.flipped.capacity()
     }
 
     fn for_threads(&mut self) -> &mut [ThreadTile<T>] {
+        self.parts().0
+    }
+
+    /// One buffer set per rayon thread of the current pool, and the flipped kernel.
+    fn parts(&mut self) -> (&mut [ThreadTile<T>], &[T]) {
         let threads = rayon::current_num_threads();
         if self.threads.len() < threads {
             self.threads.resize_with(threads, ThreadTile::default);
         }
-        &mut self.threads[..threads]
+        (&mut self.threads[..threads], &self.flipped)
     }
 }
 
@@ -186,15 +248,25 @@ fn gradients<T: Real>(
     assert!(dy.len() >= co * nu);
     let (x, dw) = match wgrad {
         Some((x, dw)) => {
-            assert!(dw.len() >= co * kg);
+            assert!(dw.len() >= co * kg && x.len() >= g.c_in * n * plane);
             (Some(x), Some(dw))
         }
         None => (None, None),
     };
-    let threads = scratch.for_threads();
+    // A same convolution whose input takes a gradient runs both products on the patch matrix of `dy`
+    // (see the module docs); otherwise the weight gradient reads the patch matrix of `x`.
+    let same = dx.is_some() && transposes_to_same(g);
+    let gt = transposed(g);
+    if same {
+        at_least(&mut scratch.flipped, g.c_in * gt.patch_len());
+        flip_into(weight, g, &mut scratch.flipped);
+    }
+    let (threads, flipped) = scratch.parts();
     let count = threads.len();
     let tile = tile_examples::<T>(g, n, count);
     let w = MatRef::from_row_major_slice(&weight[..co * kg], co, kg);
+    let (wt_rows, kt) = (if same { g.c_in } else { 0 }, gt.patch_len());
+    let wt = MatRef::from_row_major_slice(&flipped[..wt_rows * kt], wt_rows, kt);
     let dy_all = MatRef::from_row_major_slice(&dy[..co * nu], co, nu);
     let (dx_ptr, add) = match dx {
         Some((dx, add)) => {
@@ -205,16 +277,48 @@ fn gradients<T: Real>(
     };
     threads.par_iter_mut().enumerate().for_each(|(t, s)| {
         if x.is_some() {
-            at_least(&mut s.cols, kg * tile * u);
+            if !same {
+                at_least(&mut s.cols, kg * tile * u);
+            }
             at_least(&mut s.dw, co * kg);
             s.dw[..co * kg].fill(T::ZERO);
         }
         if dx_ptr.is_some() {
-            at_least(&mut s.dcols, kg * tile * u);
+            at_least(&mut s.dcols, dcols_len(g, tile));
         }
         for ex in tiles_of(t, count, n, tile) {
             let cu = ex.len() * u;
             let dy_tile = dy_all.subcols(ex.start * u, cu);
+            if same {
+                patch_tile(dy, &gt, n, ex.clone(), &mut s.dcols);
+                let dy_cols = MatRef::from_row_major_slice(&s.dcols[..kt * cu], kt, cu);
+                if let Some(x) = x {
+                    // The flipped weight gradient, C_in × (C_out·k²): x's rows of these examples times
+                    // the patch matrix of dy, transposed (unflipped into `dw` after the loop).
+                    let x_tile =
+                        MatRef::from_row_major_slice(&x[..g.c_in * n * plane], g.c_in, n * plane)
+                            .subcols(ex.start * plane, cu);
+                    let dw_t = MatMut::from_row_major_slice_mut(&mut s.dw[..co * kg], g.c_in, kt);
+                    let one = T::from(1.0);
+                    crate::linalg::gemm::matmul(
+                        dw_t,
+                        Accum::Add,
+                        x_tile,
+                        dy_cols.transpose(),
+                        one,
+                        Par::Seq,
+                    );
+                }
+                let dx = dx_ptr.expect("a same route has an input gradient");
+                // SAFETY: rows 0..C_in, columns ex·U of the row-major (C_in × n·U) `dx` (U = H·W) are in
+                // bounds (asserted above), and only this tile touches them: tiles are disjoint example ranges.
+                let dst = unsafe {
+                    MatMut::from_raw_parts_mut(dx.at(ex.start * u), g.c_in, cu, nu as isize, 1)
+                };
+                let accum = if add { Accum::Add } else { Accum::Replace };
+                crate::linalg::gemm::matmul(dst, accum, wt, dy_cols, T::from(1.0), Par::Seq);
+                continue;
+            }
             if let Some(x) = x {
                 patch_tile(x, g, n, ex.clone(), &mut s.cols);
                 let cols = MatRef::from_row_major_slice(&s.cols[..kg * cu], kg, cu);
@@ -255,13 +359,18 @@ fn gradients<T: Real>(
         }
     });
     let Some(dw) = dw else { return };
-    let (first, rest) = threads.split_first().expect("at least one thread");
-    dw[..co * kg].copy_from_slice(&first.dw[..co * kg]);
+    let (first, rest) = threads.split_first_mut().expect("at least one thread");
     for s in rest {
-        dw[..co * kg]
+        first.dw[..co * kg]
             .iter_mut()
             .zip(&s.dw)
             .for_each(|(d, &v)| *d += v);
+    }
+    if same {
+        // The partials hold the kernel of the transposed convolution's layout: flip it back.
+        flip_into(&first.dw[..co * kg], &gt, &mut dw[..co * kg]);
+    } else {
+        dw[..co * kg].copy_from_slice(&first.dw[..co * kg]);
     }
 }
 
@@ -274,23 +383,34 @@ pub fn held_values_after_step<T>(
     n: usize,
     threads: usize,
 ) -> usize {
-    let (mut cols, mut dcols, mut dw) = (0, 0, 0);
+    let (mut cols, mut dcols, mut dw, mut flipped) = (0, 0, 0, 0);
     for (g, with_dx) in convs {
-        let len = g.patch_len() * g.positions() * tile_examples::<T>(&g, n, threads);
-        cols = cols.max(len);
+        let tile = tile_examples::<T>(&g, n, threads);
+        cols = cols.max(g.patch_len() * g.positions() * tile);
         if with_dx {
-            dcols = dcols.max(len);
+            dcols = dcols.max(dcols_len(&g, tile));
+            flipped = flipped.max(flipped_len(&g));
         }
         dw = dw.max(g.c_out * g.patch_len());
     }
-    threads * (cols + dcols + dw)
+    threads * (cols + dcols + dw) + flipped
+}
+
+/// Values of the flipped kernel of `g`'s input gradient (0 when it is not a same convolution).
+fn flipped_len(g: &ConvShape) -> usize {
+    if transposes_to_same(g) {
+        g.c_in * g.c_out * g.k * g.k
+    } else {
+        0
+    }
 }
 
 /// Values a [`TileScratch`] holds after [`input_grad`] ran on at most `rows` rows through the
 /// convolutions `convs` on `threads` threads (and nothing else ran).
 pub fn held_values_after_input_grads<T>(convs: &[ConvShape], rows: usize, threads: usize) -> usize {
-    let tile = |g: &ConvShape| g.patch_len() * g.positions() * tile_examples::<T>(g, rows, threads);
+    let tile = |g: &ConvShape| dcols_len(g, tile_examples::<T>(g, rows, threads));
     threads * convs.iter().map(tile).max().unwrap_or(0)
+        + convs.iter().map(flipped_len).max().unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -388,6 +508,10 @@ mod tests {
                     "dw {g:?} n {n} threads {threads}"
                 );
                 assert!(max_diff(&dx0, &dx1) < 1e-13, "dx {g:?} n {n} add {add}");
+                // Without an input gradient the weight gradient takes the other route (x's patches).
+                let mut dw2 = vec![0.0; g.c_out * kg];
+                backward(&x, &weight, &dy, &g, n, &mut tiles, &mut dw2, None);
+                assert!(max_diff(&dw0, &dw2) < 1e-12, "dw alone {g:?} n {n}");
             }
             let held = held_values_after_step::<f64>([(g, true)].into_iter(), n, threads);
             assert_eq!(tiles.held_values(), held);
@@ -409,6 +533,9 @@ mod tests {
         assert_eq!(tile_examples::<f64>(&big, 5, 2), 1);
         equals_batch_wide(big, 5, 2);
         for threads in [1, 2, 3] {
+            // Same convolutions (input gradient through the flipped kernel), 3×3 and 5×5, C_in ≠ C_out.
+            equals_batch_wide(shape(3, 7, 5, 4, 3, 1), 5, threads);
+            equals_batch_wide(shape(4, 6, 6, 2, 5, 1), 3, threads);
             equals_batch_wide(shape(3, 7, 5, 4, 3, 2), 5, threads);
             equals_batch_wide(shape(3, 6, 6, 4, 1, 2), 4, threads);
         }
