@@ -474,3 +474,24 @@ fn hand_and_candle_feature_passes_agree() {
         }
     }
 }
+
+#[test]
+fn sources_of_the_same_plan_side_by_side_each_read_their_own_weights() {
+    // The hand-written pass's buffers are kept from one feature chunk to the next, process-wide, and
+    // reused by any network of the same plan: each source must still read its own weights and running
+    // statistics. One-example chunks (budget 1) make every source recompute, alternating.
+    let (a, b) = (resnet(), resnet_seeded(7));
+    let x = inputs(&a, 4, 3);
+    let spec = spec(Outputs::Full);
+    let (want_a, want_b) = (
+        brute::kernel(&a, &x, &spec).unwrap(),
+        brute::kernel(&b, &x, &spec).unwrap(),
+    );
+    assert!(rel_diff(&want_a, &want_b) > 1e-3, "the two networks differ");
+    let ta = NtkTiles::new(&a, x.clone(), spec, 1).unwrap();
+    let tb = NtkTiles::new(&b, x.clone(), spec, 1).unwrap();
+    for _ in 0..2 {
+        within("source a", rel_diff(&dense_from(&ta), &want_a), TOL_BRUTE);
+        within("source b", rel_diff(&dense_from(&tb), &want_b), TOL_BRUTE);
+    }
+}

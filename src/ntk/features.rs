@@ -334,8 +334,11 @@ pub fn compute_with(
     let mut feats = Features::zeros(plan, inputs.dim(0)?);
     match pass {
         FeaturePass::Hand => {
-            let mut ws = HandWorkspace::new(network)?;
-            compute_hand(&mut ws, network, plan, inputs, spec, micro, &mut feats)?
+            let key = (micro, plan.rows);
+            let mut ws = HandWorkspace::take_kept(network, key)?;
+            let done = compute_hand(&mut ws, network, plan, inputs, spec, micro, &mut feats);
+            HandWorkspace::keep(key, ws);
+            done?
         }
         FeaturePass::Candle => {
             let dtype = spec.precision.pass_dtype();
@@ -368,9 +371,53 @@ struct HandWorkspace {
     scratch: ExtractScratch,
 }
 
+/// The hand-written pass of the last feature computation, kept for the next one: a chunk after the first
+/// then writes into buffers already mapped instead of allocating and page-faulting every activation and
+/// gradient of its micro-batch again. One slot for the whole process, taken while a computation runs, so
+/// at most one workspace is ever alive between computations however many kernel sources exist side by side
+/// (what `tiles::working::hand_working_bytes` counts); [`release_kept`] frees it.
+static KEPT: std::sync::Mutex<Option<(WorkspaceKey, HandWorkspace)>> = std::sync::Mutex::new(None);
+
+/// What a kept workspace was sized for: examples per pass and rows per example (with the pass's plan).
+type WorkspaceKey = (usize, usize);
+
+/// Free the kept feature workspace (a kernel source calls it when it is dropped, so what runs after the
+/// kernel, e.g. the matrix-free estimators, does not sit beside an idle one).
+pub fn release_kept() {
+    drop(KEPT.lock().ok().and_then(|mut k| k.take()));
+}
+
 impl HandWorkspace {
-    /// Plan the pass for `network` (an f64 network of the layers the hand-written pass implements).
-    fn new(network: &Network) -> Result<Self> {
+    /// The kept workspace when it was sized for `key` (micro-batch, rows) and its pass planned for a network
+    /// of the same plan as `network` (its parameters and running statistics are then re-read from
+    /// `network`), so it holds exactly what a new one would grow to; else a new one, the kept one dropped
+    /// first.
+    fn take_kept(network: &Network, key: WorkspaceKey) -> Result<Self> {
+        let kept = KEPT.lock().ok().and_then(|mut k| k.take());
+        let plan = crate::model::hand::Plan::new(network)?;
+        match kept {
+            Some((at, mut ws)) if at == key && *ws.pass.plan() == plan => {
+                let fresh = Self::values(network)?;
+                (ws.params, ws.running) = fresh;
+                Ok(ws)
+            }
+            other => {
+                drop(other);
+                Self::new(network)
+            }
+        }
+    }
+
+    /// Put `ws`, sized for `key`, in the slot for the next computation.
+    fn keep(key: WorkspaceKey, ws: Self) {
+        if let Ok(mut k) = KEPT.lock() {
+            *k = Some((key, ws));
+        }
+    }
+
+    /// The f64 parameters and running statistics of `network`.
+    #[allow(clippy::type_complexity)]
+    fn values(network: &Network) -> Result<(Vec<Vec<f64>>, Vec<(Vec<f64>, Vec<f64>)>)> {
         let params = network
             .parameters()
             .into_iter()
@@ -381,6 +428,12 @@ impl HandWorkspace {
             .chunks(2)
             .map(|b| Ok((to_f64_vec(b[0].1)?, to_f64_vec(b[1].1)?)))
             .collect::<Result<Vec<_>>>()?;
+        Ok((params, running))
+    }
+
+    /// Plan the pass for `network` (an f64 network of the layers the hand-written pass implements).
+    fn new(network: &Network) -> Result<Self> {
+        let (params, running) = Self::values(network)?;
         Ok(Self {
             pass: crate::model::hand::HandPass::new(network)?,
             params,
@@ -455,7 +508,8 @@ fn compute_hand(
     let r = plan.rows;
     let all = to_f64_vec(&inputs.to_dtype(DType::F64)?)?;
     let per = all.len() / n.max(1);
-    let d = network.num_outputs()?;
+    // The logits per example from the pass's plan (`Network::num_outputs` would run a forward pass).
+    let d = ws.pass.plan().shapes[network.output()].len();
     let HandWorkspace {
         pass,
         params,

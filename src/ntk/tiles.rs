@@ -81,6 +81,14 @@ pub struct NtkTiles {
     stats: Mutex<NtkStats>,
 }
 
+impl Drop for NtkTiles {
+    /// A dropped source frees the kept feature workspace ([`crate::ntk::features::release_kept`]): what
+    /// runs after the kernel does not sit beside an idle one.
+    fn drop(&mut self) {
+        crate::ntk::features::release_kept();
+    }
+}
+
 impl NtkTiles {
     /// The NTK of `network` on `inputs` (n, C, H, W) for `spec`, with at most `feature_budget` bytes of
     /// cached features (at least one example's features are always held).

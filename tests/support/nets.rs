@@ -127,26 +127,31 @@ pub fn cnn() -> Network {
 
 /// A CIFAR-layout ResNet stage: stem conv + BN, one BasicBlock with a strided shortcut conv, pooling, head.
 pub fn resnet() -> Network {
+    resnet_seeded(0)
+}
+
+/// [`resnet`] with every parameter's seed moved by `offset` (the same plan, other weights).
+pub fn resnet_seeded(offset: u64) -> Network {
     let mut net = Network::new("test-resnet", [3, 8, 8]);
-    net.then("conv1", conv(3, 4, 3, 1, 1, false, 80));
-    net.then("bn1", bn(4, 90));
+    net.then("conv1", conv(3, 4, 3, 1, 1, false, 80 + offset));
+    net.then("bn1", bn(4, 90 + offset));
     let stem = net.then("", Op::Relu);
-    net.then("layer1.0.conv1", conv(4, 6, 3, 2, 1, false, 100));
-    net.then("layer1.0.bn1", bn(6, 110));
+    net.then("layer1.0.conv1", conv(4, 6, 3, 2, 1, false, 100 + offset));
+    net.then("layer1.0.bn1", bn(6, 110 + offset));
     net.then("", Op::Relu);
-    net.then("layer1.0.conv2", conv(6, 6, 3, 1, 1, false, 120));
-    let main = net.then("layer1.0.bn2", bn(6, 130));
+    net.then("layer1.0.conv2", conv(6, 6, 3, 1, 1, false, 120 + offset));
+    let main = net.then("layer1.0.bn2", bn(6, 130 + offset));
     let sc = net.push(
         "layer1.0.shortcut.0",
-        conv(4, 6, 1, 2, 0, false, 140),
+        conv(4, 6, 1, 2, 0, false, 140 + offset),
         vec![stem],
     );
-    let sc = net.push("layer1.0.shortcut.1", bn(6, 150), vec![sc]);
+    let sc = net.push("layer1.0.shortcut.1", bn(6, 150 + offset), vec![sc]);
     net.push("", Op::Add, vec![main, sc]);
     net.then("", Op::Relu);
     net.then("", Op::AdaptiveAvgPool2d { output: [1, 1] });
     net.then("", Op::Flatten);
-    net.then("linear", linear(6, 4, true, 160));
+    net.then("linear", linear(6, 4, true, 160 + offset));
     net
 }
 

@@ -99,7 +99,7 @@ impl ConvShape {
 }
 
 /// The plan of one network: shapes, parameter positions, gradient needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// Output shape of every node (node 0: the input).
     pub shapes: Vec<Shape>,

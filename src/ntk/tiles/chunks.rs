@@ -55,8 +55,9 @@ impl NtkTiles {
         }
         let len = self.chunk.min(self.num_examples() - start);
         let t0 = Instant::now();
-        // A workspace per chunk, dropped with it: a source kept alive beside another (compare's kernels)
-        // must not hold its pass's buffers outside the working set the budget counts while it computes.
+        // The pass's buffers come from the one process-wide slot (`features::HandWorkspace::take_kept`):
+        // sources alive side by side (compare's kernels) never hold more than one workspace between them,
+        // the one the working set counts.
         let feats = compute(
             &self.network,
             &self.plan,

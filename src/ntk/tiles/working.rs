@@ -28,7 +28,7 @@ pub fn hand_working_bytes(
     let fixed = network.num_params() + chunk * hand.shapes[0].len();
     // The seed rows: held during the pass, and briefly twice while they are made.
     let seeds = m * r * logits;
-    // The extraction's buffers, kept between the nodes of a chunk (`features::HandWorkspace`), each as large
+    // The extraction's buffers, kept between nodes and chunks (`features::HandWorkspace`), each as large
     // as its largest use: a node's input (m examples) and output gradient (m·r rows) re-laid out example
     // by example, route A's patches and stacked product, BatchNorm's x̂.
     let (mut input_most, mut grad_most, mut patches_most, mut stacked_most, mut xhat_most) =
