@@ -302,12 +302,12 @@ fn lenet_features_shared_or_formed_on_demand_give_the_same_kernel() {
         let chunks = 60u64.div_ceil(stats["chunk_examples"].as_u64().unwrap());
         let computed = stats["feature_blocks_computed"].as_u64().unwrap();
         if shared {
-            // Rank 0 computed only its own chunks, about half of them, and none twice.
+            // Rank 0 computed only its own chunks, some but not all of them, and none twice. How many is
+            // the plan's balance of feature passes against the tiles each rank contracts, weighed by the
+            // pair cost measured at run time (`share::plan`), so it is not a fixed half: faster feature
+            // passes give the rank with more tiles fewer chunks.
             assert_eq!(Some(computed), info["computed_chunks"].as_u64());
-            assert!(
-                computed < chunks && 2 * computed + 1 >= chunks,
-                "{computed} of {chunks}"
-            );
+            assert!(computed >= 1 && computed < chunks, "{computed} of {chunks}");
             assert_eq!(
                 info["computed_chunks"].as_u64().unwrap()
                     + info["received_chunks"].as_u64().unwrap(),
