@@ -169,10 +169,9 @@ pub fn calibrated_and_warnings(est: &Estimate) -> String {
     let mut s = String::new();
     if let (Some(cal), Some((lo, hi))) = (&est.calibration, est.calibrated) {
         s.push_str(&format!(
-            "          calibrated [{lo:.10e}, {hi:.10e}] (level {}, error model {:.3e}·(ratio−1)^{:.2} from {} backtests)\n",
+            "          calibrated [{lo:.10e}, {hi:.10e}] (level {}, error model {:.3e}·(1 − ln n_s / ln n) from {} backtests)\n",
             cal.level,
             cal.scale,
-            cal.exponent,
             cal.backtests.len()
         ));
     }

@@ -29,7 +29,8 @@ pub struct CalibratedJson {
     pub level: f64,
     /// The extrapolation ratio n / n_s the model was carried to.
     pub ratio: f64,
-    /// The error model `|r(ρ)| ≈ scale · (ρ − 1)^exponent`, its quantile factor and its backtests.
+    /// The error model `|r| ≈ scale · (1 − ln e / ln t)` (e the window end, t the predicted size) and its
+    /// backtests.
     pub model: Calibration,
 }
 
