@@ -152,6 +152,8 @@ fn feature_pass_ratio(net: &Network, x: &candle_core::Tensor, nf: usize) {
 }
 
 fn main() {
+    // As the binary does: candle otherwise reads /proc/cpuinfo on every matmul (pipeline::fix_candle_thread_count).
+    ntk_pipeline::pipeline::fix_candle_thread_count(None);
     let n = env("NTK_BENCH_N", 200);
     let brute_n = env("NTK_BENCH_BRUTE_N", 8);
     let dataset = data::load(

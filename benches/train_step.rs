@@ -54,6 +54,8 @@ fn torch_step(python: &str, case: (&str, Option<usize>, [usize; 3]), steps: usiz
 }
 
 fn main() {
+    // As the binary does: candle otherwise reads /proc/cpuinfo on every matmul (pipeline::fix_candle_thread_count).
+    ntk_pipeline::pipeline::fix_candle_thread_count(None);
     let steps: usize = std::env::var("STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
