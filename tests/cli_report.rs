@@ -323,3 +323,33 @@ fn the_same_kernel_in_two_files_is_scored_once() {
         report["sensitivity"]
     );
 }
+
+/// README's Table 2 block (between its markers) is, byte for byte, what the command in its begin marker
+/// prints on the committed protocol data: the tables cannot drift from the files they report.
+#[test]
+fn readme_table2_block_is_the_report_output() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let begin = readme.find("<!-- table2 begin").expect("README has a table2 block");
+    let marker_end = begin + readme[begin..].find('\n').unwrap();
+    let marker = &readme[begin..marker_end];
+    let command = marker
+        .split("(generated: ")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix(") -->"))
+        .expect("the begin marker names the command");
+    let end = readme.find("<!-- table2 end -->").unwrap();
+    let block = readme[marker_end + 1..end].trim();
+    let output = bin()
+        .current_dir(root)
+        .args(command.split_whitespace())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(printed.trim(), block, "README's table2 block is stale: rerun `ntk-pipeline {command}`");
+}

@@ -7,7 +7,7 @@ use crate::cli::ReportArgs;
 use crate::estimators::extrapolate::{LinearExtrapolation, StoppedCholesky, StoppedCholeskyRule};
 use crate::pipeline::fit::estimate_options;
 use crate::progress::Progress;
-use crate::report::results::{markdown, Cell, Coverage, IntervalScore, ResultFile};
+use crate::report::results::{cell_table, coverage_table, Cell, Coverage, IntervalScore, ResultFile};
 use crate::report::table2::{self, EstimateFile, Table2Entry};
 use crate::report::{check_outputs, error_plot, write_atomic, write_json};
 use crate::scaling::estimate;
@@ -101,8 +101,8 @@ pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
             files.iter().map(ResultFile::max_k).max().unwrap_or(0)
         )));
     }
-    let table2 = if estimates.is_empty() {
-        Vec::new()
+    let (table2, variants) = if estimates.is_empty() {
+        (Vec::new(), Vec::new())
     } else {
         // FLODANCE's rows in Table 2: the paper's plain fit (q = 2, α = 0) and our two settings, whatever
         // the command's fit options (those are the cells table's).
@@ -129,7 +129,8 @@ pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
             )?;
             variants.push((label, cells));
         }
-        table2::entries(&files, &estimates, &variants)?
+        let entries = table2::entries(&files, &estimates, &variants)?;
+        (entries, variants)
     };
     if let Some(path) = &args.plot {
         write_atomic(path, error_plot::render(&cells)?.as_bytes())?;
@@ -147,11 +148,33 @@ pub fn run(args: &ReportArgs, progress: &dyn Progress) -> Result<()> {
         };
         write_json(path, &doc)?;
     }
-    print!("{}", markdown(&cells));
-    if !table2.is_empty() {
-        print!("\n{}", table2::markdown(&table2));
-    }
+    print!("{}", markdown(&cells, &table2, &variants));
     Ok(())
+}
+
+/// What `report` prints, README's block as it stands: without Table 2, the cells and their coverage; with
+/// it, Table 2, the cells (the command's fit) and the coverage of both intervals under each of Table 2's
+/// FLODANCE fits, so one command regenerates the whole block.
+fn markdown(cells: &[Cell], table2: &[Table2Entry], variants: &[(&str, Vec<Cell>)]) -> String {
+    if table2.is_empty() {
+        return format!("{}\n{}", cell_table(cells), coverage_table(cells));
+    }
+    let mut s = format!(
+        "{}\nEvery cell (the command's fit options; `shape` is the shape check's verdict):\n\n{}",
+        table2::markdown(table2),
+        cell_table(cells)
+    );
+    for (label, variant) in variants {
+        let name = match label.trim() {
+            "" => "plain q = 2 fit".to_string(),
+            l => l.trim_matches(|c| c == '(' || c == ')').to_string(),
+        };
+        s.push_str(&format!(
+            "\nCoverage of both intervals, {name}:\n\n{}",
+            coverage_table(variant)
+        ));
+    }
+    s
 }
 
 /// Score every (file, window, target) cell whose window end and target the file holds, with `opts`

@@ -195,8 +195,8 @@ impl Coverage {
     }
 }
 
-/// The markdown tables README carries: one row per cell, then the coverage of both intervals.
-pub fn markdown(cells: &[Cell]) -> String {
+/// The markdown table of every cell, one row each.
+pub fn cell_table(cells: &[Cell]) -> String {
     let mut s = String::from(
         "| file | (n0, ns) | n | ratio | FLODANCE ℓ̂_n | exact ℓ_n | error % | q, α | sensitivity: covers, width % | \
          calibrated: covers, width % | shape | linear error % | stopped-Cholesky error % |\n\
@@ -227,9 +227,14 @@ pub fn markdown(cells: &[Cell]) -> String {
             c.stopped_cholesky_error_percent,
         ));
     }
+    s
+}
+
+/// The markdown table of both intervals' coverage over `cells`: cells, covered, median width.
+pub fn coverage_table(cells: &[Cell]) -> String {
     let sens = Coverage::of(cells.iter().map(|c| &c.sensitivity));
     let cal = Coverage::of(cells.iter().filter_map(|c| c.calibrated.as_ref()));
-    s.push_str("\n| interval | cells | covered | median width % |\n|---|---|---|---|\n");
+    let mut s = String::from("| interval | cells | covered | median width % |\n|---|---|---|---|\n");
     for (name, c) in [
         ("sensitivity (refit band)", sens),
         ("calibrated (backtests)", cal),
