@@ -330,7 +330,9 @@ fn the_same_kernel_in_two_files_is_scored_once() {
 fn readme_table2_block_is_the_report_output() {
     let root = env!("CARGO_MANIFEST_DIR");
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
-    let begin = readme.find("<!-- table2 begin").expect("README has a table2 block");
+    let begin = readme
+        .find("<!-- table2 begin")
+        .expect("README has a table2 block");
     let marker_end = begin + readme[begin..].find('\n').unwrap();
     let marker = &readme[begin..marker_end];
     let command = marker
@@ -351,5 +353,9 @@ fn readme_table2_block_is_the_report_output() {
         String::from_utf8_lossy(&output.stderr)
     );
     let printed = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(printed.trim(), block, "README's table2 block is stale: rerun `ntk-pipeline {command}`");
+    assert_eq!(
+        printed.trim(),
+        block,
+        "README's table2 block is stale: rerun `ntk-pipeline {command}`"
+    );
 }

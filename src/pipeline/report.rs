@@ -7,7 +7,9 @@ use crate::cli::ReportArgs;
 use crate::estimators::extrapolate::{LinearExtrapolation, StoppedCholesky, StoppedCholeskyRule};
 use crate::pipeline::fit::estimate_options;
 use crate::progress::Progress;
-use crate::report::results::{cell_table, coverage_table, Cell, Coverage, IntervalScore, ResultFile};
+use crate::report::results::{
+    cell_table, coverage_table, Cell, Coverage, IntervalScore, ResultFile,
+};
 use crate::report::table2::{self, EstimateFile, Table2Entry};
 use crate::report::{check_outputs, error_plot, write_atomic, write_json};
 use crate::scaling::estimate;

@@ -234,7 +234,8 @@ pub fn cell_table(cells: &[Cell]) -> String {
 pub fn coverage_table(cells: &[Cell]) -> String {
     let sens = Coverage::of(cells.iter().map(|c| &c.sensitivity));
     let cal = Coverage::of(cells.iter().filter_map(|c| c.calibrated.as_ref()));
-    let mut s = String::from("| interval | cells | covered | median width % |\n|---|---|---|---|\n");
+    let mut s =
+        String::from("| interval | cells | covered | median width % |\n|---|---|---|---|\n");
     for (name, c) in [
         ("sensitivity (refit band)", sens),
         ("calibrated (backtests)", cal),
