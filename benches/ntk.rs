@@ -119,8 +119,10 @@ fn gemm32_gflops() -> f64 {
 
 /// Seconds of the per-example feature pass (eval forward, batched reverse pass over the d logits, feature
 /// extraction) on the first `nf` examples by the hand-written pass and by the candle pass it replaced,
-/// interleaved (two runs each, the faster kept), at 2 examples per pass as `NtkTiles` picks for this model.
+/// interleaved (two runs each, the faster kept), at 2 examples per pass as `NtkTiles` picks for this model;
+/// and the hand-written pass with its direct 3×3 convolutions turned off (the lowered path they replaced).
 fn feature_pass_ratio(net: &Network, x: &candle_core::Tensor, nf: usize) {
+    use ntk_pipeline::model::hand::conv_direct;
     use ntk_pipeline::ntk::features::{compute_with, FeaturePass};
     let net = net.to_dtype(candle_core::DType::F64).unwrap();
     let xs = x
@@ -134,20 +136,24 @@ fn feature_pass_ratio(net: &Network, x: &candle_core::Tensor, nf: usize) {
         scale: Scale::SqrtP,
         precision: Precision::F64,
     };
-    let (mut hand, mut candle) = (f64::INFINITY, f64::INFINITY);
+    let (mut hand, mut lowered, mut candle) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
     for _ in 0..2 {
-        for (pass, best) in [
-            (FeaturePass::Candle, &mut candle),
-            (FeaturePass::Hand, &mut hand),
+        for (pass, direct, best) in [
+            (FeaturePass::Candle, true, &mut candle),
+            (FeaturePass::Hand, false, &mut lowered),
+            (FeaturePass::Hand, true, &mut hand),
         ] {
+            conv_direct::set_enabled(direct);
             let t = Instant::now();
             compute_with(pass, &net, &plan, &xs, &spec, 2).expect("features");
             *best = best.min(t.elapsed().as_secs_f64());
         }
     }
     println!(
-        "feature pass, {nf} examples: hand-written {hand:.2} s, candle {candle:.2} s: speed-up x{:.2}",
-        candle / hand
+        "feature pass, {nf} examples: hand-written {hand:.2} s, candle {candle:.2} s: speed-up x{:.2}; hand-written with lowered convolutions only (direct kernels off{}) {lowered:.2} s: direct x{:.2}",
+        candle / hand,
+        if conv_direct::available() { "" } else { "; this CPU has no AVX-512 F, so both ran lowered" },
+        lowered / hand
     );
 }
 

@@ -3,13 +3,17 @@
 //! when a Python with torch is found; all in one run, interleaved, so machine load affects each alike.
 //! Prints the median seconds per step and the ratios.
 //!
+//! "lowered" is the hand pass with its direct 3×3 convolutions turned off ([`conv_direct::set_enabled`]):
+//! the path they replaced, on AVX-512 machines (elsewhere both columns run the lowered path).
+//!
 //! `cargo bench --bench train_step` (`STEPS=N` repetitions, default 5; `ARCHS=resnet9,lenet,mobilenet`;
-//! `PASSES=hand` times the hand pass alone, e.g. under a profiler; default `hand,autograd,torch`).
+//! `PASSES=hand` times the hand pass alone, e.g. under a profiler; default `hand,lowered,autograd,torch`).
 //! PyTorch: `TORCH_PYTHON=/path/to/python` (default `python3`), e.g. after
 //! `python3 -m venv venv && venv/bin/pip install torch`; the bench skips it when `import torch` fails.
 
 use candle_core::{DType, Device, Tensor};
 use ntk_pipeline::model::arch;
+use ntk_pipeline::model::hand::conv_direct;
 use ntk_pipeline::model::train::{Sgd, TrainPass, Trainer, VarSource};
 use std::process::Command;
 use std::time::Instant;
@@ -62,15 +66,15 @@ fn main() {
         .unwrap_or(5);
     let wanted = std::env::var("ARCHS").unwrap_or_else(|_| "resnet9,lenet,mobilenet".into());
     let python = std::env::var("TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let passes = std::env::var("PASSES").unwrap_or_else(|_| "hand,autograd,torch".into());
+    let passes = std::env::var("PASSES").unwrap_or_else(|_| "hand,lowered,autograd,torch".into());
     let runs = |pass: &str| passes.split(',').any(|p| p == pass);
     let dev = Device::Cpu;
     println!(
         "batch {BATCH}, {steps} timed steps per pass after 1 warm-up, {} threads",
         rayon::current_num_threads()
     );
-    println!("| network | input | p | hand s/step | autograd s/step | PyTorch s/step | autograd/hand | PyTorch/hand |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| network | input | p | hand s/step | lowered s/step | autograd s/step | PyTorch s/step | lowered/hand | autograd/hand | PyTorch/hand |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for case in CASES
         .into_iter()
         .filter(|c| wanted.split(',').any(|w| w == c.0))
@@ -84,17 +88,19 @@ fn main() {
         )
         .expect("labels");
         let mut hand = trainer(name, width, [c, h, w], TrainPass::Hand);
+        let mut lowered = trainer(name, width, [c, h, w], TrainPass::Hand);
         let mut auto = trainer(name, width, [c, h, w], TrainPass::Autograd);
-        let (mut t_hand, mut t_auto) = (Vec::new(), Vec::new());
+        let (mut t_hand, mut t_low, mut t_auto) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..=steps {
-            for (t, times) in [(&mut hand, &mut t_hand), (&mut auto, &mut t_auto)] {
-                if !runs(if t.pass == TrainPass::Hand {
-                    "hand"
-                } else {
-                    "autograd"
-                }) {
+            for (pass, t, times) in [
+                ("hand", &mut hand, &mut t_hand),
+                ("lowered", &mut lowered, &mut t_low),
+                ("autograd", &mut auto, &mut t_auto),
+            ] {
+                if !runs(pass) {
                     continue;
                 }
+                conv_direct::set_enabled(pass != "lowered");
                 let start = Instant::now();
                 t.step(&x, &labels, 0.01).expect("step");
                 if i > 0 {
@@ -102,16 +108,18 @@ fn main() {
                 }
             }
         }
-        let (th, ta) = (median(t_hand), median(t_auto));
+        conv_direct::set_enabled(true);
+        let (th, tl, ta) = (median(t_hand), median(t_low), median(t_auto));
         let torch = runs("torch")
             .then(|| torch_step(&python, case, steps))
             .flatten();
         let fmt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.3}"));
         println!(
-            "| {name}{} | {c}×{h}×{w} | {} | {th:.3} | {ta:.3} | {} | {:.2} | {} |",
+            "| {name}{} | {c}×{h}×{w} | {} | {th:.3} | {tl:.3} | {ta:.3} | {} | {:.2} | {:.2} | {} |",
             width.map_or(String::new(), |w| format!(" w={w}")),
             hand.network.num_params(),
             fmt(torch),
+            tl / th,
             ta / th,
             torch.map_or("–".to_string(), |t| format!("{:.2}", t / th)),
         );

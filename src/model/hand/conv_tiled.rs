@@ -20,6 +20,7 @@
 //! shared by the threads ([`TileScratch::held_values`], counted by [`super::Plan::train_bytes`]).
 
 use super::conv::{at_least, patch_row, scatter_channel};
+use super::conv_direct as direct;
 use super::plan::ConvShape;
 use super::real::Real;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -35,6 +36,25 @@ pub fn tile_examples<T>(g: &ConvShape, n: usize, threads: usize) -> usize {
     let per_example = g.patch_len() * g.positions() * std::mem::size_of::<T>();
     let share = n.div_ceil(threads.max(1)).max(1);
     (TILE_BYTES / per_example.max(1)).clamp(1, share)
+}
+
+/// Examples per tile of the direct kernels ([`direct`]): as many as keep the padded input and output
+/// gradient of a tile within [`TILE_BYTES`] (they are a ninth of a patch matrix, so tiles are larger and
+/// the weight gradient's per-tile reductions fewer), at most an equal share of the batch per thread.
+fn direct_tile_examples<T>(g: &ConvShape, n: usize, threads: usize) -> usize {
+    let per_example = (g.c_in + g.c_out) * (g.h + 2) * (g.w + 2) * std::mem::size_of::<T>();
+    let share = n.div_ceil(threads.max(1)).max(1);
+    (TILE_BYTES / per_example.max(1)).clamp(1, share)
+}
+
+/// Examples per tile of `g`'s train-mode pass: [`direct_tile_examples`] when the direct kernels run it,
+/// else [`tile_examples`].
+fn tile_for<T: Real>(g: &ConvShape, n: usize, threads: usize) -> usize {
+    if direct::applies::<T>(g) {
+        direct_tile_examples::<T>(g, n, threads)
+    } else {
+        tile_examples::<T>(g, n, threads)
+    }
 }
 
 /// The example ranges of thread `t` of `threads`: consecutive tiles of `tile` examples, the batch's
@@ -100,7 +120,10 @@ pub fn flip_into<T: Real>(weight: &[T], g: &ConvShape, flipped: &mut [T]) {
 
 /// Values of one thread's input-gradient buffer for a tile of `tile` examples of `g`: the patch matrix of
 /// `dy` (same convolutions) or the patch gradient (the others).
-fn dcols_len(g: &ConvShape, tile: usize) -> usize {
+fn dcols_len<T: Real>(g: &ConvShape, tile: usize) -> usize {
+    if direct::applies::<T>(g) {
+        return direct::padded_len(g, g.c_out, tile);
+    }
     let rows = if transposes_to_same(g) {
         transposed(g).patch_len()
     } else {
@@ -170,11 +193,36 @@ pub fn forward<T: Real>(
     let (kg, co, u) = (g.patch_len(), g.c_out, g.positions());
     let nu = n * u;
     assert!(y.len() >= co * nu && weight.len() >= co * kg);
+    let out = Shared(y.as_mut_ptr());
+    if direct::applies::<T>(g) {
+        at_least(&mut scratch.flipped, direct::panels_len(co, kg));
+        direct::pack_panels(weight, co, kg, &mut scratch.flipped);
+        let (threads, panels) = scratch.parts();
+        let count = threads.len();
+        let tile = direct_tile_examples::<T>(g, n, count);
+        threads.par_iter_mut().enumerate().for_each(|(t, s)| {
+            at_least(&mut s.cols, direct::padded_len(g, g.c_in, tile));
+            for ex in tiles_of(t, count, n, tile) {
+                direct::pad_tile(x, g, g.c_in, n, ex.clone(), &mut s.cols);
+                let y = direct::Out {
+                    ptr: out.at(0),
+                    stride: nu,
+                    first: ex.start * u,
+                    add: false,
+                };
+                // SAFETY: `applies` holds; the tile's columns of every output channel lie inside `y`
+                // (asserted above) and only this tile writes them (tiles are disjoint example ranges).
+                unsafe {
+                    direct::forward_tile(&s.cols, g, g.c_in, co, ex.len(), panels, bias, &y);
+                }
+            }
+        });
+        return;
+    }
     let threads = scratch.for_threads();
     let count = threads.len();
     let tile = tile_examples::<T>(g, n, count);
     let w = MatRef::from_row_major_slice(&weight[..co * kg], co, kg);
-    let out = Shared(y.as_mut_ptr());
     threads.par_iter_mut().enumerate().for_each(|(t, s)| {
         at_least(&mut s.cols, kg * tile * u);
         for ex in tiles_of(t, count, n, tile) {
@@ -253,6 +301,10 @@ fn gradients<T: Real>(
         }
         None => (None, None),
     };
+    if direct::applies::<T>(g) {
+        direct_gradients(x.zip(dw), weight, dy, g, n, scratch, dx);
+        return;
+    }
     // A same convolution whose input takes a gradient runs both products on the patch matrix of `dy`
     // (see the module docs); otherwise the weight gradient reads the patch matrix of `x`.
     let same = dx.is_some() && transposes_to_same(g);
@@ -284,7 +336,7 @@ fn gradients<T: Real>(
             s.dw[..co * kg].fill(T::ZERO);
         }
         if dx_ptr.is_some() {
-            at_least(&mut s.dcols, dcols_len(g, tile));
+            at_least(&mut s.dcols, dcols_len::<T>(g, tile));
         }
         for ex in tiles_of(t, count, n, tile) {
             let cu = ex.len() * u;
@@ -374,22 +426,94 @@ fn gradients<T: Real>(
     }
 }
 
+/// [`gradients`] by the direct kernels ([`direct`], which must apply to `g`): per tile, the weight
+/// gradient from the padded input and `dy`, and the input gradient as the direct forward of the padded
+/// `dy` with the flipped, transposed kernel.
+fn direct_gradients<T: Real>(
+    wgrad: Option<(&[T], &mut [T])>,
+    weight: &[T],
+    dy: &[T],
+    g: &ConvShape,
+    n: usize,
+    scratch: &mut TileScratch<T>,
+    dx: Option<(&mut [T], bool)>,
+) {
+    let (kg, co, ci, plane) = (g.patch_len(), g.c_out, g.c_in, g.h * g.w);
+    let (x, dw) = match wgrad {
+        Some((x, dw)) => (Some(x), Some(dw)),
+        None => (None, None),
+    };
+    let (dx_ptr, add) = match dx {
+        Some((dx, add)) => (Some(Shared(dx.as_mut_ptr())), add),
+        None => (None, false),
+    };
+    if dx_ptr.is_some() {
+        at_least(&mut scratch.flipped, direct::panels_len(ci, co * 9));
+        direct::pack_flipped_panels(weight, g, &mut scratch.flipped);
+    }
+    let (threads, panels) = scratch.parts();
+    let count = threads.len();
+    let tile = direct_tile_examples::<T>(g, n, count);
+    threads.par_iter_mut().enumerate().for_each(|(t, s)| {
+        if x.is_some() {
+            at_least(&mut s.cols, direct::padded_len(g, ci, tile));
+            at_least(&mut s.dw, co * kg);
+            s.dw[..co * kg].fill(T::ZERO);
+        }
+        if dx_ptr.is_some() {
+            at_least(&mut s.dcols, direct::padded_len(g, co, tile));
+        }
+        for ex in tiles_of(t, count, n, tile) {
+            if let Some(x) = x {
+                direct::pad_tile(x, g, ci, n, ex.clone(), &mut s.cols);
+                let first = ex.start * plane;
+                direct::weight_grad_tile(&s.cols, dy, first, g, n, ex.len(), &mut s.dw);
+            }
+            let Some(dx) = dx_ptr else { continue };
+            direct::pad_tile(dy, g, co, n, ex.clone(), &mut s.dcols);
+            let out = direct::Out {
+                ptr: dx.at(0),
+                stride: n * plane,
+                first: ex.start * plane,
+                add,
+            };
+            // SAFETY: `applies` holds; the tile's planes of every input channel lie inside `dx` (asserted
+            // by the caller) and only this tile touches them (tiles are disjoint example ranges).
+            unsafe { direct::forward_tile(&s.dcols, g, co, ci, ex.len(), panels, None, &out) };
+        }
+    });
+    let Some(dw) = dw else { return };
+    let (first, rest) = threads.split_first_mut().expect("at least one thread");
+    for s in rest {
+        first.dw[..co * kg]
+            .iter_mut()
+            .zip(&s.dw)
+            .for_each(|(d, &v)| *d += v);
+    }
+    dw[..co * kg].copy_from_slice(&first.dw[..co * kg]);
+}
+
 /// Values a [`TileScratch`] holds after train-mode steps (forward and backward) at batches of at most
 /// `n` on `threads` threads through the tiled convolutions `convs` (each with whether its input takes a
 /// gradient), and nothing else: every thread's buffers are sized for a full tile (tiles grow with the
 /// batch, so the largest batch sets them).
-pub fn held_values_after_step<T>(
+pub fn held_values_after_step<T: Real>(
     convs: impl Iterator<Item = (ConvShape, bool)>,
     n: usize,
     threads: usize,
 ) -> usize {
     let (mut cols, mut dcols, mut dw, mut flipped) = (0, 0, 0, 0);
     for (g, with_dx) in convs {
-        let tile = tile_examples::<T>(&g, n, threads);
-        cols = cols.max(g.patch_len() * g.positions() * tile);
+        let tile = tile_for::<T>(&g, n, threads);
+        if direct::applies::<T>(&g) {
+            cols = cols.max(direct::padded_len(&g, g.c_in, tile));
+            flipped = flipped.max(direct::panels_len(g.c_out, g.patch_len()));
+        } else {
+            cols = cols.max(g.patch_len() * g.positions() * tile);
+        }
         if with_dx {
-            dcols = dcols.max(dcols_len(&g, tile));
-            flipped = flipped.max(flipped_len(&g));
+            dcols = dcols.max(dcols_len::<T>(&g, tile));
+            flipped = flipped.max(flipped_len::<T>(&g));
         }
         dw = dw.max(g.c_out * g.patch_len());
     }
@@ -397,8 +521,10 @@ pub fn held_values_after_step<T>(
 }
 
 /// Values of the flipped kernel of `g`'s input gradient (0 when it is not a same convolution).
-fn flipped_len(g: &ConvShape) -> usize {
-    if transposes_to_same(g) {
+fn flipped_len<T: Real>(g: &ConvShape) -> usize {
+    if direct::applies::<T>(g) {
+        direct::panels_len(g.c_in, g.c_out * 9)
+    } else if transposes_to_same(g) {
         g.c_in * g.c_out * g.k * g.k
     } else {
         0
@@ -407,10 +533,14 @@ fn flipped_len(g: &ConvShape) -> usize {
 
 /// Values a [`TileScratch`] holds after [`input_grad`] ran on at most `rows` rows through the
 /// convolutions `convs` on `threads` threads (and nothing else ran).
-pub fn held_values_after_input_grads<T>(convs: &[ConvShape], rows: usize, threads: usize) -> usize {
-    let tile = |g: &ConvShape| dcols_len(g, tile_examples::<T>(g, rows, threads));
+pub fn held_values_after_input_grads<T: Real>(
+    convs: &[ConvShape],
+    rows: usize,
+    threads: usize,
+) -> usize {
+    let tile = |g: &ConvShape| dcols_len::<T>(g, tile_for::<T>(g, rows, threads));
     threads * convs.iter().map(tile).max().unwrap_or(0)
-        + convs.iter().map(flipped_len).max().unwrap_or(0)
+        + convs.iter().map(flipped_len::<T>).max().unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -526,12 +656,55 @@ mod tests {
         });
     }
 
+    /// In f32 (16 lanes: rows of 16 + 12 and of 13) the direct kernels agree with the batch-wide lowered
+    /// convolution to f32 rounding (both accumulate in f32, in different orders).
+    #[test]
+    fn direct_f32_equals_the_batch_wide_convolution() {
+        for g in [shape(6, 4, 28, 11, 3, 1), shape(3, 5, 13, 8, 3, 1)] {
+            let n = 5;
+            let (kg, nu) = (g.patch_len(), n * g.positions());
+            let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+            let x = f(values(g.c_in * n * g.h * g.w, 1));
+            let weight = f(values(g.c_out * kg, 2));
+            let dy = f(values(g.c_out * nu, 4));
+            let rel = |a: &[f32], b: &[f32]| {
+                let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+            };
+            let (mut y0, mut y1) = (vec![0f32; g.c_out * nu], vec![0f32; g.c_out * nu]);
+            let mut batch = ConvScratch::default();
+            conv::forward(&x, &weight, None, &g, n, &mut batch, None, &mut y0);
+            let mut tiles = TileScratch::default();
+            forward(&x, &weight, None, &g, n, &mut tiles, &mut y1);
+            assert!(rel(&y1, &y0) < 1e-5, "forward {g:?}");
+            let (mut dw0, mut dw1) = (vec![0f32; g.c_out * kg], vec![0f32; g.c_out * kg]);
+            let (mut dx0, mut dx1) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            let dx = Some((&mut dx0[..], false));
+            conv::backward(&x, &weight, &dy, &g, n, None, &mut batch, &mut dw0, None, dx);
+            backward(&x, &weight, &dy, &g, n, &mut tiles, &mut dw1, Some((&mut dx1, false)));
+            assert!(rel(&dw1, &dw0) < 1e-5, "dw {g:?}");
+            assert!(rel(&dx1, &dx0) < 1e-5, "dx {g:?}");
+        }
+    }
+
     #[test]
     fn tiles_equal_the_batch_wide_convolution() {
         // 144 × 1024 f64 values per example exceed TILE_BYTES: one example per tile.
         let big = shape(16, 32, 32, 8, 3, 1);
         assert_eq!(tile_examples::<f64>(&big, 5, 2), 1);
         equals_batch_wide(big, 5, 2);
+        // The direct kernels (on AVX-512 machines): f64 rows of 8 lanes + 1 (W = 17), output channels that
+        // leave a short panel and a short weight-gradient group (10), odd input channels, tiles of several
+        // examples.
+        let direct_shapes = [shape(13, 5, 17, 10, 3, 1), shape(5, 9, 6, 3, 3, 1)];
+        if direct::available() {
+            assert!(direct_shapes.iter().all(direct::applies::<f64>));
+        }
+        for g in direct_shapes {
+            for threads in [1, 2] {
+                equals_batch_wide(g, 7, threads);
+            }
+        }
         for threads in [1, 2, 3] {
             // Same convolutions (input gradient through the flipped kernel), 3×3 and 5×5, C_in ≠ C_out.
             equals_batch_wide(shape(3, 7, 5, 4, 3, 1), 5, threads);

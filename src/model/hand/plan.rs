@@ -234,7 +234,7 @@ impl Plan {
     /// count), each grouped lowered convolution's saved patch matrices and the largest patch-matrix gradient
     /// among them, the weight-gradient transpose buffer of the batch-wide ones, the BatchNorm statistics. What [`super::HandPass::held_bytes`] then reports (`tests/hand_memory.rs`
     /// checks the two agree). `network` is the one the plan was made for (as for the other counts).
-    pub fn train_bytes<T>(&self, network: &Network, n: usize) -> usize {
+    pub fn train_bytes<T: super::Real>(&self, network: &Network, n: usize) -> usize {
         let batch_wide = |g: &&ConvShape| !Self::tiled(g);
         let saved: usize = self
             .lowered()
@@ -274,7 +274,7 @@ impl Plan {
     /// `n` examples of `r` rows each (and nothing else ran): activations for `n`, gradients for `n·r` rows,
     /// the patch-matrix scratch of the eval-mode forward (`n` examples) and its gradient (`n·r` rows of the
     /// largest lowered convolution whose input needs a gradient), the BatchNorm statistics.
-    pub fn reverse_bytes<T>(&self, network: &Network, n: usize, r: usize) -> usize {
+    pub fn reverse_bytes<T: super::Real>(&self, network: &Network, n: usize, r: usize) -> usize {
         let rows = n * r.max(1);
         let cols = self.largest_patches(self.lowered(), n);
         let elems = (n + rows) * self.values_per_example()
@@ -290,7 +290,7 @@ impl Plan {
     /// `conv(ẋ, W)`, `n·q` rows, of the lowered convolutions whose input carries a tangent), the
     /// patch-matrix gradient of the reverse pass, up to [`super::tangent::DIRECTION_BLOCK`] directions'
     /// parameter tangents of the largest convolution (`C_out·n·U` each), the BatchNorm statistics.
-    pub fn product_bytes<T>(&self, network: &Network, n: usize, q: usize) -> usize {
+    pub fn product_bytes<T: super::Real>(&self, network: &Network, n: usize, q: usize) -> usize {
         let rows = n * q.max(1);
         let cols = self
             .largest_patches(self.lowered(), n)
@@ -311,7 +311,7 @@ impl Plan {
     /// Values the reverse pass's input gradients of the lowered convolutions hold for `rows` rows: the
     /// tiled ones' per-thread tile buffers ([`super::conv_tiled`], on the current rayon thread count), and
     /// the largest whole patch-matrix gradient of the grouped ones.
-    fn input_grad_values<T>(&self, network: &Network, rows: usize) -> usize {
+    fn input_grad_values<T: super::Real>(&self, network: &Network, rows: usize) -> usize {
         let with_dx = || self.lowered_with_input_grad(network);
         let tiled: Vec<ConvShape> = with_dx().filter(|g| Self::tiled(g)).copied().collect();
         let tiles = super::conv_tiled::held_values_after_input_grads::<T>(
