@@ -281,7 +281,21 @@ pub fn weight_grad_tile<T: Real>(
             let dw = same_type_mut::<T, f32>(dw).expect("one type");
             let segs = segments(g, count, 16);
             // SAFETY: AVX-512 F is present (`applies`, the caller's check); bounds asserted above.
-            unsafe { x86::weight_grad::<f32>(p, dy, nu, first, &segs, chan, g.w + 2, ci, co, dw) };
+            unsafe {
+                x86::weight_grad::<f32>(
+                    p,
+                    dy,
+                    nu,
+                    first,
+                    &segs,
+                    g.h * g.w.div_ceil(16),
+                    chan,
+                    g.w + 2,
+                    ci,
+                    co,
+                    dw,
+                )
+            };
             return;
         }
         if let Some(p) = same_type::<T, f64>(padded) {
@@ -289,7 +303,21 @@ pub fn weight_grad_tile<T: Real>(
             let dw = same_type_mut::<T, f64>(dw).expect("one type");
             let segs = segments(g, count, 8);
             // SAFETY: as above.
-            unsafe { x86::weight_grad::<f64>(p, dy, nu, first, &segs, chan, g.w + 2, ci, co, dw) };
+            unsafe {
+                x86::weight_grad::<f64>(
+                    p,
+                    dy,
+                    nu,
+                    first,
+                    &segs,
+                    g.h * g.w.div_ceil(8),
+                    chan,
+                    g.w + 2,
+                    ci,
+                    co,
+                    dw,
+                )
+            };
             return;
         }
     }
@@ -439,8 +467,9 @@ mod x86 {
                     for (t, &off) in taps.iter().enumerate() {
                         // Lanes past a row's end hold other positions' sums and are never stored, so
                         // the loads need no mask (they stay inside `padded`'s slack).
-                        let v: [T::V; SEGMENTS] =
-                            std::array::from_fn(|i| unsafe { T::load(base.add(s[i].src + off), !0) });
+                        let v: [T::V; SEGMENTS] = std::array::from_fn(|i| unsafe {
+                            T::load(base.add(s[i].src + off), !0)
+                        });
                         let w = unsafe { wc.add(t * PANEL) };
                         for j in 0..PANEL {
                             let b = unsafe { T::splat(*w.add(j)) };
@@ -477,6 +506,7 @@ mod x86 {
         nu: usize,
         first: usize,
         segs: &[Segment],
+        per_example: usize,
         chan: usize,
         wp: usize,
         inputs: usize,
@@ -484,28 +514,32 @@ mod x86 {
         dw: &mut [T],
     ) {
         let taps: [usize; 9] = std::array::from_fn(|t| (t / 3) * wp + t % 3);
-        for o in (0..outputs).step_by(OUTS) {
-            let live = (outputs - o).min(OUTS);
-            // A short last group reads its last channel's row again and keeps one result of it.
-            let d: [*const T; OUTS] =
-                std::array::from_fn(|r| dy[(o + r.min(live - 1)) * nu + first..].as_ptr());
-            for c in 0..inputs {
-                let base = padded[c * chan..].as_ptr();
-                let mut acc = [[unsafe { T::zero() }; 9]; OUTS];
-                for s in segs {
-                    let g: [T::V; OUTS] =
-                        std::array::from_fn(|r| unsafe { T::load(d[r].add(s.dst), s.mask) });
-                    for (t, &off) in taps.iter().enumerate() {
-                        let v = unsafe { T::load(base.add(s.src + off), s.mask) };
-                        for r in 0..OUTS {
-                            acc[r][t] = unsafe { T::fma(g[r], v, acc[r][t]) };
+        // One example at a time, so that the three rows of `dy` and the input channel a register tile
+        // streams stay in L1 (a tile of several examples spills it).
+        for example in segs.chunks(per_example) {
+            for o in (0..outputs).step_by(OUTS) {
+                let live = (outputs - o).min(OUTS);
+                // A short last group reads its last channel's row again and keeps one result of it.
+                let d: [*const T; OUTS] =
+                    std::array::from_fn(|r| dy[(o + r.min(live - 1)) * nu + first..].as_ptr());
+                for c in 0..inputs {
+                    let base = padded[c * chan..].as_ptr();
+                    let mut acc = [[unsafe { T::zero() }; 9]; OUTS];
+                    for s in example {
+                        let g: [T::V; OUTS] =
+                            std::array::from_fn(|r| unsafe { T::load(d[r].add(s.dst), s.mask) });
+                        for (t, &off) in taps.iter().enumerate() {
+                            let v = unsafe { T::load(base.add(s.src + off), s.mask) };
+                            for r in 0..OUTS {
+                                acc[r][t] = unsafe { T::fma(g[r], v, acc[r][t]) };
+                            }
                         }
                     }
-                }
-                for (r, row) in acc.iter().enumerate().take(live) {
-                    let out = &mut dw[((o + r) * inputs + c) * 9..][..9];
-                    for (d, &v) in out.iter_mut().zip(row) {
-                        *d += unsafe { T::sum(v) };
+                    for (r, row) in acc.iter().enumerate().take(live) {
+                        let out = &mut dw[((o + r) * inputs + c) * 9..][..9];
+                        for (d, &v) in out.iter_mut().zip(row) {
+                            *d += unsafe { T::sum(v) };
+                        }
                     }
                 }
             }

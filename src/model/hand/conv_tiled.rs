@@ -680,8 +680,19 @@ mod tests {
             let (mut dw0, mut dw1) = (vec![0f32; g.c_out * kg], vec![0f32; g.c_out * kg]);
             let (mut dx0, mut dx1) = (vec![0f32; x.len()], vec![0f32; x.len()]);
             let dx = Some((&mut dx0[..], false));
-            conv::backward(&x, &weight, &dy, &g, n, None, &mut batch, &mut dw0, None, dx);
-            backward(&x, &weight, &dy, &g, n, &mut tiles, &mut dw1, Some((&mut dx1, false)));
+            conv::backward(
+                &x, &weight, &dy, &g, n, None, &mut batch, &mut dw0, None, dx,
+            );
+            backward(
+                &x,
+                &weight,
+                &dy,
+                &g,
+                n,
+                &mut tiles,
+                &mut dw1,
+                Some((&mut dx1, false)),
+            );
             assert!(rel(&dw1, &dw0) < 1e-5, "dw {g:?}");
             assert!(rel(&dx1, &dx0) < 1e-5, "dx {g:?}");
         }
