@@ -72,7 +72,7 @@ fn nested_logdets_equal_dense_leading_blocks() {
     for nb in [1, 4, 9] {
         let r = memdet(&src, &opts(nb), &Silent).unwrap();
         assert!(
-            r.info.num_blocks == 1 || r.info.block_size % d == 0,
+            r.info.num_blocks == 1 || r.info.block_size.is_multiple_of(d),
             "blocks must not split a granule"
         );
         let nested = r.nested(d);

@@ -101,7 +101,7 @@ pub(crate) fn read_kept(
         let size = std::fs::metadata(path)
             .map_err(|e| Error::io("cannot stat", path, e))?
             .len() as usize;
-        if size == 0 || size % record != 0 {
+        if size == 0 || !size.is_multiple_of(record) {
             return Err(Error::Data(format!(
                 "{} is truncated or not a {} binary file: its size {size} is not a positive multiple of the \
                  {record}-byte record ({label_bytes} label byte(s) + 3072 pixels)",

@@ -30,7 +30,7 @@ pub fn block_means(
 ) -> Result<Mat<f64>> {
     let m = source.dim();
     let d = source.granule().max(1);
-    if m % d != 0 {
+    if !m.is_multiple_of(d) {
         return Err(Error::Input(format!(
             "pseudo-NTK: matrix order {m} is not a multiple of the block size {d}"
         )));

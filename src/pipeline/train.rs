@@ -321,7 +321,7 @@ pub fn run(args: &TrainArgs, progress: &dyn Progress) -> Result<()> {
             step += 1;
             progress.advance(1);
             let done = step - (epoch - 1) * batches_per_epoch;
-            if quiet_bar && done % STATUS_EVERY == 0 {
+            if quiet_bar && done.is_multiple_of(STATUS_EVERY) {
                 progress.note(&format!(
                     "epoch {epoch} step {done}/{batches_per_epoch}: loss {:.4}, acc {:.4}, lr {lr:.5}, {:.0} s",
                     loss_sum / seen as f64,

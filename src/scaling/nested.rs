@@ -21,7 +21,7 @@ pub fn nested_logdets(
     granule: usize,
 ) -> Result<Nested> {
     let m = pivots_logabs.len();
-    if granule == 0 || m % granule != 0 {
+    if granule == 0 || !m.is_multiple_of(granule) {
         return Err(Error::Input(format!(
             "nested log-dets: {m} pivots are not a whole number of blocks of {granule} rows"
         )));

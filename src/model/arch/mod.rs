@@ -153,7 +153,7 @@ pub fn conv_op(
     groups: usize,
     bias: bool,
 ) -> Result<Op> {
-    if groups == 0 || c_in % groups != 0 || c_out % groups != 0 {
+    if groups == 0 || !c_in.is_multiple_of(groups) || !c_out.is_multiple_of(groups) {
         return Err(Error::Model(format!(
             "conv `{name}`: groups {groups} must divide both {c_in} input and {c_out} output channels"
         )));

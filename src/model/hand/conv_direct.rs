@@ -439,7 +439,8 @@ mod x86 {
     }
 
     /// See [`super::forward_tile`]; `chan` values per padded input channel, `wp` the padded row length.
-    #[allow(clippy::too_many_arguments)]
+    /// (The register tile is indexed `acc[segment][channel]` in both loops, hence the range loops.)
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn forward<T: Lanes>(
         padded: &[T],
