@@ -15,6 +15,9 @@
 //! Otherwise (strided convolutions) the patch gradient Wᵀ·dy (inner dimension only C_out) is formed per tile
 //! and scattered back (col2im).
 //!
+//! 3×3 stride-1 same convolutions run on the direct kernels of [`super::conv_direct`] where they apply
+//! (AVX-512 F, rows wide enough): per tile, the padded input (and padded output gradient), no patch matrix.
+//!
 //! Scratch: per thread, one tile's patch matrix, the patch matrix of its output gradient or its patch
 //! gradient (when the input needs one) and a C_out × K weight-gradient partial, and one flipped kernel
 //! shared by the threads ([`TileScratch::held_values`], counted by [`super::Plan::train_bytes`]).
