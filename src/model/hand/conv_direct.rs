@@ -360,83 +360,75 @@ mod x86 {
         unsafe fn sum(v: Self::V) -> Self;
     }
 
-    impl Lanes for f32 {
-        type V = __m512;
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn zero() -> __m512 {
-            _mm512_setzero_ps()
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn splat(v: f32) -> __m512 {
-            _mm512_set1_ps(v)
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn load(p: *const f32, m: u16) -> __m512 {
-            unsafe { _mm512_maskz_loadu_ps(m, p) }
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-            _mm512_fmadd_ps(a, b, c)
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn add(a: __m512, b: __m512) -> __m512 {
-            _mm512_add_ps(a, b)
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn store(p: *mut f32, m: u16, v: __m512) {
-            unsafe { _mm512_mask_storeu_ps(p, m, v) }
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn sum(v: __m512) -> f32 {
-            _mm512_reduce_add_ps(v)
-        }
+    /// `impl Lanes` for one element type from its AVX-512 intrinsics (`$mask` converts the u16 lane mask).
+    macro_rules! lanes {
+        ($t:ty, $v:ty, $mask:ty, $zero:ident, $set1:ident, $load:ident, $fma:ident, $add:ident,
+         $store:ident, $sum:ident) => {
+            impl Lanes for $t {
+                type V = $v;
+                #[inline]
+                #[target_feature(enable = "avx512f")]
+                unsafe fn zero() -> $v {
+                    $zero()
+                }
+                #[inline]
+                #[target_feature(enable = "avx512f")]
+                unsafe fn splat(v: $t) -> $v {
+                    $set1(v)
+                }
+                #[inline]
+                #[target_feature(enable = "avx512f")]
+                unsafe fn load(p: *const $t, m: u16) -> $v {
+                    unsafe { $load(m as $mask, p) }
+                }
+                #[inline]
+                #[target_feature(enable = "avx512f")]
+                unsafe fn fma(a: $v, b: $v, c: $v) -> $v {
+                    $fma(a, b, c)
+                }
+                #[inline]
+                #[target_feature(enable = "avx512f")]
+                unsafe fn add(a: $v, b: $v) -> $v {
+                    $add(a, b)
+                }
+                #[inline]
+                #[target_feature(enable = "avx512f")]
+                unsafe fn store(p: *mut $t, m: u16, v: $v) {
+                    unsafe { $store(p, m as $mask, v) }
+                }
+                #[inline]
+                #[target_feature(enable = "avx512f")]
+                unsafe fn sum(v: $v) -> $t {
+                    $sum(v)
+                }
+            }
+        };
     }
 
-    impl Lanes for f64 {
-        type V = __m512d;
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn zero() -> __m512d {
-            _mm512_setzero_pd()
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn splat(v: f64) -> __m512d {
-            _mm512_set1_pd(v)
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn load(p: *const f64, m: u16) -> __m512d {
-            unsafe { _mm512_maskz_loadu_pd(m as u8, p) }
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn fma(a: __m512d, b: __m512d, c: __m512d) -> __m512d {
-            _mm512_fmadd_pd(a, b, c)
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn add(a: __m512d, b: __m512d) -> __m512d {
-            _mm512_add_pd(a, b)
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn store(p: *mut f64, m: u16, v: __m512d) {
-            unsafe { _mm512_mask_storeu_pd(p, m as u8, v) }
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn sum(v: __m512d) -> f64 {
-            _mm512_reduce_add_pd(v)
-        }
-    }
+    lanes!(
+        f32,
+        __m512,
+        u16,
+        _mm512_setzero_ps,
+        _mm512_set1_ps,
+        _mm512_maskz_loadu_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        _mm512_mask_storeu_ps,
+        _mm512_reduce_add_ps
+    );
+    lanes!(
+        f64,
+        __m512d,
+        u8,
+        _mm512_setzero_pd,
+        _mm512_set1_pd,
+        _mm512_maskz_loadu_pd,
+        _mm512_fmadd_pd,
+        _mm512_add_pd,
+        _mm512_mask_storeu_pd,
+        _mm512_reduce_add_pd
+    );
 
     /// See [`super::forward_tile`]; `chan` values per padded input channel, `wp` the padded row length.
     /// (The register tile is indexed `acc[segment][channel]` in both loops, hence the range loops.)

@@ -414,19 +414,25 @@ fn gradients<T: Real>(
         }
     });
     let Some(dw) = dw else { return };
+    let sum = thread_sum(threads, co * kg);
+    if same {
+        // The partials hold the kernel of the transposed convolution's layout: flip it back.
+        flip_into(sum, &gt, &mut dw[..co * kg]);
+    } else {
+        dw[..co * kg].copy_from_slice(sum);
+    }
+}
+
+/// The threads' weight-gradient partials (`len` values each) added in thread order into the first's.
+fn thread_sum<T: Real>(threads: &mut [ThreadTile<T>], len: usize) -> &[T] {
     let (first, rest) = threads.split_first_mut().expect("at least one thread");
     for s in rest {
-        first.dw[..co * kg]
+        first.dw[..len]
             .iter_mut()
             .zip(&s.dw)
             .for_each(|(d, &v)| *d += v);
     }
-    if same {
-        // The partials hold the kernel of the transposed convolution's layout: flip it back.
-        flip_into(&first.dw[..co * kg], &gt, &mut dw[..co * kg]);
-    } else {
-        dw[..co * kg].copy_from_slice(&first.dw[..co * kg]);
-    }
+    &first.dw[..len]
 }
 
 /// [`gradients`] by the direct kernels ([`direct`], which must apply to `g`): per tile, the weight
@@ -485,15 +491,9 @@ fn direct_gradients<T: Real>(
             unsafe { direct::forward_tile(&s.dcols, g, co, ci, ex.len(), panels, None, &out) };
         }
     });
-    let Some(dw) = dw else { return };
-    let (first, rest) = threads.split_first_mut().expect("at least one thread");
-    for s in rest {
-        first.dw[..co * kg]
-            .iter_mut()
-            .zip(&s.dw)
-            .for_each(|(d, &v)| *d += v);
+    if let Some(dw) = dw {
+        dw[..co * kg].copy_from_slice(thread_sum(threads, co * kg));
     }
-    dw[..co * kg].copy_from_slice(&first.dw[..co * kg]);
 }
 
 /// Values a [`TileScratch`] holds after train-mode steps (forward and backward) at batches of at most
