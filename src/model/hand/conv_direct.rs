@@ -276,53 +276,49 @@ pub fn weight_grad_tile<T: Real>(
         let chan = count * (g.h + 2) * (g.w + 2);
         let (ci, co) = (g.c_in, g.c_out);
         assert!(dy.len() >= co * nu && dw.len() >= co * ci * 9 && padded.len() >= ci * chan);
-        if let Some(p) = same_type::<T, f32>(padded) {
-            let dy = same_type::<T, f32>(dy).expect("one type");
-            let dw = same_type_mut::<T, f32>(dw).expect("one type");
-            let segs = segments(g, count, 16);
-            // SAFETY: AVX-512 F is present (`applies`, the caller's check); bounds asserted above.
-            unsafe {
-                x86::weight_grad::<f32>(
-                    p,
-                    dy,
-                    nu,
-                    first,
-                    &segs,
-                    g.h * g.w.div_ceil(16),
-                    chan,
-                    g.w + 2,
-                    ci,
-                    co,
-                    dw,
-                )
-            };
-            return;
-        }
-        if let Some(p) = same_type::<T, f64>(padded) {
-            let dy = same_type::<T, f64>(dy).expect("one type");
-            let dw = same_type_mut::<T, f64>(dw).expect("one type");
-            let segs = segments(g, count, 8);
-            // SAFETY: as above.
-            unsafe {
-                x86::weight_grad::<f64>(
-                    p,
-                    dy,
-                    nu,
-                    first,
-                    &segs,
-                    g.h * g.w.div_ceil(8),
-                    chan,
-                    g.w + 2,
-                    ci,
-                    co,
-                    dw,
-                )
-            };
+        // SAFETY: AVX-512 F is present (`applies`, the caller's check); bounds asserted above.
+        let done = unsafe {
+            weight_grad_as::<T, f32>(padded, dy, nu, first, g, count, dw, 16)
+                || weight_grad_as::<T, f64>(padded, dy, nu, first, g, count, dw, 8)
+        };
+        if done {
             return;
         }
     }
     let _ = (padded, dy, first, g, n, count, dw);
     unreachable!("direct convolution without AVX-512 F or for another element type");
+}
+
+/// [`weight_grad_tile`] in element type `U` with `lanes` lanes when `T` is `U` (false otherwise).
+///
+/// # Safety
+/// AVX-512 F must be present; the slices must hold what [`weight_grad_tile`] asserts.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn weight_grad_as<T: Real, U: x86::Lanes + std::ops::AddAssign>(
+    padded: &[T],
+    dy: &[T],
+    nu: usize,
+    first: usize,
+    g: &ConvShape,
+    count: usize,
+    dw: &mut [T],
+    lanes: usize,
+) -> bool {
+    let (Some(p), Some(dy), Some(dw)) = (
+        same_type::<T, U>(padded),
+        same_type::<T, U>(dy),
+        same_type_mut::<T, U>(dw),
+    ) else {
+        return false;
+    };
+    let segs = segments(g, count, lanes);
+    let per_example = g.h * g.w.div_ceil(lanes);
+    let chan = count * (g.h + 2) * (g.w + 2);
+    let (ci, co, wp) = (g.c_in, g.c_out, g.w + 2);
+    // SAFETY: the caller's.
+    unsafe { x86::weight_grad::<U>(p, dy, nu, first, &segs, per_example, chan, wp, ci, co, dw) };
+    true
 }
 
 /// [`same_type`] for a mutable slice.
