@@ -222,35 +222,12 @@ pub unsafe fn forward_tile<T: Real>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        let run = |lanes| {
-            let segs = segments(g, count, lanes);
-            let chan = count * (g.h + 2) * (g.w + 2);
-            (segs, chan)
+        // SAFETY: AVX-512 F is present (`applies`); the caller guarantees the output.
+        let done = unsafe {
+            forward_as::<T, f32>(padded, g, inputs, outputs, count, panels, bias, y, 16)
+                || forward_as::<T, f64>(padded, g, inputs, outputs, count, panels, bias, y, 8)
         };
-        if let (Some(p), Some(w)) = (same_type::<T, f32>(padded), same_type::<T, f32>(panels)) {
-            let (segs, chan) = run(16);
-            let bias = bias.and_then(same_type::<T, f32>);
-            let y = Out {
-                ptr: y.ptr.cast::<f32>(),
-                stride: y.stride,
-                first: y.first,
-                add: y.add,
-            };
-            // SAFETY: AVX-512 F is present (`applies`); the caller guarantees the output.
-            unsafe { x86::forward::<f32>(p, &segs, chan, g.w + 2, inputs, outputs, w, bias, &y) };
-            return;
-        }
-        if let (Some(p), Some(w)) = (same_type::<T, f64>(padded), same_type::<T, f64>(panels)) {
-            let (segs, chan) = run(8);
-            let bias = bias.and_then(same_type::<T, f64>);
-            let y = Out {
-                ptr: y.ptr.cast::<f64>(),
-                stride: y.stride,
-                first: y.first,
-                add: y.add,
-            };
-            // SAFETY: as above.
-            unsafe { x86::forward::<f64>(p, &segs, chan, g.w + 2, inputs, outputs, w, bias, &y) };
+        if done {
             return;
         }
     }
@@ -287,6 +264,40 @@ pub fn weight_grad_tile<T: Real>(
     }
     let _ = (padded, dy, first, g, n, count, dw);
     unreachable!("direct convolution without AVX-512 F or for another element type");
+}
+
+/// [`forward_tile`] in element type `U` with `lanes` lanes when `T` is `U` (false otherwise).
+///
+/// # Safety
+/// As [`forward_tile`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_as<T: Real, U: x86::Lanes>(
+    padded: &[T],
+    g: &ConvShape,
+    inputs: usize,
+    outputs: usize,
+    count: usize,
+    panels: &[T],
+    bias: Option<&[T]>,
+    y: &Out<T>,
+    lanes: usize,
+) -> bool {
+    let (Some(p), Some(w)) = (same_type::<T, U>(padded), same_type::<T, U>(panels)) else {
+        return false;
+    };
+    let bias = bias.and_then(same_type::<T, U>);
+    let y = Out {
+        ptr: y.ptr.cast::<U>(),
+        stride: y.stride,
+        first: y.first,
+        add: y.add,
+    };
+    let segs = segments(g, count, lanes);
+    let chan = count * (g.h + 2) * (g.w + 2);
+    // SAFETY: the caller's.
+    unsafe { x86::forward::<U>(p, &segs, chan, g.w + 2, inputs, outputs, w, bias, &y) };
+    true
 }
 
 /// [`weight_grad_tile`] in element type `U` with `lanes` lanes when `T` is `U` (false otherwise).
