@@ -15,9 +15,10 @@
 
 use crate::linalg::gemm::matmul;
 use crate::model::hand::real::{sum2_f64, sum_f64};
-use crate::model::im2col::{patch_rows, ConvGeometry};
+use crate::model::im2col::{im2col_of, patch_rows_of, ConvGeometry};
 use crate::model::{Network, Op};
 use crate::ntk::backward::{backward, seed};
+use crate::ntk::planes::Planes;
 use crate::ntk::KernelSpec;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
@@ -368,7 +369,7 @@ struct HandWorkspace {
     pass: crate::model::hand::HandPass<f64>,
     params: Vec<Vec<f64>>,
     running: Vec<(Vec<f64>, Vec<f64>)>,
-    scratch: ExtractScratch,
+    scratch: SideBuffers,
 }
 
 /// The hand-written pass of the last feature computation, kept for the next one: a chunk after the first
@@ -438,25 +439,18 @@ impl HandWorkspace {
             pass: crate::model::hand::HandPass::new(network)?,
             params,
             running,
-            scratch: ExtractScratch::default(),
+            scratch: SideBuffers::default(),
         })
     }
 }
 
-/// Reused buffers of the feature extraction: a node's input and output gradient re-laid out example by
-/// example, and what a rule builds on the side. Each only grows, so a node or micro-batch after the first writes into
-/// pages already mapped.
-#[derive(Default)]
-struct ExtractScratch {
-    input: Vec<f64>,
-    grad: Vec<f64>,
-    side: SideBuffers,
-}
-
-/// What a layer rule builds on the side: route A's patches and stacked product, BatchNorm's x̂.
+/// Reused buffers of the feature extraction: what a layer rule builds on the side (route A's patch
+/// columns, one example's gradient rows and their stacked product, BatchNorm's x̂). Each only grows, so a
+/// node or micro-batch after the first writes into pages already mapped.
 #[derive(Default)]
 struct SideBuffers {
     patches: Vec<f64>,
+    rows: Vec<f64>,
     stacked: Vec<f64>,
     xhat: Vec<f64>,
 }
@@ -469,31 +463,9 @@ fn sized(v: &mut Vec<f64>, len: usize) -> &mut [f64] {
     &mut v[..len]
 }
 
-/// `data`, channel-major (C, count, H, W) or (count, F), re-laid out example-major into `out`.
-fn example_major<'a>(
-    data: &[f64],
-    shape: crate::model::hand::Shape,
-    count: usize,
-    out: &'a mut Vec<f64>,
-) -> &'a [f64] {
-    let out = sized(out, data.len());
-    match shape {
-        crate::model::hand::Shape::Map { c, h, w } => {
-            let hw = h * w;
-            out.par_chunks_mut(c * hw).enumerate().for_each(|(i, dst)| {
-                for ch in 0..c {
-                    dst[ch * hw..][..hw].copy_from_slice(&data[(ch * count + i) * hw..][..hw]);
-                }
-            });
-        }
-        crate::model::hand::Shape::Flat(_) => out.copy_from_slice(data),
-    }
-    out
-}
-
 /// The features by the hand-written pass: per micro-batch one eval-mode forward and one reverse pass over
-/// its n·r rows on plain f64 buffers; each parametrised node's input and output gradient are put in the
-/// (example-major) layout of [`extract`].
+/// its n·r rows on plain f64 buffers; [`extract`] reads each parametrised node's input and output gradient
+/// where the pass left them (channel-major).
 fn compute_hand(
     ws: &mut HandWorkspace,
     network: &Network,
@@ -536,19 +508,15 @@ fn compute_hand(
                     .iter()
                     .find(|l| l.node == v.node)
                     .ok_or_else(|| Error::Internal(format!("no NTK rule for node {}", v.node)))?;
-                let ExtractScratch { input, grad, side } = &mut *scratch;
-                let input = example_major(v.input, v.input_shape, len, input);
-                let grad = example_major(v.grad, v.output_shape, len * r, grad);
                 extract(
                     feats,
                     rule,
                     &network.nodes[v.node].op,
-                    input,
-                    grad,
+                    Planes::channel_major(v.input, v.input_shape, len),
+                    Planes::channel_major(v.grad, v.output_shape, len * r),
                     start,
-                    len,
                     spec.precision.accumulates_in_f32(),
-                    side,
+                    scratch,
                 )
             },
         )?;
@@ -583,17 +551,17 @@ fn compute_candle(
                 .iter()
                 .find(|l| l.node == node)
                 .ok_or_else(|| Error::Internal(format!("no NTK rule for node {node}")))?;
-            let input = to_f64_vec(&cache[network.nodes[node].inputs[0]])?;
+            let x = &cache[network.nodes[node].inputs[0]];
+            let input = to_f64_vec(x)?;
             let g = to_f64_vec(grad)?;
             let f32acc = spec.precision.accumulates_in_f32();
             extract(
                 feats,
                 rule,
                 &network.nodes[node].op,
-                &input,
-                &g,
+                Planes::example_major(&input, shape_of(x)?, len),
+                Planes::example_major(&g, shape_of(grad)?, len * r),
                 start,
-                len,
                 f32acc,
                 &mut SideBuffers::default(),
             )
@@ -603,27 +571,52 @@ fn compute_candle(
     Ok(())
 }
 
+/// The per-example shape of a batch tensor (N, C, H, W) or (N, F).
+fn shape_of(t: &Tensor) -> Result<crate::model::hand::Shape> {
+    use crate::model::hand::Shape;
+    Ok(match t.dims() {
+        [_, c, h, w] => Shape::Map {
+            c: *c,
+            h: *h,
+            w: *w,
+        },
+        [_, f] => Shape::Flat(*f),
+        other => {
+            return Err(Error::Internal(format!(
+                "a layer's tensor of shape {other:?} in the feature pass"
+            )))
+        }
+    })
+}
+
 /// Copy a tensor to a Vec<f64> (row-major, whatever its dtype).
 fn to_f64_vec(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
 }
 
 /// Fill the features of one layer for examples `start..start + len` of the block from the layer input
-/// (len, …) and output gradient (len·r, …), both example-major (PyTorch's layout): the derived features
-/// (route A's weight gradients, channel sums, BatchNorm's x̂) in f64, or with f32 arithmetic when `f32acc`.
+/// (`len` rows) and output gradient (`len·r` rows, example-major order of (example, seed)): the derived
+/// features (route A's weight gradients, channel sums, BatchNorm's x̂) in f64, or with f32 arithmetic when
+/// `f32acc`.
 #[allow(clippy::too_many_arguments)]
 fn extract(
     feats: &mut Features,
     rule: &LayerRule,
     op: &Op,
-    input: &[f64],
-    g: &[f64],
+    input: Planes<'_>,
+    g: Planes<'_>,
     start: usize,
-    len: usize,
     f32acc: bool,
     side: &mut SideBuffers,
 ) -> Result<()> {
     let r = feats.rows;
+    let len = input.count();
+    if g.count() != len * r {
+        return Err(Error::Internal(format!(
+            "{} gradient rows for {len} examples of {r} rows",
+            g.count()
+        )));
+    }
     // Explicit columns for rows (start·r ..), one slice per row.
     let row0 = start * r;
     match (&rule.rule, op) {
@@ -636,32 +629,40 @@ fn extract(
             },
             Op::Conv2d(_),
         ) => {
-            let x = input;
             let (u, plen) = (geometry.positions(), geometry.patch_len());
             let (c_out, groups, offset) = (*c_out, *groups, *offset);
             let (cog, pg) = (c_out / groups, plen / groups);
-            let in_len = geometry.c_in * geometry.h * geometry.w;
             let ecols = feats.explicit_cols;
             let block = &mut feats.explicit[row0 * ecols..(row0 + len * r) * ecols];
-            // Patches of every example first, then every (example, seed) row in parallel: a block of one
-            // example still uses every thread.
-            let patches = sized(&mut side.patches, len * u * plen);
-            patches
-                .par_chunks_mut(u * plen)
-                .enumerate()
-                .for_each(|(e, out)| patch_rows(&x[e * in_len..(e + 1) * in_len], geometry, out));
+            let SideBuffers {
+                patches,
+                rows,
+                stacked,
+                ..
+            } = side;
             if groups == 1 {
-                // One product per example for its r rows stacked, (r·C_out × U)·(U × patch): the patch
-                // matrix is packed once instead of r times, and the product is r times taller.
-                let stacked = sized(&mut side.stacked, r * c_out * plen);
+                // Patch columns (patch × U) of every example first, then one product per example for its r
+                // rows stacked, (r·C_out × U)·(U × patch): the patch matrix is packed once instead of r
+                // times, and the product is r times taller.
+                let cols = sized(patches, len * plen * u);
+                cols.par_chunks_mut(plen * u)
+                    .enumerate()
+                    .for_each(|(e, out)| im2col_of(|c| input.plane(e, c), geometry, out));
+                let stacked = sized(stacked, r * c_out * plen);
                 for e in 0..len {
-                    let lhs = MatRef::from_row_major_slice(
-                        &g[e * r * c_out * u..(e + 1) * r * c_out * u],
-                        r * c_out,
-                        u,
-                    );
+                    let ex = e * r..(e + 1) * r;
+                    let lhs = match g.contiguous(ex.clone()) {
+                        Some(rows) => rows,
+                        None => {
+                            let rows = sized(rows, r * c_out * u);
+                            g.copy_rows(ex, rows);
+                            rows
+                        }
+                    };
+                    let lhs = MatRef::from_row_major_slice(lhs, r * c_out, u);
                     let rhs =
-                        MatRef::from_row_major_slice(&patches[e * u * plen..][..u * plen], u, plen);
+                        MatRef::from_row_major_slice(&cols[e * plen * u..][..plen * u], plen, u)
+                            .transpose();
                     let dst = MatMut::from_row_major_slice_mut(stacked, r * c_out, plen);
                     product(dst, lhs, rhs, f32acc, Par::rayon(0));
                     block[e * r * ecols..(e + 1) * r * ecols]
@@ -672,6 +673,13 @@ fn extract(
                         });
                 }
             } else {
+                // Patch rows (U × patch) of every example, then every (example, seed) row in parallel: a
+                // block of one example still uses every thread.
+                let patches = sized(patches, len * u * plen);
+                patches
+                    .par_chunks_mut(u * plen)
+                    .enumerate()
+                    .for_each(|(e, out)| patch_rows_of(|c| input.plane(e, c), geometry, out));
                 block
                     .par_chunks_mut(ecols)
                     .enumerate()
@@ -682,11 +690,7 @@ fn extract(
                             u,
                             plen,
                         );
-                        let gm = MatRef::from_row_major_slice(
-                            &g[row * c_out * u..(row + 1) * c_out * u],
-                            c_out,
-                            u,
-                        );
+                        let gm = g.matrix(row);
                         let seg = &mut col[offset..offset + c_out * pg];
                         for grp in 0..groups {
                             let dst = MatMut::from_row_major_slice_mut(
@@ -701,7 +705,7 @@ fn extract(
                     });
             }
             if let Some(bias) = rule.bias_offset {
-                write_channel_sums(feats, row0, len * r, bias, g, c_out, u, None, f32acc)?;
+                write_channel_sums(feats, row0, bias, g, None, f32acc)?;
             }
         }
         (
@@ -712,9 +716,7 @@ fn extract(
             },
             Op::Conv2d(_),
         ) => {
-            let x = input;
             let (u, plen) = (geometry.positions(), geometry.patch_len());
-            let in_len = geometry.c_in * geometry.h * geometry.w;
             let s = &mut feats.spatial[*slot];
             if s.patches.is_empty() {
                 s.positions = u;
@@ -726,15 +728,17 @@ fn extract(
             s.patches[start * u * plen..(start + len) * u * plen]
                 .par_chunks_mut(u * plen)
                 .enumerate()
-                .for_each(|(e, out)| patch_rows(&x[e * in_len..(e + 1) * in_len], geometry, out));
-            s.grads[row0 * c_out * u..(row0 + len * r) * c_out * u].copy_from_slice(g);
+                .for_each(|(e, out)| patch_rows_of(|c| input.plane(e, c), geometry, out));
+            g.copy_rows(
+                0..len * r,
+                &mut s.grads[row0 * c_out * u..(row0 + len * r) * c_out * u],
+            );
             if let Some(bias) = rule.bias_offset {
-                write_channel_sums(feats, row0, len * r, bias, g, *c_out, u, None, f32acc)?;
+                write_channel_sums(feats, row0, bias, g, None, f32acc)?;
             }
         }
         (Rule::Linear { slot, .. }, Op::Linear(l)) => {
             let (out_dim, in_dim) = l.weight.dims2()?;
-            let a = input;
             let dn = &mut feats.dense[*slot];
             if dn.inputs.is_empty() {
                 dn.in_dim = in_dim;
@@ -742,8 +746,14 @@ fn extract(
                 dn.inputs = vec![0.0; feats.n * in_dim];
                 dn.grads = vec![0.0; feats.n * r * out_dim];
             }
-            dn.inputs[start * in_dim..(start + len) * in_dim].copy_from_slice(a);
-            dn.grads[row0 * out_dim..(row0 + len * r) * out_dim].copy_from_slice(g);
+            input.copy_rows(
+                0..len,
+                &mut dn.inputs[start * in_dim..(start + len) * in_dim],
+            );
+            g.copy_rows(
+                0..len * r,
+                &mut dn.grads[row0 * out_dim..(row0 + len * r) * out_dim],
+            );
         }
         (Rule::BatchNorm { channels, offset }, Op::BatchNorm2d(bn)) => {
             // x̂ = (x − running mean)/sqrt(running var + ε), per channel of each example.
@@ -758,13 +768,13 @@ fn extract(
                     }
                 })
                 .collect();
-            let u = input.len() / (len * channels).max(1);
-            let xhat = sized(&mut side.xhat, input.len());
+            let (channels, u) = (*channels, input.plane_len());
+            let xhat = sized(&mut side.xhat, len * channels * u);
             xhat.par_chunks_mut(u.max(1))
-                .zip(input.par_chunks(u.max(1)))
                 .enumerate()
-                .for_each(|(i, (dst, src))| {
+                .for_each(|(i, dst)| {
                     let c = i % channels;
+                    let src = input.plane(i / channels, c);
                     for (o, &x) in dst.iter_mut().zip(src) {
                         *o = if f32acc {
                             ((x as f32 - mean[c] as f32) * inv_std[c] as f32) as f64
@@ -773,30 +783,15 @@ fn extract(
                         };
                     }
                 });
-            let xhat = &*xhat;
+            let shape = crate::model::hand::Shape::Map {
+                c: channels,
+                h: 1,
+                w: u,
+            };
+            let xhat = Planes::example_major(xhat, shape, len);
             // γ: Σ_u g·x̂ (x̂ of the row's example), β: Σ_u g.
-            write_channel_sums(
-                feats,
-                row0,
-                len * r,
-                *offset,
-                g,
-                *channels,
-                u,
-                Some((xhat, r)),
-                f32acc,
-            )?;
-            write_channel_sums(
-                feats,
-                row0,
-                len * r,
-                offset + channels,
-                g,
-                *channels,
-                u,
-                None,
-                f32acc,
-            )?;
+            write_channel_sums(feats, row0, *offset, g, Some(xhat), f32acc)?;
+            write_channel_sums(feats, row0, offset + channels, g, None, f32acc)?;
         }
         _ => {
             return Err(Error::Internal(
@@ -847,26 +842,27 @@ fn product(
     }
 }
 
-/// For each of `rows` gradient rows (C × U each), write Σ_u g[c,u]·w[c,u] into explicit column
-/// `first_row + row` at rows `offset..offset + C`; `w` is 1, or the per-example weight (x̂) repeated r times.
-/// Summed in f64, or in f32 when `f32acc`.
-#[allow(clippy::too_many_arguments)]
+/// For each gradient row of `g` (C × U each), write Σ_u g[c,u]·w[c,u] into explicit column
+/// `first_row + row` at rows `offset..offset + C`; `w` is 1, or the per-example `weight` (x̂, one row per
+/// example, shared by its r gradient rows). Summed in f64, or in f32 when `f32acc`.
 fn write_channel_sums(
     feats: &mut Features,
     first_row: usize,
-    rows: usize,
     offset: usize,
-    g: &[f64],
-    channels: usize,
-    u: usize,
-    weight: Option<(&[f64], usize)>,
+    g: Planes<'_>,
+    weight: Option<Planes<'_>>,
     f32acc: bool,
 ) -> Result<()> {
-    if g.len() != rows * channels * u {
-        return Err(Error::Internal(format!(
-            "gradient has {} values, expected {rows}×{channels}×{u}",
-            g.len()
-        )));
+    let (rows, channels, r) = (g.count(), g.channels(), feats.rows);
+    if let Some(w) = weight {
+        if w.count() * r != rows || w.row_len() != g.row_len() {
+            return Err(Error::Internal(format!(
+                "channel-sum weight of {} rows × {} values for {rows} gradient rows × {}",
+                w.count(),
+                w.row_len(),
+                g.row_len()
+            )));
+        }
     }
     let ecols = feats.explicit_cols;
     feats.explicit[first_row * ecols..(first_row + rows) * ecols]
@@ -874,11 +870,8 @@ fn write_channel_sums(
         .enumerate()
         .for_each(|(row, col)| {
             for c in 0..channels {
-                let gs = &g[(row * channels + c) * u..(row * channels + c + 1) * u];
-                let ws = weight.map(|(w, r)| {
-                    let e = row / r;
-                    &w[(e * channels + c) * u..(e * channels + c + 1) * u]
-                });
+                let gs = g.plane(row, c);
+                let ws = weight.map(|w| w.plane(row / r, c));
                 col[offset + c] = match (ws, f32acc) {
                     (None, false) => sum_f64(gs, |v| v),
                     (Some(ws), false) => sum2_f64(gs, ws, |a, b| a * b, |_, _| 0.0).0,

@@ -22,6 +22,7 @@ pub mod features;
 pub mod hand_products;
 pub mod layout;
 pub mod matvec;
+pub mod planes;
 pub mod pullback;
 pub mod tangent;
 pub mod tiles;

@@ -29,15 +29,12 @@ pub fn hand_working_bytes(
     // The seed rows: held during the pass, and briefly twice while they are made.
     let seeds = m * r * logits;
     // The extraction's buffers, kept between nodes and chunks (`features::HandWorkspace`), each as large
-    // as its largest use: a node's input (m examples) and output gradient (m·r rows) re-laid out example
-    // by example, route A's patches and stacked product, BatchNorm's x̂.
-    let (mut input_most, mut grad_most, mut patches_most, mut stacked_most, mut xhat_most) =
-        (0, 0, 0, 0, 0);
+    // as its largest use: route A's patches, one example's gradient rows re-laid out example-major and
+    // their stacked product, BatchNorm's x̂ (the extraction reads the pass's buffers in place otherwise).
+    let (mut patches_most, mut rows_most, mut stacked_most, mut xhat_most) = (0, 0, 0, 0);
     for l in &layers.layers {
         let input = network.nodes[l.node].inputs.first().copied().unwrap_or(0);
-        let (in_len, out_len) = (hand.shapes[input].len(), hand.shapes[l.node].len());
-        input_most = input_most.max(m * in_len);
-        grad_most = grad_most.max(m * r * out_len);
+        let in_len = hand.shapes[input].len();
         match &l.rule {
             Rule::ConvExplicit {
                 geometry,
@@ -47,6 +44,7 @@ pub fn hand_working_bytes(
             } => {
                 patches_most = patches_most.max(m * geometry.positions() * geometry.patch_len());
                 if *groups == 1 {
+                    rows_most = rows_most.max(r * c_out * geometry.positions());
                     stacked_most = stacked_most.max(r * c_out * geometry.patch_len());
                 }
             }
@@ -54,7 +52,7 @@ pub fn hand_working_bytes(
             Rule::ConvSpatial { .. } | Rule::Linear { .. } => {}
         }
     }
-    let visit = input_most + grad_most + patches_most + stacked_most + xhat_most;
+    let visit = patches_most + rows_most + stacked_most + xhat_most;
     8 * (fixed + 2 * seeds + visit) + hand.reverse_bytes::<f64>(network, m, r)
 }
 
