@@ -37,7 +37,8 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
-/// Whether this CPU runs the direct kernels (AVX-512 F) and they are enabled.
+/// Whether this CPU runs the direct kernels (AVX-512 F) and they are enabled (these and
+/// [`super::conv_blocked`]'s).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -79,7 +80,12 @@ pub fn padded_len(g: &ConvShape, channels: usize, count: usize) -> usize {
 /// Values of the weight panels of a convolution with `outputs` output channels and `inner` values per
 /// output (C_in·9): whole panels of [`PANEL`] channels, the last one zero-filled.
 pub fn panels_len(outputs: usize, inner: usize) -> usize {
-    outputs.div_ceil(PANEL) * PANEL * inner
+    panels_len_of(outputs, inner, PANEL)
+}
+
+/// [`panels_len`] for panels of `width` outputs.
+pub fn panels_len_of(outputs: usize, inner: usize, width: usize) -> usize {
+    outputs.div_ceil(width) * width * inner
 }
 
 /// Copy the examples `ex` of `channels` planes (`src`: channels × n × H × W) into `dst` zero-padded by
@@ -115,11 +121,22 @@ pub fn pad_tile<T: Real>(
 /// Pack `weight` (outputs × inner, row-major) into panels of [`PANEL`] outputs:
 /// `panels[(q·inner + t)·PANEL + j] = weight[q·PANEL + j][t]`, zero past the last output.
 pub fn pack_panels<T: Real>(weight: &[T], outputs: usize, inner: usize, panels: &mut [T]) {
-    for q in 0..outputs.div_ceil(PANEL) {
+    pack_panels_of(weight, outputs, inner, PANEL, panels);
+}
+
+/// [`pack_panels`] with panels of `width` outputs (the channel-blocked kernels' vectors of outputs).
+pub fn pack_panels_of<T: Real>(
+    weight: &[T],
+    outputs: usize,
+    inner: usize,
+    width: usize,
+    panels: &mut [T],
+) {
+    for q in 0..outputs.div_ceil(width) {
         for t in 0..inner {
-            for j in 0..PANEL {
-                let o = q * PANEL + j;
-                panels[(q * inner + t) * PANEL + j] = if o < outputs {
+            for j in 0..width {
+                let o = q * width + j;
+                panels[(q * inner + t) * width + j] = if o < outputs {
                     weight[o * inner + t]
                 } else {
                     T::ZERO
@@ -133,15 +150,25 @@ pub fn pack_panels<T: Real>(weight: &[T], outputs: usize, inner: usize, panels: 
 /// gradient: C_in outputs, inner values (o, a, b) over C_out·9):
 /// `flipped[c][(o·3 + a)·3 + b] = weight[o][c][2−a][2−b]`.
 pub fn pack_flipped_panels<T: Real>(weight: &[T], g: &ConvShape, panels: &mut [T]) {
+    pack_flipped_panels_of(weight, g, PANEL, panels);
+}
+
+/// [`pack_flipped_panels`] with panels of `width` outputs.
+pub fn pack_flipped_panels_of<T: Real>(
+    weight: &[T],
+    g: &ConvShape,
+    width: usize,
+    panels: &mut [T],
+) {
     let (ci, co) = (g.c_in, g.c_out);
     let inner = co * 9;
-    for q in 0..ci.div_ceil(PANEL) {
+    for q in 0..ci.div_ceil(width) {
         for o in 0..co {
             for tap in 0..9 {
                 let t = o * 9 + tap;
-                for j in 0..PANEL {
-                    let c = q * PANEL + j;
-                    panels[(q * inner + t) * PANEL + j] = if c < ci {
+                for j in 0..width {
+                    let c = q * width + j;
+                    panels[(q * inner + t) * width + j] = if c < ci {
                         weight[(o * ci + c) * 9 + 8 - tap]
                     } else {
                         T::ZERO
@@ -340,7 +367,7 @@ fn same_type_mut<T: 'static, U: 'static>(s: &mut [T]) -> Option<&mut [U]> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::{Out, Segment, PANEL, SEGMENTS};
 
     /// Output channels per register tile of the weight gradient (3 × 9 accumulators).
@@ -441,7 +468,7 @@ mod x86 {
     /// (The register tile is indexed `acc[segment][channel]` in both loops, hence the range loops.)
     #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn forward<T: Lanes>(
+    pub(super) unsafe fn forward<T: Lanes>(
         padded: &[T],
         segs: &[Segment],
         chan: usize,
@@ -500,7 +527,7 @@ mod x86 {
     /// See [`super::weight_grad_tile`]; `nu` values per channel of `dy`, `first` the tile's offset in them.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn weight_grad<T: Lanes + std::ops::AddAssign>(
+    pub(super) unsafe fn weight_grad<T: Lanes + std::ops::AddAssign>(
         padded: &[T],
         dy: &[T],
         nu: usize,

@@ -17,12 +17,15 @@
 //!
 //! 3×3 stride-1 same convolutions run on the direct kernels of [`super::conv_direct`] where they apply
 //! (AVX-512 F, rows wide enough): per tile, the padded input (and padded output gradient), no patch matrix.
+//! Narrower 3×3 convolutions of stride 1 or 2 run on the channel-blocked kernels of
+//! [`super::conv_blocked`] where they apply (forward, weight gradient, and the stride-1 input gradient).
 //!
 //! Scratch: per thread, one tile's patch matrix, the patch matrix of its output gradient or its patch
 //! gradient (when the input needs one) and a C_out × K weight-gradient partial, and one flipped kernel
 //! shared by the threads ([`TileScratch::held_values`], counted by [`super::Plan::train_bytes`]).
 
 use super::conv::{at_least, patch_row, scatter_channel};
+use super::conv_blocked as blocked;
 use super::conv_direct as direct;
 use super::plan::ConvShape;
 use super::real::Real;
@@ -50,10 +53,10 @@ fn direct_tile_examples<T>(g: &ConvShape, n: usize, threads: usize) -> usize {
     (TILE_BYTES / per_example.max(1)).clamp(1, share)
 }
 
-/// Examples per tile of `g`'s train-mode pass: [`direct_tile_examples`] when the direct kernels run it,
-/// else [`tile_examples`].
+/// Examples per tile of `g`'s input gradient: [`direct_tile_examples`] when the direct or channel-blocked
+/// kernels run it, else [`tile_examples`].
 fn tile_for<T: Real>(g: &ConvShape, n: usize, threads: usize) -> usize {
-    if direct::applies::<T>(g) {
+    if direct::applies::<T>(g) || blocked::input_grad_applies::<T>(g) {
         direct_tile_examples::<T>(g, n, threads)
     } else {
         tile_examples::<T>(g, n, threads)
@@ -75,6 +78,8 @@ struct ThreadTile<T> {
     cols: Vec<T>,
     dcols: Vec<T>,
     dw: Vec<T>,
+    /// A tile's output gradient as vectors of output channels (the channel-blocked weight gradient).
+    dyt: Vec<T>,
 }
 
 /// Per-thread buffers of the tiled convolutions, each grown (exactly) to its largest use.
@@ -124,7 +129,7 @@ pub fn flip_into<T: Real>(weight: &[T], g: &ConvShape, flipped: &mut [T]) {
 /// Values of one thread's input-gradient buffer for a tile of `tile` examples of `g`: the patch matrix of
 /// `dy` (same convolutions) or the patch gradient (the others).
 fn dcols_len<T: Real>(g: &ConvShape, tile: usize) -> usize {
-    if direct::applies::<T>(g) {
+    if direct::applies::<T>(g) || blocked::input_grad_applies::<T>(g) {
         return direct::padded_len(g, g.c_out, tile);
     }
     let rows = if transposes_to_same(g) {
@@ -140,7 +145,7 @@ impl<T: Real> TileScratch<T> {
     pub fn held_values(&self) -> usize {
         self.threads
             .iter()
-            .map(|t| t.cols.capacity() + t.dcols.capacity() + t.dw.capacity())
+            .map(|t| t.cols.capacity() + t.dcols.capacity() + t.dw.capacity() + t.dyt.capacity())
             .sum::<usize>()
             + self.flipped.capacity()
     }
@@ -197,9 +202,11 @@ pub fn forward<T: Real>(
     let nu = n * u;
     assert!(y.len() >= co * nu && weight.len() >= co * kg);
     let out = Shared(y.as_mut_ptr());
-    if direct::applies::<T>(g) {
-        at_least(&mut scratch.flipped, direct::panels_len(co, kg));
-        direct::pack_panels(weight, co, kg, &mut scratch.flipped);
+    let on_blocked = blocked::applies::<T>(g);
+    if direct::applies::<T>(g) || on_blocked {
+        let width = panel_width::<T>(g);
+        at_least(&mut scratch.flipped, direct::panels_len_of(co, kg, width));
+        direct::pack_panels_of(weight, co, kg, width, &mut scratch.flipped);
         let (threads, panels) = scratch.parts();
         let count = threads.len();
         let tile = direct_tile_examples::<T>(g, n, count);
@@ -216,7 +223,11 @@ pub fn forward<T: Real>(
                 // SAFETY: `applies` holds; the tile's columns of every output channel lie inside `y`
                 // (asserted above) and only this tile writes them (tiles are disjoint example ranges).
                 unsafe {
-                    direct::forward_tile(&s.cols, g, g.c_in, co, ex.len(), panels, bias, &y);
+                    if on_blocked {
+                        blocked::forward_tile(&s.cols, g, g.c_in, co, ex.len(), panels, bias, &y);
+                    } else {
+                        direct::forward_tile(&s.cols, g, g.c_in, co, ex.len(), panels, bias, &y);
+                    }
                 }
             }
         });
@@ -308,6 +319,29 @@ fn gradients<T: Real>(
         direct_gradients(x.zip(dw), weight, dy, g, n, scratch, dx);
         return;
     }
+    if blocked::applies::<T>(g) {
+        blocked_gradients(x.zip(dw), weight, dy, g, n, scratch, dx);
+        return;
+    }
+    lowered_gradients(x.zip(dw), weight, dy, g, n, scratch, dx);
+}
+
+/// [`gradients`] on the patch matrices (of `x` or `dy`) and the GEMM.
+fn lowered_gradients<T: Real>(
+    wgrad: Option<(&[T], &mut [T])>,
+    weight: &[T],
+    dy: &[T],
+    g: &ConvShape,
+    n: usize,
+    scratch: &mut TileScratch<T>,
+    dx: Option<(&mut [T], bool)>,
+) {
+    let (kg, co, u, plane) = (g.patch_len(), g.c_out, g.positions(), g.h * g.w);
+    let nu = n * u;
+    let (x, dw) = match wgrad {
+        Some((x, dw)) => (Some(x), Some(dw)),
+        None => (None, None),
+    };
     // A same convolution whose input takes a gradient runs both products on the patch matrix of `dy`
     // (see the module docs); otherwise the weight gradient reads the patch matrix of `x`.
     let same = dx.is_some() && transposes_to_same(g);
@@ -496,6 +530,101 @@ fn direct_gradients<T: Real>(
     }
 }
 
+/// [`gradients`] by the channel-blocked kernels ([`blocked`], which must apply to `g`): per tile, the
+/// weight gradient from the padded input and the transposed `dy`; the input gradient of a stride-1
+/// convolution as the blocked forward of the padded `dy` with the flipped, transposed kernel, that of a
+/// stride-2 one by [`lowered_gradients`] after.
+fn blocked_gradients<T: Real>(
+    wgrad: Option<(&[T], &mut [T])>,
+    weight: &[T],
+    dy: &[T],
+    g: &ConvShape,
+    n: usize,
+    scratch: &mut TileScratch<T>,
+    dx: Option<(&mut [T], bool)>,
+) {
+    let (kg, co, ci, plane) = (g.patch_len(), g.c_out, g.c_in, g.h * g.w);
+    let (x, dw) = match wgrad {
+        Some((x, dw)) => (Some(x), Some(dw)),
+        None => (None, None),
+    };
+    let (here, later) = match dx {
+        Some(dx) if blocked::input_grad_applies::<T>(g) => (Some(dx), None),
+        other => (None, other),
+    };
+    let (dx_ptr, add) = match here {
+        Some((dx, add)) => (Some(Shared(dx.as_mut_ptr())), add),
+        None => (None, false),
+    };
+    if dx_ptr.is_some() {
+        let lanes = blocked::lanes::<T>();
+        at_least(
+            &mut scratch.flipped,
+            direct::panels_len_of(ci, co * 9, lanes),
+        );
+        direct::pack_flipped_panels_of(weight, g, lanes, &mut scratch.flipped);
+    }
+    if x.is_some() || dx_ptr.is_some() {
+        let (threads, panels) = scratch.parts();
+        let count = threads.len();
+        let tile = direct_tile_examples::<T>(g, n, count);
+        threads.par_iter_mut().enumerate().for_each(|(t, s)| {
+            if x.is_some() {
+                at_least(&mut s.cols, direct::padded_len(g, ci, tile));
+                at_least(&mut s.dyt, blocked::transposed_len(g, tile));
+                at_least(&mut s.dw, co * kg);
+                s.dw[..co * kg].fill(T::ZERO);
+            }
+            if dx_ptr.is_some() {
+                at_least(&mut s.dcols, direct::padded_len(g, co, tile));
+            }
+            for ex in tiles_of(t, count, n, tile) {
+                if let Some(x) = x {
+                    direct::pad_tile(x, g, ci, n, ex.clone(), &mut s.cols);
+                    let first = ex.start * g.positions();
+                    blocked::weight_grad_tile(
+                        &s.cols,
+                        dy,
+                        first,
+                        g,
+                        n,
+                        ex.len(),
+                        &mut s.dyt,
+                        &mut s.dw,
+                    );
+                }
+                let Some(dx) = dx_ptr else { continue };
+                direct::pad_tile(dy, g, co, n, ex.clone(), &mut s.dcols);
+                let out = direct::Out {
+                    ptr: dx.at(0),
+                    stride: n * plane,
+                    first: ex.start * plane,
+                    add,
+                };
+                // SAFETY: `input_grad_applies` holds; the tile's planes of every input channel lie inside
+                // `dx` (asserted by the caller) and only this tile touches them (disjoint example ranges).
+                unsafe { blocked::forward_tile(&s.dcols, g, co, ci, ex.len(), panels, None, &out) };
+            }
+        });
+        if let Some(dw) = dw {
+            blocked::unblock_weight_grad(thread_sum(threads, co * kg), g, &mut dw[..co * kg]);
+        }
+    }
+    if later.is_some() {
+        lowered_gradients(None, weight, dy, g, n, scratch, later);
+    }
+}
+
+/// Vectors of output channels per weight panel of `g`'s forward: [`direct::PANEL`] for the direct kernels,
+/// the vector width for the channel-blocked ones.
+fn panel_width<T: Real>(g: &ConvShape) -> usize {
+    if blocked::applies::<T>(g) {
+        blocked::lanes::<T>()
+    } else {
+        direct::PANEL
+    }
+}
+
 /// Values a [`TileScratch`] holds after train-mode steps (forward and backward) at batches of at most
 /// `n` on `threads` threads through the tiled convolutions `convs` (each with whether its input takes a
 /// gradient), and nothing else: every thread's buffers are sized for a full tile (tiles grow with the
@@ -505,8 +634,21 @@ pub fn held_values_after_step<T: Real>(
     n: usize,
     threads: usize,
 ) -> usize {
-    let (mut cols, mut dcols, mut dw, mut flipped) = (0, 0, 0, 0);
+    let (mut cols, mut dcols, mut dw, mut dyt, mut flipped) = (0, 0, 0, 0, 0);
     for (g, with_dx) in convs {
+        dw = dw.max(g.c_out * g.patch_len());
+        if blocked::applies::<T>(&g) {
+            let tile = direct_tile_examples::<T>(&g, n, threads);
+            cols = cols.max(direct::padded_len(&g, g.c_in, tile));
+            dyt = dyt.max(blocked::transposed_len(&g, tile));
+            flipped = flipped.max(g.c_out * g.patch_len());
+            if with_dx {
+                let tile = tile_for::<T>(&g, n, threads);
+                dcols = dcols.max(dcols_len::<T>(&g, tile));
+                flipped = flipped.max(flipped_len::<T>(&g));
+            }
+            continue;
+        }
         let tile = tile_for::<T>(&g, n, threads);
         if direct::applies::<T>(&g) {
             cols = cols.max(direct::padded_len(&g, g.c_in, tile));
@@ -518,15 +660,16 @@ pub fn held_values_after_step<T: Real>(
             dcols = dcols.max(dcols_len::<T>(&g, tile));
             flipped = flipped.max(flipped_len::<T>(&g));
         }
-        dw = dw.max(g.c_out * g.patch_len());
     }
-    threads * (cols + dcols + dw) + flipped
+    threads * (cols + dcols + dw + dyt) + flipped
 }
 
 /// Values of the flipped kernel of `g`'s input gradient (0 when it is not a same convolution).
 fn flipped_len<T: Real>(g: &ConvShape) -> usize {
     if direct::applies::<T>(g) {
         direct::panels_len(g.c_in, g.c_out * 9)
+    } else if blocked::input_grad_applies::<T>(g) {
+        direct::panels_len_of(g.c_in, g.c_out * 9, blocked::lanes::<T>())
     } else if transposes_to_same(g) {
         g.c_in * g.c_out * g.k * g.k
     } else {
@@ -663,7 +806,21 @@ mod tests {
     /// convolution to f32 rounding (both accumulate in f32, in different orders).
     #[test]
     fn direct_f32_equals_the_batch_wide_convolution() {
-        for g in [shape(6, 4, 28, 11, 3, 1), shape(3, 5, 13, 8, 3, 1)] {
+        // The channel-blocked kernels: rows of 8 (two per register tile) at stride 1 and 2, stride 2 onto
+        // rows of 16.
+        let blocked_shapes = [
+            shape(16, 8, 8, 16, 3, 1),
+            shape(16, 6, 8, 32, 3, 1),
+            shape(3, 32, 32, 16, 3, 2),
+            shape(8, 16, 16, 32, 3, 2),
+        ];
+        if direct::available() {
+            assert!(blocked_shapes.iter().all(blocked::applies::<f32>));
+        }
+        for g in [shape(6, 4, 28, 11, 3, 1), shape(3, 5, 13, 8, 3, 1)]
+            .into_iter()
+            .chain(blocked_shapes)
+        {
             let n = 5;
             let (kg, nu) = (g.patch_len(), n * g.positions());
             let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
@@ -715,6 +872,22 @@ mod tests {
             assert!(direct_shapes.iter().all(direct::applies::<f64>));
         }
         for g in direct_shapes {
+            for threads in [1, 2] {
+                equals_batch_wide(g, 7, threads);
+            }
+        }
+        // The channel-blocked kernels (f64, 8 lanes; stride-1 rows of 8 or more are the direct kernels'):
+        // stride 2 onto rows of 8 and of 16 (two register tiles per row), odd input channels (the input
+        // gradient is the lowered path's).
+        let blocked_shapes = [
+            shape(5, 8, 16, 16, 3, 2),
+            shape(3, 6, 16, 8, 3, 2),
+            shape(4, 4, 32, 8, 3, 2),
+        ];
+        if direct::available() {
+            assert!(blocked_shapes.iter().all(blocked::applies::<f64>));
+        }
+        for g in blocked_shapes {
             for threads in [1, 2] {
                 equals_batch_wide(g, 7, threads);
             }

@@ -10,6 +10,7 @@
 //! autograd path (`Trainer` with `TrainPass::Autograd`) stays as the reference the tests compare against.
 
 pub mod conv;
+pub mod conv_blocked;
 pub mod conv_direct;
 pub mod conv_tiled;
 pub mod infer;
