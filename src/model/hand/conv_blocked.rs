@@ -81,6 +81,22 @@ pub fn applies<T: Real>(g: &ConvShape) -> bool {
         && g.positions().is_multiple_of(n)
 }
 
+/// Whether [`weight_grad_tile`] computes `g`'s weight gradient on this machine: 3×3, padding 1, stride 1
+/// or 2, one group, output channels a multiple of the vector width (any row length: it walks positions one
+/// by one). The direct kernels' same convolutions use it too: their own weight gradient, vectors over
+/// positions, loads nine unaligned vectors per 27 FMAs and measured slower.
+pub fn weight_grad_applies<T: Real>(g: &ConvShape) -> bool {
+    let n = lanes::<T>();
+    n > 0
+        && direct::available()
+        && ENABLED.load(Ordering::Relaxed)
+        && g.k == 3
+        && g.padding == 1
+        && g.groups == 1
+        && (g.stride == 1 || g.stride == 2)
+        && g.c_out.is_multiple_of(n)
+}
+
 /// Whether the input gradient of `g` (which [`applies`]) runs here too: a stride-1 same convolution
 /// (stride 2's input gradient is the lowered path's).
 pub fn input_grad_applies<T: Real>(g: &ConvShape) -> bool {
