@@ -115,15 +115,19 @@ fn transposed(g: &ConvShape) -> ConvShape {
 pub fn flip_into<T: Real>(weight: &[T], g: &ConvShape, flipped: &mut [T]) {
     let (k, ci, co) = (g.k, g.c_in, g.c_out);
     let kk = k * k;
-    for c in 0..ci {
-        for o in 0..co {
-            let src = &weight[(o * ci + c) * kk..][..kk];
-            let dst = &mut flipped[(c * co + o) * kk..][..kk];
-            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
-                *d = *s;
+    // In parallel over the input channels (every pass flips its weights per call).
+    flipped[..ci * co * kk]
+        .par_chunks_mut(co * kk)
+        .enumerate()
+        .for_each(|(c, out)| {
+            for o in 0..co {
+                let src = &weight[(o * ci + c) * kk..][..kk];
+                let dst = &mut out[o * kk..][..kk];
+                for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = *s;
+                }
             }
-        }
-    }
+        });
 }
 
 /// Values of one thread's input-gradient buffer for a tile of `tile` examples of `g`: the patch matrix of
