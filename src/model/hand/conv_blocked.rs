@@ -231,15 +231,7 @@ unsafe fn forward_as<T: Real, U: direct::x86::Lanes + Real>(
         first: y.first,
         add: y.add,
     };
-    let tile = x86::Tile {
-        padded: p,
-        chan: count * (g.h + 2) * (g.w + 2),
-        plane: (g.h + 2) * (g.w + 2),
-        wp: g.w + 2,
-        out_w: g.out_w,
-        positions: g.positions(),
-        count,
-    };
+    let tile = x86::Tile::of(p, g, count);
     let run = row_run(g, lanes::<U>());
     macro_rules! go {
         ($n:literal, $($run:literal),*) => {
@@ -279,15 +271,7 @@ unsafe fn weight_grad_as<T: Real, U: direct::x86::Lanes + Real>(
     let Some(blocked) = same_type_mut::<T, U>(blocked) else {
         return false;
     };
-    let tile = x86::Tile {
-        padded: p,
-        chan: count * (g.h + 2) * (g.w + 2),
-        plane: (g.h + 2) * (g.w + 2),
-        wp: g.w + 2,
-        out_w: g.out_w,
-        positions: g.positions(),
-        count,
-    };
+    let tile = x86::Tile::of(p, g, count);
     // SAFETY: the caller's.
     unsafe {
         match (lanes::<U>(), g.stride) {
@@ -319,6 +303,7 @@ fn same_type_mut<T: 'static, U: 'static>(s: &mut [T]) -> Option<&mut [U]> {
 mod x86 {
     use super::super::conv_direct::x86::Lanes;
     use super::super::conv_direct::Out;
+    use super::super::plan::ConvShape;
     use super::super::real::Real;
     use super::INPUTS;
 
@@ -338,6 +323,22 @@ mod x86 {
         pub positions: usize,
         /// Examples in the tile.
         pub count: usize,
+    }
+
+    impl<'a, T> Tile<'a, T> {
+        /// The tile of `count` examples of `g`'s input padded in `padded`.
+        pub fn of(padded: &'a [T], g: &ConvShape, count: usize) -> Self {
+            let plane = (g.h + 2) * (g.w + 2);
+            Tile {
+                padded,
+                chan: count * plane,
+                plane,
+                wp: g.w + 2,
+                out_w: g.out_w,
+                positions: g.positions(),
+                count,
+            }
+        }
     }
 
     /// See [`super::forward_tile`]: `N` lanes, register-tile rows of `L` positions (N/L rows), stride `S`.

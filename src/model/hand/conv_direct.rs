@@ -10,7 +10,9 @@
 //!   channels ([`pack_panels`]). The same kernel computes the input gradient of a same convolution: a same
 //!   convolution of the output gradient with the flipped, transposed kernel ([`pack_flipped_panels`]).
 //! - Weight gradient ([`weight_grad_tile`]): per three output channels and one input channel, 3 × 9 vector
-//!   accumulators over every position of the tile, reduced to scalars once per tile.
+//!   accumulators over every position of the tile, reduced to scalars once per tile. Convolutions with 16
+//!   or more input channels and output channels a multiple of the vector take theirs from
+//!   [`super::conv_blocked::weight_grad_tile`] instead (measured faster; `conv_tiled` chooses).
 //!
 //! Lanes past a row's end are masked on every load that reaches an accumulator of the result and on every
 //! store, so the padding's and the neighbouring rows' values never enter a result. Products are accumulated

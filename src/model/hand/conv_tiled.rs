@@ -320,11 +320,11 @@ fn gradients<T: Real>(
         None => (None, None),
     };
     if direct::applies::<T>(g) {
-        direct_gradients(x.zip(dw), weight, dy, g, n, scratch, dx);
+        padded_gradients(Kernels::Direct, x.zip(dw), weight, dy, g, n, scratch, dx);
         return;
     }
     if blocked::applies::<T>(g) {
-        blocked_gradients(x.zip(dw), weight, dy, g, n, scratch, dx);
+        padded_gradients(Kernels::Blocked, x.zip(dw), weight, dy, g, n, scratch, dx);
         return;
     }
     lowered_gradients(x.zip(dw), weight, dy, g, n, scratch, dx);
@@ -473,86 +473,23 @@ fn thread_sum<T: Real>(threads: &mut [ThreadTile<T>], len: usize) -> &[T] {
     &first.dw[..len]
 }
 
-/// [`gradients`] by the direct kernels ([`direct`], which must apply to `g`): per tile, the weight
-/// gradient from the padded input and `dy`, and the input gradient as the direct forward of the padded
-/// `dy` with the flipped, transposed kernel.
-fn direct_gradients<T: Real>(
-    wgrad: Option<(&[T], &mut [T])>,
-    weight: &[T],
-    dy: &[T],
-    g: &ConvShape,
-    n: usize,
-    scratch: &mut TileScratch<T>,
-    dx: Option<(&mut [T], bool)>,
-) {
-    let (kg, co, ci, plane) = (g.patch_len(), g.c_out, g.c_in, g.h * g.w);
-    let (x, dw) = match wgrad {
-        Some((x, dw)) => (Some(x), Some(dw)),
-        None => (None, None),
-    };
-    let (dx_ptr, add) = match dx {
-        Some((dx, add)) => (Some(Shared(dx.as_mut_ptr())), add),
-        None => (None, false),
-    };
-    if dx_ptr.is_some() {
-        at_least(&mut scratch.flipped, direct::panels_len(ci, co * 9));
-        direct::pack_flipped_panels(weight, g, &mut scratch.flipped);
-    }
-    let (threads, panels) = scratch.parts();
-    let count = threads.len();
-    let tile = direct_tile_examples::<T>(g, n, count);
-    let blocked_dw = direct_dw_is_blocked::<T>(g);
-    threads.par_iter_mut().enumerate().for_each(|(t, s)| {
-        if x.is_some() {
-            at_least(&mut s.cols, direct::padded_len(g, ci, tile));
-            if blocked_dw {
-                at_least(&mut s.dyt, blocked::transposed_len(g, tile));
-            }
-            at_least(&mut s.dw, co * kg);
-            s.dw[..co * kg].fill(T::ZERO);
-        }
-        if dx_ptr.is_some() {
-            at_least(&mut s.dcols, direct::padded_len(g, co, tile));
-        }
-        for ex in tiles_of(t, count, n, tile) {
-            if let Some(x) = x {
-                direct::pad_tile(x, g, ci, n, ex.clone(), &mut s.cols);
-                let first = ex.start * plane;
-                if blocked_dw {
-                    let (dyt, dw) = (&mut s.dyt, &mut s.dw);
-                    blocked::weight_grad_tile(&s.cols, dy, first, g, n, ex.len(), dyt, dw);
-                } else {
-                    direct::weight_grad_tile(&s.cols, dy, first, g, n, ex.len(), &mut s.dw);
-                }
-            }
-            let Some(dx) = dx_ptr else { continue };
-            direct::pad_tile(dy, g, co, n, ex.clone(), &mut s.dcols);
-            let out = direct::Out {
-                ptr: dx.at(0),
-                stride: n * plane,
-                first: ex.start * plane,
-                add,
-            };
-            // SAFETY: `applies` holds; the tile's planes of every input channel lie inside `dx` (asserted
-            // by the caller) and only this tile touches them (tiles are disjoint example ranges).
-            unsafe { direct::forward_tile(&s.dcols, g, co, ci, ex.len(), panels, None, &out) };
-        }
-    });
-    if let Some(dw) = dw {
-        let sum = thread_sum(threads, co * kg);
-        if blocked_dw {
-            blocked::unblock_weight_grad(sum, g, &mut dw[..co * kg]);
-        } else {
-            dw[..co * kg].copy_from_slice(sum);
-        }
-    }
+/// Which family of padded-tile kernels runs a convolution.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kernels {
+    /// [`direct`]: vectors over positions.
+    Direct,
+    /// [`blocked`]: vectors over output channels.
+    Blocked,
 }
 
-/// [`gradients`] by the channel-blocked kernels ([`blocked`], which must apply to `g`): per tile, the
-/// weight gradient from the padded input and the transposed `dy`; the input gradient of a stride-1
-/// convolution as the blocked forward of the padded `dy` with the flipped, transposed kernel, that of a
-/// stride-2 one by [`lowered_gradients`] after.
-fn blocked_gradients<T: Real>(
+/// [`gradients`] by the padded-tile kernels of `kind` (which must apply to `g`): per tile, the weight
+/// gradient from the padded input and `dy` (the channel-blocked kernel's from `dy` transposed to vectors of
+/// output channels, [`direct_dw_is_blocked`]), and the input gradient as the forward of the padded `dy`
+/// with the flipped, transposed kernel; the input gradient of a strided convolution by
+/// [`lowered_gradients`] after.
+#[allow(clippy::too_many_arguments)]
+fn padded_gradients<T: Real>(
+    kind: Kernels,
     wgrad: Option<(&[T], &mut [T])>,
     weight: &[T],
     dy: &[T],
@@ -566,21 +503,26 @@ fn blocked_gradients<T: Real>(
         Some((x, dw)) => (Some(x), Some(dw)),
         None => (None, None),
     };
+    let here = kind == Kernels::Direct || blocked::input_grad_applies::<T>(g);
     let (here, later) = match dx {
-        Some(dx) if blocked::input_grad_applies::<T>(g) => (Some(dx), None),
+        Some(dx) if here => (Some(dx), None),
         other => (None, other),
     };
     let (dx_ptr, add) = match here {
         Some((dx, add)) => (Some(Shared(dx.as_mut_ptr())), add),
         None => (None, false),
     };
+    let blocked_dw = kind == Kernels::Blocked || direct_dw_is_blocked::<T>(g);
     if dx_ptr.is_some() {
-        let lanes = blocked::lanes::<T>();
+        let width = match kind {
+            Kernels::Direct => direct::PANEL,
+            Kernels::Blocked => blocked::lanes::<T>(),
+        };
         at_least(
             &mut scratch.flipped,
-            direct::panels_len_of(ci, co * 9, lanes),
+            direct::panels_len_of(ci, co * 9, width),
         );
-        direct::pack_flipped_panels_of(weight, g, lanes, &mut scratch.flipped);
+        direct::pack_flipped_panels_of(weight, g, width, &mut scratch.flipped);
     }
     if x.is_some() || dx_ptr.is_some() {
         let (threads, panels) = scratch.parts();
@@ -589,7 +531,9 @@ fn blocked_gradients<T: Real>(
         threads.par_iter_mut().enumerate().for_each(|(t, s)| {
             if x.is_some() {
                 at_least(&mut s.cols, direct::padded_len(g, ci, tile));
-                at_least(&mut s.dyt, blocked::transposed_len(g, tile));
+                if blocked_dw {
+                    at_least(&mut s.dyt, blocked::transposed_len(g, tile));
+                }
                 at_least(&mut s.dw, co * kg);
                 s.dw[..co * kg].fill(T::ZERO);
             }
@@ -600,16 +544,12 @@ fn blocked_gradients<T: Real>(
                 if let Some(x) = x {
                     direct::pad_tile(x, g, ci, n, ex.clone(), &mut s.cols);
                     let first = ex.start * g.positions();
-                    blocked::weight_grad_tile(
-                        &s.cols,
-                        dy,
-                        first,
-                        g,
-                        n,
-                        ex.len(),
-                        &mut s.dyt,
-                        &mut s.dw,
-                    );
+                    if blocked_dw {
+                        let (dyt, dw) = (&mut s.dyt, &mut s.dw);
+                        blocked::weight_grad_tile(&s.cols, dy, first, g, n, ex.len(), dyt, dw);
+                    } else {
+                        direct::weight_grad_tile(&s.cols, dy, first, g, n, ex.len(), &mut s.dw);
+                    }
                 }
                 let Some(dx) = dx_ptr else { continue };
                 direct::pad_tile(dy, g, co, n, ex.clone(), &mut s.dcols);
@@ -619,13 +559,29 @@ fn blocked_gradients<T: Real>(
                     first: ex.start * plane,
                     add,
                 };
-                // SAFETY: `input_grad_applies` holds; the tile's planes of every input channel lie inside
-                // `dx` (asserted by the caller) and only this tile touches them (disjoint example ranges).
-                unsafe { blocked::forward_tile(&s.dcols, g, co, ci, ex.len(), panels, None, &out) };
+                let (padded, count) = (&s.dcols, ex.len());
+                // SAFETY: the kernels apply (the caller's check, `input_grad_applies` for the blocked
+                // ones); the tile's planes of every input channel lie inside `dx` (asserted by the caller)
+                // and only this tile touches them (tiles are disjoint example ranges).
+                unsafe {
+                    match kind {
+                        Kernels::Direct => {
+                            direct::forward_tile(padded, g, co, ci, count, panels, None, &out)
+                        }
+                        Kernels::Blocked => {
+                            blocked::forward_tile(padded, g, co, ci, count, panels, None, &out)
+                        }
+                    }
+                }
             }
         });
         if let Some(dw) = dw {
-            blocked::unblock_weight_grad(thread_sum(threads, co * kg), g, &mut dw[..co * kg]);
+            let sum = thread_sum(threads, co * kg);
+            if blocked_dw {
+                blocked::unblock_weight_grad(sum, g, &mut dw[..co * kg]);
+            } else {
+                dw[..co * kg].copy_from_slice(sum);
+            }
         }
     }
     if later.is_some() {

@@ -4,8 +4,10 @@
 //!
 //! Written for speed (issue: training at PyTorch's speed on CPU): feature maps are channel-major for the
 //! whole batch (see [`plan`]), every convolution is one GEMM per group over the batch's `N·U` columns
-//! ([`conv`]; in train mode in example tiles, [`conv_tiled`], and for 3×3 same convolutions on AVX-512
-//! machines without a patch matrix, [`conv_direct`]), element-wise work runs in parallel chunks, and no buffer is allocated inside a step once the
+//! ([`conv`]; in train mode in example tiles, [`conv_tiled`]; on AVX-512 machines 3×3 convolutions run
+//! without a patch matrix: vectors over positions for rows of 12 or more in f32, [`conv_direct`], vectors
+//! over output channels for strided and narrower ones and for the weight gradients, [`conv_blocked`]),
+//! element-wise work runs in parallel chunks, and no buffer is allocated inside a step once the
 //! first step at a batch size has sized them. Candle keeps the model's tensors and their loading; the
 //! autograd path (`Trainer` with `TrainPass::Autograd`) stays as the reference the tests compare against.
 
