@@ -648,28 +648,51 @@ fn extract(
                 cols.par_chunks_mut(plen * u)
                     .enumerate()
                     .for_each(|(e, out)| im2col_of(|c| input.plane(e, c), geometry, out));
-                let stacked = sized(stacked, r * c_out * plen);
-                for e in 0..len {
-                    let ex = e * r..(e + 1) * r;
-                    let lhs = match g.contiguous(ex.clone()) {
-                        Some(rows) => rows,
-                        None => {
-                            let rows = sized(rows, r * c_out * u);
-                            g.copy_rows(ex, rows);
-                            rows
-                        }
+                // Examples side by side, one per thread, each product on its thread (a product of
+                // one example split over the threads synchronises them inside the GEMM), in waves of
+                // `wave` examples so the per-thread buffers stay `wave` products' worth.
+                let wave = extraction_wave(len);
+                let (per_rows, per_out) = (r * c_out * u, r * c_out * plen);
+                let stacked = sized(stacked, wave * per_out);
+                let channel_major = g.contiguous(0..1).is_none();
+                let rows = sized(rows, if channel_major { wave * per_rows } else { 0 });
+                let par = if wave > 1 { Par::Seq } else { Par::rayon(0) };
+                for first in (0..len).step_by(wave) {
+                    let count = wave.min(len - first);
+                    let blocks = block[first * r * ecols..(first + count) * r * ecols]
+                        .par_chunks_mut(r * ecols);
+                    let outs = stacked[..count * per_out].par_chunks_mut(per_out);
+                    let mut rows_each: Vec<&mut [f64]> = if channel_major {
+                        rows[..count * per_rows].chunks_mut(per_rows).collect()
+                    } else {
+                        (0..count).map(|_| <&mut [f64]>::default()).collect()
                     };
-                    let lhs = MatRef::from_row_major_slice(lhs, r * c_out, u);
-                    let rhs =
-                        MatRef::from_row_major_slice(&cols[e * plen * u..][..plen * u], plen, u)
+                    blocks
+                        .zip(outs)
+                        .zip(rows_each.par_iter_mut())
+                        .enumerate()
+                        .for_each(|(i, ((blk, out), rows))| {
+                            let e = first + i;
+                            let ex = e * r..(e + 1) * r;
+                            let lhs = match g.contiguous(ex.clone()) {
+                                Some(rows) => rows,
+                                None => {
+                                    g.copy_rows(ex, rows);
+                                    &**rows
+                                }
+                            };
+                            let lhs = MatRef::from_row_major_slice(lhs, r * c_out, u);
+                            let rhs = MatRef::from_row_major_slice(
+                                &cols[e * plen * u..][..plen * u],
+                                plen,
+                                u,
+                            )
                             .transpose();
-                    let dst = MatMut::from_row_major_slice_mut(stacked, r * c_out, plen);
-                    product(dst, lhs, rhs, f32acc, Par::rayon(0));
-                    block[e * r * ecols..(e + 1) * r * ecols]
-                        .par_chunks_mut(ecols)
-                        .zip(stacked.par_chunks(c_out * plen))
-                        .for_each(|(col, part)| {
-                            col[offset..offset + c_out * plen].copy_from_slice(part)
+                            let dst = MatMut::from_row_major_slice_mut(out, r * c_out, plen);
+                            product(dst, lhs, rhs, f32acc, par);
+                            for (col, part) in blk.chunks_mut(ecols).zip(out.chunks(c_out * plen)) {
+                                col[offset..offset + c_out * plen].copy_from_slice(part);
+                            }
                         });
                 }
             } else {
@@ -800,6 +823,12 @@ fn extract(
         }
     }
     Ok(())
+}
+
+/// Route A's examples computed side by side in [`extract`] (one per thread, at most `len`); 1 computes one
+/// example at a time with the GEMM itself parallel.
+pub fn extraction_wave(len: usize) -> usize {
+    rayon::current_num_threads().min(len).max(1)
 }
 
 /// `dst ← lhs · rhs`, in f64, or with `f32acc` as an f32 GEMM (operands rounded to f32, f32

@@ -29,8 +29,8 @@ pub fn hand_working_bytes(
     // The seed rows: held during the pass, and briefly twice while they are made.
     let seeds = m * r * logits;
     // The extraction's buffers, kept between nodes and chunks (`features::HandWorkspace`), each as large
-    // as its largest use: route A's patches, one example's gradient rows re-laid out example-major and
-    // their stacked product, BatchNorm's x̂ (the extraction reads the pass's buffers in place otherwise).
+    // as its largest use: route A's patches, a wave of examples' gradient rows re-laid out example-major
+    // and their stacked products (`features::extraction_wave`), BatchNorm's x̂ (the extraction reads the pass's buffers in place otherwise).
     let (mut patches_most, mut rows_most, mut stacked_most, mut xhat_most) = (0, 0, 0, 0);
     for l in &layers.layers {
         let input = network.nodes[l.node].inputs.first().copied().unwrap_or(0);
@@ -44,8 +44,9 @@ pub fn hand_working_bytes(
             } => {
                 patches_most = patches_most.max(m * geometry.positions() * geometry.patch_len());
                 if *groups == 1 {
-                    rows_most = rows_most.max(r * c_out * geometry.positions());
-                    stacked_most = stacked_most.max(r * c_out * geometry.patch_len());
+                    let wave = crate::ntk::features::extraction_wave(m);
+                    rows_most = rows_most.max(wave * r * c_out * geometry.positions());
+                    stacked_most = stacked_most.max(wave * r * c_out * geometry.patch_len());
                 }
             }
             Rule::BatchNorm { .. } => xhat_most = xhat_most.max(m * in_len),
