@@ -461,33 +461,21 @@ fn hand_and_candle_feature_passes_agree() {
                 v
             };
             let (va, vb, v1) = (flat(&a), flat(&b), flat(&one));
-            let d1: f64 = va
-                .iter()
-                .zip(&v1)
-                .map(|(p, q)| (p - q) * (p - q))
-                .sum::<f64>()
-                .sqrt();
-            let n1: f64 = v1.iter().map(|q| q * q).sum::<f64>().sqrt();
-            assert!(
-                d1 <= 1e-13 * n1,
-                "{} {outputs:?}: features at 2 and 1 examples per pass differ by {:e} relative",
-                net.arch,
-                d1 / n1
-            );
-            assert_eq!(va.len(), vb.len(), "{}: feature sizes", net.arch);
-            let diff: f64 = va
-                .iter()
-                .zip(&vb)
-                .map(|(p, q)| (p - q) * (p - q))
-                .sum::<f64>()
-                .sqrt();
-            let norm: f64 = vb.iter().map(|q| q * q).sum::<f64>().sqrt();
-            assert!(
-                diff <= 1e-13 * norm,
-                "{} {outputs:?}: features differ by {:e} relative",
-                net.arch,
-                diff / norm
-            );
+            // ‖x − y‖ and ‖y‖ of two feature vectors of the same layout.
+            let gap = |x: &[f64], y: &[f64]| -> (f64, f64) {
+                assert_eq!(x.len(), y.len(), "{}: feature sizes", net.arch);
+                let d = x.iter().zip(y).map(|(p, q)| (p - q) * (p - q)).sum::<f64>();
+                (d.sqrt(), y.iter().map(|q| q * q).sum::<f64>().sqrt())
+            };
+            for (other, what) in [(&vb, "candle's pass"), (&v1, "1 example per pass")] {
+                let (diff, norm) = gap(&va, other);
+                assert!(
+                    diff <= 1e-13 * norm,
+                    "{} {outputs:?}: features differ from {what}'s by {:e} relative",
+                    net.arch,
+                    diff / norm
+                );
+            }
         }
     }
 }
