@@ -20,7 +20,7 @@
 //! needed. Products accumulate in the element type in a different order from the lowered path's GEMM: the
 //! two agree to rounding (tested against the batch-wide path in [`super::conv_tiled`]).
 
-use super::conv_direct as direct;
+use super::conv_direct::{self as direct, same_type, same_type_mut};
 use super::plan::ConvShape;
 use super::real::Real;
 use std::any::TypeId;
@@ -283,20 +283,6 @@ unsafe fn weight_grad_as<T: Real, U: direct::x86::Lanes + Real>(
         }
     }
     true
-}
-
-/// Reinterpret a slice of `T` as a slice of `U` when they are the same type.
-fn same_type<T: 'static, U: 'static>(s: &[T]) -> Option<&[U]> {
-    // SAFETY: T and U are the same type, so the slice is one of U.
-    (TypeId::of::<T>() == TypeId::of::<U>())
-        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<U>(), s.len()) })
-}
-
-/// [`same_type`] for a mutable slice.
-fn same_type_mut<T: 'static, U: 'static>(s: &mut [T]) -> Option<&mut [U]> {
-    // SAFETY: T and U are the same type, so the slice is one of U.
-    (TypeId::of::<T>() == TypeId::of::<U>())
-        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<U>(), s.len()) })
 }
 
 #[cfg(target_arch = "x86_64")]

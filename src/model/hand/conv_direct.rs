@@ -57,13 +57,10 @@ pub fn available() -> bool {
 /// Rows narrower than three quarters of a vector leave too many lanes idle (ResNet9's 8×8 and 4×4 stages
 /// in f32): the lowered path's GEMM runs those faster.
 pub fn applies<T: Real>(g: &ConvShape) -> bool {
-    let lanes = if TypeId::of::<T>() == TypeId::of::<f32>() {
-        16
-    } else if TypeId::of::<T>() == TypeId::of::<f64>() {
-        8
-    } else {
+    let lanes = super::conv_blocked::lanes::<T>();
+    if lanes == 0 {
         return false;
-    };
+    }
     4 * g.w >= 3 * lanes
         && g.groups == 1
         && g.k == 3
@@ -224,7 +221,7 @@ fn segments(g: &ConvShape, count: usize, lanes: usize) -> Vec<Segment> {
 }
 
 /// Reinterpret a slice of `T` as a slice of `U` when they are the same type.
-fn same_type<T: 'static, U: 'static>(s: &[T]) -> Option<&[U]> {
+pub(super) fn same_type<T: 'static, U: 'static>(s: &[T]) -> Option<&[U]> {
     // SAFETY: T and U are the same type, so the slice is one of U.
     (TypeId::of::<T>() == TypeId::of::<U>())
         .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<U>(), s.len()) })
@@ -373,7 +370,7 @@ unsafe fn weight_grad_as<T: Real, U: x86::Lanes + std::ops::AddAssign>(
 }
 
 /// [`same_type`] for a mutable slice.
-fn same_type_mut<T: 'static, U: 'static>(s: &mut [T]) -> Option<&mut [U]> {
+pub(super) fn same_type_mut<T: 'static, U: 'static>(s: &mut [T]) -> Option<&mut [U]> {
     // SAFETY: T and U are the same type, so the slice is one of U.
     (TypeId::of::<T>() == TypeId::of::<U>())
         .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<U>(), s.len()) })
